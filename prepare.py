@@ -1,0 +1,456 @@
+"""
+One-time data preparation for autoresearch, plus the runtime utilities train.py imports.
+This file is frozen: the agent never edits it (it owns the data and the evaluation).
+
+    uv run prepare.py                  # 10 training shards + the validation shard, then the tokenizer
+    uv run prepare.py --num-shards -1  # all 1822 training shards
+
+Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
+"""
+
+import argparse
+import base64
+import bisect
+import collections
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.parquet as pq
+import requests
+import tiktoken
+import torch
+
+# ---------------------------------------------------------------------------
+# Constants (fixed: changing them changes what val_bpb means)
+
+MAX_SEQ_LEN = 2048          # context length of training and evaluation
+TIME_BUDGET = 300           # seconds of training (wall clock, compilation excluded)
+EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
+
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
+DATA_DIR = os.path.join(CACHE_DIR, "data")
+TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
+
+DATASET_PATH = "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+MAX_SHARD = 1822                                  # shards 0 ... 1822 exist
+VAL_SHARD = MAX_SHARD                             # the last one is pinned for validation
+VAL_FILENAME = f"shard_{VAL_SHARD:05d}.parquet"
+DOWNLOAD_ATTEMPTS = 5
+CHUNK_BYTES = 1 << 20
+
+VOCAB_SIZE = 8192
+SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
+BOS_TOKEN = SPECIAL_TOKENS[0]
+# GPT-4 style split, but digits grouped by one or two (not three): better for a small vocabulary
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+TOKENIZER_MAX_CHARS = 1_000_000_000
+TOKENIZER_DOC_CHARS = 10_000
+ROUNDTRIP_TEXT = "Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\tnaïve café — 日本語のテキスト, Привет мир 🙂"
+
+
+def shard_filename(index):
+    return f"shard_{index:05d}.parquet"
+
+
+def base_url():
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return f"{endpoint.rstrip('/')}/{DATASET_PATH}"
+
+# ---------------------------------------------------------------------------
+# Download
+
+
+def check_shard(path):
+    """Raise if `path` is not a readable parquet file with a `text` column."""
+    schema = pq.ParquetFile(path).schema_arrow
+    if "text" not in schema.names:
+        raise ValueError(f"no 'text' column (columns: {schema.names})")
+
+
+class Progress:
+    """One line of download progress, rewritten in place (throttled; one thread at a time)."""
+
+    def __init__(self, total):
+        self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
+        self.lock = threading.Lock()
+
+    def update(self, nbytes=0, shard_done=False):
+        with self.lock:
+            self.bytes += nbytes
+            self.done += shard_done
+            now = time.time()
+            if shard_done or now - self.last > 0.5:
+                self.last = now
+                rate = self.bytes / 1e6 / max(now - self.t0, 1e-9)
+                print(f"\rdownloading: {self.done}/{self.total} shards, {self.bytes / 1e6:.1f} MB, {rate:.1f} MB/s   ",
+                      end="", flush=True)
+
+
+def download_shard(index, data_dir, url_base, progress=None, attempts=DOWNLOAD_ATTEMPTS):
+    """Download one shard into data_dir (if missing or corrupt). Raises RuntimeError after `attempts` failures."""
+    name = shard_filename(index)
+    path = os.path.join(data_dir, name)
+    if os.path.exists(path):
+        try:
+            check_shard(path)
+            return path
+        except Exception as e:
+            print(f"\n{name} on disk is unreadable ({e}); downloading it again")
+            os.remove(path)
+    tmp = path + ".tmp"
+    error = None
+    for attempt in range(1, attempts + 1):
+        try:
+            with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
+                r.raise_for_status()
+                expected = r.headers.get("Content-Length")
+                received = 0
+                with open(tmp, "wb") as f:
+                    for chunk in r.raw.stream(CHUNK_BYTES, decode_content=False):
+                        f.write(chunk)
+                        received += len(chunk)
+                        if progress:
+                            progress.update(len(chunk))
+            if expected is not None and received != int(expected):
+                raise IOError(f"truncated body: {received} of {expected} bytes")
+            check_shard(tmp)
+            os.replace(tmp, path)  # only a complete, verified file ever carries the final name
+            if progress:
+                progress.update(shard_done=True)
+            return path
+        except Exception as e:  # network errors, HTTP errors, truncation, unreadable parquet: all retried
+            error = e
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if attempt < attempts:
+                time.sleep(2 ** attempt)
+    raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
+
+
+def download_data(num_shards, workers, data_dir=DATA_DIR):
+    """Download training shards 0..num_shards-1 plus the validation shard. Exits non-zero on failure."""
+    os.makedirs(data_dir, exist_ok=True)
+    indices = list(range(num_shards)) + [VAL_SHARD]
+    url_base = base_url()
+    progress = Progress(len(indices))
+    failures = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(download_shard, i, data_dir, url_base, progress) for i in indices]
+        for f in futures:
+            try:
+                f.result()
+            except RuntimeError as e:
+                failures.append(str(e))
+    print()
+    ready = sum(os.path.exists(os.path.join(data_dir, shard_filename(i))) for i in indices)
+    if failures:
+        for msg in failures:
+            print(f"error: download failed for {msg}", file=sys.stderr)
+        print(f"error: {ready} of {len(indices)} shards are ready in {data_dir} (from {url_base}). "
+              "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
+              "finished shards are kept.", file=sys.stderr)
+        sys.exit(1)
+    print(f"data: {ready} of {len(indices)} shards ready in {data_dir}")
+
+# ---------------------------------------------------------------------------
+# Tokenizer training
+
+
+def list_shards(split, data_dir=DATA_DIR):
+    """Parquet files of a split, in sorted name order: `val` is the pinned shard, `train` all the others."""
+    names = sorted(n for n in os.listdir(data_dir) if n.endswith(".parquet")) if os.path.isdir(data_dir) else []
+    names = [n for n in names if n == VAL_FILENAME] if split == "val" else [n for n in names if n != VAL_FILENAME]
+    if not names:
+        raise FileNotFoundError(f"no {split} shards in {data_dir}: run `uv run prepare.py` first")
+    return [os.path.join(data_dir, n) for n in names]
+
+
+def training_text(data_dir=DATA_DIR, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENIZER_DOC_CHARS):
+    """Documents of the training shards in file and row order, each cut to doc_chars, max_chars in all."""
+    total = 0
+    for path in list_shards("train", data_dir):
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+                text = text[:doc_chars]
+                yield text
+                total += len(text)
+                if total >= max_chars:
+                    return
+
+
+def train_tokenizer(data_dir=DATA_DIR, tokenizer_dir=TOKENIZER_DIR, vocab_size=VOCAB_SIZE):
+    import rustbpe  # only needed here, not at training time
+    t0 = time.time()
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(training_text(data_dir), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
+    specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    # Stored as tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
+    os.makedirs(tokenizer_dir, exist_ok=True)
+    with open(os.path.join(tokenizer_dir, "tokenizer.tiktoken.tmp"), "w") as f:  # tiktoken's rank-file format
+        f.writelines(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    os.replace(os.path.join(tokenizer_dir, "tokenizer.tiktoken.tmp"), os.path.join(tokenizer_dir, "tokenizer.tiktoken"))
+    with open(os.path.join(tokenizer_dir, "tokenizer.json.tmp"), "w") as f:
+        json.dump({"pattern": bpe.get_pattern(), "special_tokens": specials}, f, indent=1)
+    os.replace(os.path.join(tokenizer_dir, "tokenizer.json.tmp"), os.path.join(tokenizer_dir, "tokenizer.json"))
+    tokenizer = Tokenizer.from_directory(tokenizer_dir)
+    ids = tokenizer.encode(ROUNDTRIP_TEXT)
+    if tokenizer.decode(ids) != ROUNDTRIP_TEXT:
+        sys.exit(f"error: the trained tokenizer does not round-trip {ROUNDTRIP_TEXT!r}; delete {tokenizer_dir} and retry")
+    print(f"tokenizer: vocab {tokenizer.get_vocab_size()} trained in {time.time() - t0:.1f}s, saved to {tokenizer_dir}")
+
+# ---------------------------------------------------------------------------
+# Runtime utilities (imported by train.py)
+
+
+class Tokenizer:
+    """A tiktoken Encoding (the BPE learned above) with the BOS token and byte counts for bits-per-byte."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+        # Bytes per token from the raw bytes (decoding a partial UTF-8 token to text would count U+FFFD as 3)
+        special_ids = set(enc._special_tokens.values())
+        self.token_bytes = torch.tensor([0 if i in special_ids else len(enc.decode_single_token_bytes(i))
+                                         for i in range(enc.n_vocab)], dtype=torch.int32)
+
+    @classmethod
+    def from_directory(cls, dir=TOKENIZER_DIR):
+        rank_file, meta_file = os.path.join(dir, "tokenizer.tiktoken"), os.path.join(dir, "tokenizer.json")
+        if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
+            raise FileNotFoundError(f"no tokenizer in {dir}: run `uv run prepare.py` first")
+        with open(meta_file) as f:
+            meta = json.load(f)
+        with open(rank_file) as f:
+            ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
+        enc = tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
+                                special_tokens=meta["special_tokens"])
+        return cls(enc)
+
+    def get_vocab_size(self):
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+    def encode(self, text, prepend=None, num_threads=8):
+        if prepend is not None and not isinstance(prepend, int):
+            prepend = self.enc.encode_single_token(prepend)
+        if isinstance(text, str):
+            ids = self.enc.encode_ordinary(text)
+            return ids if prepend is None else [prepend] + ids
+        batch = self.enc.encode_ordinary_batch(text, num_threads=num_threads)
+        return batch if prepend is None else [[prepend] + ids for ids in batch]
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+def _default_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _document_batches(split, batch_docs=128):
+    """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
+    paths = list_shards(split)
+    epoch = 1
+    while True:
+        for path in paths:
+            try:
+                pf = pq.ParquetFile(path)
+                for rg in range(pf.num_row_groups):
+                    texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                    for i in range(0, len(texts), batch_docs):
+                        yield texts[i:i + batch_docs], epoch
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
+        epoch += 1
+
+
+def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
+    """Endless (rows, epoch) with rows an int64 array (B, T + 1), packed by the best-fit rule of the spec.
+
+    The buffer is indexed by document length (sorted distinct lengths, a FIFO of documents for each), so
+    "the longest that fits, earliest among equals" and "the shortest, earliest among equals" are a bisect
+    and a popleft instead of a scan over the whole buffer.
+    """
+    bos = tokenizer.get_bos_token_id()
+    enc = tokenizer.enc
+
+    def encode(texts):  # in a worker thread: tiktoken releases the GIL while it encodes
+        return [np.array([bos] + enc.encode_ordinary(t), dtype=np.int64) for t in texts]
+
+    docs = _document_batches(split)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    pending = collections.deque()  # tokenization runs ahead, in order
+    lengths, by_length = [], {}
+    count, epoch = 0, 1
+
+    def refill():
+        nonlocal count, epoch
+        while len(pending) < lookahead:
+            texts, e = next(docs)
+            pending.append((pool.submit(encode, texts), e))
+        future, epoch = pending.popleft()
+        for doc in future.result():
+            n = len(doc)
+            if n not in by_length:
+                bisect.insort(lengths, n)
+                by_length[n] = collections.deque()
+            by_length[n].append(doc)
+        count += len(future.result())
+
+    def take(i):  # remove and return the earliest document of length lengths[i]
+        nonlocal count
+        n = lengths[i]
+        fifo = by_length[n]
+        doc = fifo.popleft()
+        if not fifo:
+            del by_length[n]
+            lengths.pop(i)
+        count -= 1
+        return doc
+
+    try:
+        while not stop.is_set():
+            rows = np.empty((B, T + 1), dtype=np.int64)
+            for b in range(B):
+                pos = 0
+                while pos < T + 1:
+                    while count < buffer_size:
+                        refill()
+                    space = T + 1 - pos
+                    i = bisect.bisect_right(lengths, space) - 1
+                    if i >= 0:  # the longest document that fits entirely
+                        doc = take(i)
+                        rows[b, pos:pos + len(doc)] = doc
+                        pos += len(doc)
+                    else:       # none fits: crop the shortest to fill the row exactly
+                        rows[b, pos:] = take(0)[:space]
+                        pos = T + 1
+            yield rows, epoch
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
+    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device.
+
+    A background thread packs batches ahead into host buffers, so the caller's thread only starts a copy.
+    On CUDA the buffers are pinned and recycled: a buffer is refilled only after its last copy has finished.
+    """
+    assert split in ("train", "val"), split
+    list_shards(split)  # fail here, in the caller, if the data is missing
+    device = _default_device()
+    cuda = device.type == "cuda"
+    stop = threading.Event()
+    ready, free = queue.Queue(), queue.Queue()
+    for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
+        free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
+
+    def producer():
+        try:
+            for rows, epoch in _pack_batches(tokenizer, B, T, split, buffer_size, stop):
+                while True:  # a blocking get that gives up once the loader is closed
+                    try:
+                        host, copied = free.get(timeout=0.1)
+                        break
+                    except queue.Empty:
+                        if stop.is_set():
+                            return
+                if copied is not None:
+                    copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
+                if host is None:
+                    host = torch.empty((2, B, T), dtype=torch.int64)
+                view = host.numpy()
+                view[0] = rows[:, :-1]
+                view[1] = rows[:, 1:]
+                ready.put((host, epoch))
+        except BaseException as e:  # hand the error to the consumer instead of dying silently
+            ready.put((e, None))
+
+    threading.Thread(target=producer, daemon=True, name=f"dataloader-{split}").start()
+    try:
+        while True:
+            host, epoch = ready.get()
+            if isinstance(host, BaseException):
+                raise host
+            if cuda:
+                batch = host.to(device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+                free.put((host, copied))
+            else:
+                batch = host.to(device)
+                free.put((None, None))
+            yield batch[0], batch[1], epoch
+    finally:
+        stop.set()
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer, batch_size):
+    """Bits per byte on the pinned validation shard: vocabulary-independent, comparable across tokenizers."""
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val")
+    total_nats = total_bytes = token_bytes = None
+    for _ in range(EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)):
+        x, y, _ = next(loader)
+        if token_bytes is None:
+            token_bytes = tokenizer.token_bytes.to(x.device)
+            acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+            total_nats = torch.zeros((), dtype=acc_dtype, device=x.device)
+            total_bytes = torch.zeros((), dtype=torch.int64, device=x.device)
+        losses = model(x, y, reduction="none").reshape(-1)
+        nbytes = token_bytes[y.reshape(-1)]
+        counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
+        total_nats += torch.where(counted, losses.float(), 0.0).sum().to(total_nats.dtype)
+        total_bytes += nbytes.sum()
+    loader.close()
+    return total_nats.item() / (math.log(2) * total_bytes.item())
+
+# ---------------------------------------------------------------------------
+# Main
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description="Download FineWeb-Edu shards and train the tokenizer for autoresearch (run once).",
+        epilog="environment variables:\n"
+               "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
+               "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-shards", type=int, default=10,
+                        help=f"training shards to download, -1 for all {MAX_SHARD} (default: 10); "
+                             "the validation shard is always added")
+    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
+    args = parser.parse_args()
+    if args.num_shards != -1 and not 1 <= args.num_shards <= MAX_SHARD:
+        parser.error(f"--num-shards must be between 1 and {MAX_SHARD}, or -1 for all")
+    if args.download_workers < 1:
+        parser.error("--download-workers must be at least 1")
+    num_shards = MAX_SHARD if args.num_shards == -1 else args.num_shards
+
+    print(f"cache: {CACHE_DIR}")
+    download_data(num_shards, args.download_workers)
+    try:
+        Tokenizer.from_directory(TOKENIZER_DIR)
+        print(f"tokenizer: already trained in {TOKENIZER_DIR}")
+    except FileNotFoundError:
+        train_tokenizer()
+    print("ready: run `uv run train.py`")
+
+
+if __name__ == "__main__":
+    main()
