@@ -134,8 +134,9 @@ def download_shard(index, data_dir, url_base, progress=None, attempts=DOWNLOAD_A
     raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
 
 
-def download_data(num_shards, workers, data_dir=DATA_DIR):
+def download_data(num_shards, workers, data_dir=None):
     """Download training shards 0..num_shards-1 plus the validation shard. Exits non-zero on failure."""
+    data_dir = data_dir or DATA_DIR
     os.makedirs(data_dir, exist_ok=True)
     indices = list(range(num_shards)) + [VAL_SHARD]
     url_base = base_url()
@@ -163,8 +164,9 @@ def download_data(num_shards, workers, data_dir=DATA_DIR):
 # Tokenizer training
 
 
-def list_shards(split, data_dir=DATA_DIR):
+def list_shards(split, data_dir=None):
     """Parquet files of a split, in sorted name order: `val` is the pinned shard, `train` all the others."""
+    data_dir = data_dir or DATA_DIR
     names = sorted(n for n in os.listdir(data_dir) if n.endswith(".parquet")) if os.path.isdir(data_dir) else []
     names = [n for n in names if n == VAL_FILENAME] if split == "val" else [n for n in names if n != VAL_FILENAME]
     if not names:
@@ -172,7 +174,7 @@ def list_shards(split, data_dir=DATA_DIR):
     return [os.path.join(data_dir, n) for n in names]
 
 
-def training_text(data_dir=DATA_DIR, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENIZER_DOC_CHARS):
+def training_text(data_dir=None, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENIZER_DOC_CHARS):
     """Documents of the training shards in file and row order, each cut to doc_chars, max_chars in all."""
     total = 0
     for path in list_shards("train", data_dir):
@@ -186,7 +188,8 @@ def training_text(data_dir=DATA_DIR, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TO
                     return
 
 
-def train_tokenizer(data_dir=DATA_DIR, tokenizer_dir=TOKENIZER_DIR, vocab_size=VOCAB_SIZE):
+def train_tokenizer(data_dir=None, tokenizer_dir=None, vocab_size=VOCAB_SIZE):
+    tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
     t0 = time.time()
     bpe = rustbpe.Tokenizer()

@@ -1,0 +1,366 @@
+"""prepare.py: downloads against a real loopback server, the tokenizer, the dataloader and evaluate_bpb."""
+import base64
+import bisect
+import collections
+import json
+import math
+import os
+import pickle
+import random
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import prepare  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Generated data and a loopback shard server
+
+
+def make_text(rng, n_docs, marker=""):
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["th", "sh", "qu", "ng"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(20000)]
+    extras = ["café", "naïve", "日本語", "Привет", "🙂", "x=3.14;", "(see §2)", "e-mail", "C++", "\tTab"]
+    docs = []
+    for _ in range(n_docs):
+        out = [marker] if marker else []
+        for _ in range(rng.randint(5, 400)):
+            r = rng.random()
+            out.append(str(rng.randint(0, 99999)) if r < 0.05 else rng.choice(extras) if r < 0.08
+                       else rng.choice(words) if r < 0.6 else words[min(int(rng.paretovariate(0.9)), len(words)) - 1])
+            if rng.random() < 0.08:
+                out.append(rng.choice([".", ",", "!", "?", ":\n", ".\n\n"]))
+        docs.append(" ".join(out))
+    return docs
+
+
+def write_shard(path, docs, row_group_size=64):
+    pq.write_table(pa.table({"text": docs}), path, row_group_size=row_group_size)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Two training shards and the validation shard, as the hub serves them."""
+    d = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    write_shard(d / "shard_00000.parquet", make_text(rng, 900))
+    write_shard(d / "shard_00001.parquet", make_text(rng, 900))
+    write_shard(d / prepare.VAL_FILENAME, make_text(rng, 150, marker="VALIDATION"))
+    return d
+
+
+class ShardServer:
+    """Serves a folder like the hub: GET .../resolve/main/<name>. Can answer 503 or cut bodies short at first."""
+
+    def __init__(self, folder, fail_first=0, truncate_first=0):
+        self.requests = collections.Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                path = os.path.join(folder, name)
+                server.requests[name] += 1
+                n = server.requests[name]
+                if not os.path.exists(path):
+                    return self.send_error(404)
+                if n <= fail_first:
+                    return self.send_error(503)
+                data = open(path, "rb").read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if n <= fail_first + truncate_first else data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    waits = []
+    monkeypatch.setattr(prepare.time, "sleep", waits.append)
+    return waits
+
+
+def serve(monkeypatch, folder, **kw):
+    server = ShardServer(folder, **kw)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    return server
+
+# ---------------------------------------------------------------------------
+# Download
+
+
+def test_download_fetches_each_shard_intact(monkeypatch, corpus, tmp_path):
+    server = serve(monkeypatch, corpus)
+    prepare.download_data(2, 3, data_dir=str(tmp_path))
+    server.close()
+    names = ["shard_00000.parquet", "shard_00001.parquet", prepare.VAL_FILENAME]
+    assert sorted(os.listdir(tmp_path)) == names
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (corpus / name).read_bytes()
+    assert all(server.requests[n] == 1 for n in names)
+
+
+def test_download_retries_503_with_backoff(monkeypatch, corpus, tmp_path, no_sleep):
+    server = serve(monkeypatch, corpus, fail_first=2)
+    prepare.download_shard(0, str(tmp_path), prepare.base_url())
+    server.close()
+    assert server.requests["shard_00000.parquet"] == 3
+    assert no_sleep == [2, 4]  # 2**attempt seconds between attempts
+    assert (tmp_path / "shard_00000.parquet").read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
+
+
+def test_truncated_body_is_retried_and_never_kept(monkeypatch, corpus, tmp_path, no_sleep):
+    server = serve(monkeypatch, corpus, truncate_first=1)
+    prepare.download_shard(1, str(tmp_path), prepare.base_url())
+    assert server.requests["shard_00001.parquet"] == 2
+    assert (tmp_path / "shard_00001.parquet").read_bytes() == (corpus / "shard_00001.parquet").read_bytes()
+    server.close()
+    # a server that always truncates: all 5 attempts fail and no file, final or partial, is left
+    server = serve(monkeypatch, corpus, truncate_first=100)
+    with pytest.raises(RuntimeError, match=r"shard_00000.parquet: failed 5 attempts.*(IncompleteRead|truncated)"):
+        prepare.download_shard(0, str(tmp_path), prepare.base_url())
+    server.close()
+    assert server.requests["shard_00000.parquet"] == 5
+    assert sorted(os.listdir(tmp_path)) == ["shard_00001.parquet"]
+
+
+def test_corrupt_shard_on_disk_is_downloaded_again(monkeypatch, corpus, tmp_path):
+    good = (corpus / "shard_00000.parquet").read_bytes()
+    (tmp_path / "shard_00000.parquet").write_bytes(good[: len(good) // 3])  # a truncated leftover
+    write_shard(tmp_path / "shard_00001.parquet", ["x"])  # a valid shard: kept as it is
+    pq.write_table(pa.table({"body": ["no text column"]}), tmp_path / prepare.VAL_FILENAME)
+    server = serve(monkeypatch, corpus)
+    prepare.download_data(2, 2, data_dir=str(tmp_path))
+    server.close()
+    assert (tmp_path / "shard_00000.parquet").read_bytes() == good
+    assert pq.read_table(tmp_path / "shard_00001.parquet").column("text").to_pylist() == ["x"]
+    assert server.requests == {"shard_00000.parquet": 1, prepare.VAL_FILENAME: 1}
+
+
+def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch, corpus, tmp_path, no_sleep, capsys):
+    kept = (corpus / "shard_00000.parquet").read_bytes()
+    (tmp_path / "shard_00000.parquet").write_bytes(kept)
+    server = ShardServer(corpus)
+    server.close()  # a port that nothing listens on any more
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.download_data(2, 2, data_dir=str(tmp_path))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "shard_00001.parquet: failed 5 attempts" in err and "ConnectionError" in err
+    assert f"{prepare.VAL_FILENAME}: failed 5 attempts" in err
+    assert "1 of 3 shards are ready" in err and "HF_ENDPOINT" in err
+    assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet"]
+    assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
+
+
+def test_help_documents_flags_and_environment():
+    out = subprocess.run([sys.executable, "prepare.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for word in ["--num-shards", "--download-workers", "AUTORESEARCH_CACHE_DIR", "HF_ENDPOINT", "-1"]:
+        assert word in out
+
+# ---------------------------------------------------------------------------
+# prepare.py end to end (subprocess), then the tokenizer it trained
+
+
+@pytest.fixture(scope="session")
+def prepared(corpus, tmp_path_factory):
+    """Runs `prepare.py --num-shards 2` twice against a loopback server; returns (cache dir, outputs, server)."""
+    cache = tmp_path_factory.mktemp("cache")
+    server = ShardServer(corpus)
+    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), HF_ENDPOINT=server.url)
+    runs = [subprocess.run([sys.executable, "prepare.py", "--num-shards", "2"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+    server.close()
+    return cache, runs, server
+
+
+@pytest.fixture(scope="session")
+def tok(prepared):
+    return prepare.Tokenizer.from_directory(str(prepared[0] / "tokenizer"))
+
+
+@pytest.fixture
+def data_dir(prepared, monkeypatch):
+    monkeypatch.setattr(prepare, "DATA_DIR", str(prepared[0] / "data"))
+    return prepared[0] / "data"
+
+
+def test_prepare_runs_once_and_a_second_run_redoes_nothing(prepared):
+    cache, (first, second), server = prepared
+    assert first.returncode == 0, first.stderr
+    assert f"cache: {cache}" in first.stdout and "tokenizer: vocab 8192 trained" in first.stdout
+    assert first.stdout.rstrip().endswith("ready: run `uv run train.py`")
+    assert second.returncode == 0, second.stderr
+    assert "tokenizer: already trained" in second.stdout and "vocab 8192 trained" not in second.stdout
+    assert set(server.requests.values()) == {1}  # nothing downloaded twice
+
+
+def test_tokenizer_vocab_and_special_tokens(tok):
+    assert tok.get_vocab_size() == 8192
+    assert [tok.enc.encode_single_token(s) for s in prepare.SPECIAL_TOKENS] == [8188, 8189, 8190, 8191]
+    assert tok.get_bos_token_id() == 8188
+    assert tok.encode("hello", prepend="<|reserved_0|>")[0] == 8188
+    assert [ids[0] for ids in tok.encode(["a b", "c"], prepend=8188)] == [8188, 8188]
+
+
+@pytest.mark.parametrize("text", ["naïve café, 日本語のテキスト — Привет мир 🙂", "0 12 345 6789 3.14159 1e-9",
+                                  "  leading\tand\r\ntrailing  \n\n\t ", "<|reserved_0|> is plain text here"])
+def test_tokenizer_round_trip(tok, text):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert 8188 not in ids  # special tokens are never produced from text
+
+
+def test_digits_are_split_in_ones_and_twos(tok):
+    pieces = [tok.enc.decode_single_token_bytes(i) for i in tok.encode("1234567")]
+    assert max(len(p) for p in pieces) <= 2 and b"".join(pieces) == b"1234567"
+
+
+def test_token_bytes_counts_raw_bytes(tok):
+    expected = [len(tok.enc.decode_single_token_bytes(i)) for i in range(8188)] + [0, 0, 0, 0]
+    assert tok.token_bytes.dtype == torch.int32
+    assert tok.token_bytes.tolist() == expected
+    # partial UTF-8 bytes count as 1 byte each, not as the 3 bytes of U+FFFD
+    assert tok.token_bytes[tok.enc.encode_single_token(b"\xe6")] == 1
+
+
+def test_stored_tokenizer_is_not_a_pickle(prepared, monkeypatch):
+    tdir = prepared[0] / "tokenizer"
+    assert sorted(os.listdir(tdir)) == ["tokenizer.json", "tokenizer.tiktoken"]
+    meta = json.loads((tdir / "tokenizer.json").read_text())
+    assert meta["pattern"] == prepare.SPLIT_PATTERN and meta["special_tokens"]["<|reserved_3|>"] == 8191
+    ranks = [line.split() for line in (tdir / "tokenizer.tiktoken").read_text().splitlines()]
+    assert len(ranks) == 8188 and [int(r) for _, r in ranks] == list(range(8188))
+    assert base64.b64decode(ranks[65][0]) == b"A"
+
+    def refuse(*a, **k):
+        raise AssertionError("pickle used")
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    assert prepare.Tokenizer.from_directory(str(tdir)).decode([65, 66]) == "AB"
+
+# ---------------------------------------------------------------------------
+# Dataloader: the spec's best-fit packing, written as plainly as possible
+
+
+def reference_batches(tok, B, T, paths, buffer_size):
+    def doc_batches():
+        epoch = 1
+        while True:
+            for path in paths:
+                pf = pq.ParquetFile(path)
+                for rg in range(pf.num_row_groups):
+                    texts = pf.read_row_group(rg).column("text").to_pylist()
+                    for i in range(0, len(texts), 128):
+                        yield tok.encode(texts[i:i + 128], prepend=tok.get_bos_token_id()), epoch
+            epoch += 1
+
+    source, buffer, epoch = doc_batches(), [], 1
+    while True:
+        rows = []
+        for _ in range(B):
+            row = []
+            while len(row) < T + 1:
+                while len(buffer) < buffer_size:
+                    docs, epoch = next(source)
+                    buffer.extend(docs)
+                space = T + 1 - len(row)
+                fits = [i for i, d in enumerate(buffer) if len(d) <= space]
+                if fits:
+                    best = max(fits, key=lambda i: (len(buffer[i]), -i))
+                    row += buffer.pop(best)
+                else:
+                    shortest = min(range(len(buffer)), key=lambda i: (len(buffer[i]), i))
+                    row += buffer.pop(shortest)[:space]
+            rows.append(row)
+        rows = torch.tensor(rows)
+        yield rows[:, :-1], rows[:, 1:], epoch
+
+
+@pytest.mark.parametrize("B,T,buffer_size", [(4, 64, 20), (8, 256, 1000), (2, 1024, 5)])
+def test_loader_matches_reference_packing(tok, data_dir, B, T, buffer_size):
+    paths = prepare.list_shards("train")
+    loader = prepare.make_dataloader(tok, B, T, "train", buffer_size=buffer_size)
+    ref = reference_batches(tok, B, T, paths, buffer_size)
+    for _ in range(12):
+        x, y, epoch = next(loader)
+        rx, ry, repoch = next(ref)
+        assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (B, T)
+        assert torch.equal(x, rx) and torch.equal(y, ry) and epoch == repoch
+        assert (x[:, 0] == tok.get_bos_token_id()).all()  # every row starts with a document
+        assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+        assert ((x >= 0) & (x < 8192)).all()
+    loader.close()
+
+
+def test_loader_counts_epochs_and_val_reads_only_the_validation_shard(tok, data_dir):
+    B, T = 8, 512
+    loader = prepare.make_dataloader(tok, B, T, "val", buffer_size=50)
+    ref = reference_batches(tok, B, T, [str(data_dir / prepare.VAL_FILENAME)], 50)
+    epochs = []
+    for _ in range(25):
+        x, y, epoch = next(loader)
+        rx, ry, repoch = next(ref)
+        assert torch.equal(x, rx) and epoch == repoch
+        epochs.append(epoch)
+        for row in x.tolist():  # every document of the validation shard starts with its marker
+            docs = tok.decode(row).split("<|reserved_0|>")[1:]
+            assert all(d.startswith("VALIDATION") for d in docs[1:-1])
+    loader.close()
+    # 150 documents of ~150 tokens make about 3 batches per pass
+    assert epochs[0] == 1 and epochs[-1] >= 3 and epochs == sorted(epochs)
+
+
+def test_loader_without_data_says_what_to_do(tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="run `uv run prepare.py`"):
+        next(prepare.make_dataloader(tok, 2, 16, "train"))
+
+# ---------------------------------------------------------------------------
+# evaluate_bpb
+
+
+class UniformModel(torch.nn.Module):
+    """Uniform logits: every target costs exactly ln(V) nats."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, x, y, reduction="mean"):
+        logits = torch.zeros(*x.shape, self.vocab)
+        return torch.nn.functional.cross_entropy(logits.view(-1, self.vocab), y.reshape(-1), reduction=reduction)
+
+
+def test_evaluate_bpb_uniform_model(tok, data_dir, monkeypatch):
+    B, T, batches = 4, 128, 6
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", T)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", B * T * batches)
+    bpb = prepare.evaluate_bpb(UniformModel(8192), tok, B)
+    ref = reference_batches(tok, B, T, [str(data_dir / prepare.VAL_FILENAME)], 1000)
+    targets = torch.cat([next(ref)[1].reshape(-1) for _ in range(batches)]).tolist()
+    byte_counts = [len(tok.enc.decode_single_token_bytes(t)) if t < 8188 else 0 for t in targets]
+    scored = sum(n > 0 for n in byte_counts)
+    assert scored < len(targets)  # BOS targets are present and left out
+    expected = scored * math.log(8192) / (math.log(2) * sum(byte_counts))
+    assert bpb == pytest.approx(expected, rel=1e-6)  # float32 losses
