@@ -1,0 +1,645 @@
+"""
+autoresearch pretraining script: one GPU, one file, a fixed 5-minute budget.
+The coding agent edits this file; prepare.py (data, tokenizer, evaluation) stays frozen.
+
+    uv run train.py
+
+Ends with a summary block whose val_bpb (bits per byte on the pinned validation shard) is the score.
+"""
+
+import os
+if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+    os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"  # less fragmentation at high memory use
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import gc
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
+
+# -----------------------------------------------------------------------------
+# Attention backend: Flash Attention 3 from the kernels hub, else PyTorch with the same window semantics
+
+
+def load_flash_attention_3():
+    """Returns (fa3 module or None, the one line that says which attention runs)."""
+    fallback = "PyTorch fallback (SDPA cuDNN for full layers, flex_attention for windowed layers)"
+    if not torch.cuda.is_available():
+        return None, "attention: PyTorch SDPA (no CUDA, so no FA3; causal for full layers, boolean mask for windowed layers)"
+    cap = torch.cuda.get_device_capability()
+    repo = "varunneal/flash-attention-3" if cap == (9, 0) else "kernels-community/flash-attn3"
+    try:
+        from kernels import get_kernel
+        # This downloads and imports compiled code from the hub repo named here; the start-up line prints it.
+        kernel = get_kernel(repo)
+        return getattr(kernel, "flash_attn_interface", kernel), f"attention: FA3 ({repo})"
+    except Exception as e:  # no package, no hub access, no build for this GPU: keep going without it
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        return None, f"attention: {fallback}; FA3 ({repo}) unavailable: {reason}"
+
+
+fa3, ATTENTION_BACKEND = load_flash_attention_3()
+# cuDNN is the fastest causal SDPA on H100 (1.37 ms vs flash 2.32 ms at this model's shapes)
+SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_window_masks = {}
+
+
+def window_mask(window, T, device, flex):
+    """Sliding-window causal mask, built once per (window, T, device): key j is visible to query i iff
+    i - window <= j <= i. A flex BlockMask (CUDA) or a boolean (T, T) tensor (SDPA elsewhere)."""
+    key = (window, T, str(device), flex)
+    if key not in _window_masks:
+        if flex:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
+            _window_masks[key] = create_block_mask(mask_mod, None, None, T, T, device=device)
+        else:
+            i = torch.arange(T, device=device)
+            _window_masks[key] = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] <= window)
+    return _window_masks[key]
+
+
+def attention(q, k, v, window, use_flex=None):
+    """Causal attention with a left window, FA3's window_size=(window, 0): each query sees itself and
+    the `window` keys before it. q: (B, T, H, D); k, v: (B, T, Hkv, D) with H a multiple of Hkv."""
+    if fa3 is not None:
+        y = fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
+        return y[0] if isinstance(y, tuple) else y  # some builds also return the log-sum-exp
+    T = q.size(1)
+    use_flex = q.is_cuda if use_flex is None else use_flex
+    gqa = k.size(2) != q.size(2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex take (B, H, T, D)
+    if window >= T - 1:  # the window covers the whole causal context
+        if q.is_cuda:
+            with sdpa_kernel(SDPA_BACKENDS, set_priority=True):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    elif use_flex:
+        y = flex_attention(q, k, v, block_mask=window_mask(window, T, q.device, True), enable_gqa=gqa)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(window, T, q.device, False), enable_gqa=gqa)
+    return y.transpose(1, 2)
+
+# -----------------------------------------------------------------------------
+# GPT model
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 8192
+    n_layer: int = 8
+    n_head: int = 4
+    n_kv_head: int = 4
+    n_embd: int = 512
+    window_pattern: str = "SSSL"
+
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def has_ve(layer_idx, n_layer):
+    """Value embeddings on every other layer, always including the last."""
+    return layer_idx % 2 == (n_layer - 1) % 2
+
+
+def apply_rotary_emb(x, cos, sin):
+    d = x.size(3) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=3)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        assert config.n_embd % config.n_head == 0 and config.n_head % config.n_kv_head == 0
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.ve_gate_channels = 32
+        self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
+
+    def forward(self, x, ve, cos_sin, window):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:  # value embedding mixed in through a per-head gate in (0, 2), 1.0 at init
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
+        cos, sin = cos_sin
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = norm(q), norm(k)
+        y = attention(q, k, v, window)
+        return self.c_proj(y.contiguous().view(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, ve, cos_sin, window):
+        x = x + self.attn(norm(x), ve, cos_sin, window)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.window_sizes = self._compute_window_sizes(config)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        kv_dim = config.n_kv_head * (config.n_embd // config.n_head)
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, kv_dim)
+                                           for i in range(config.n_layer) if has_ve(i, config.n_layer)})
+        cos, sin = self._precompute_rotary_embeddings(config.sequence_len, config.n_embd // config.n_head)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @staticmethod
+    def _compute_window_sizes(config):
+        long_window, short_window = config.sequence_len, config.sequence_len // 2
+        pattern = config.window_pattern.upper()
+        assert pattern and set(pattern) <= {"S", "L"}, f"bad window pattern {config.window_pattern!r}"
+        sizes = [long_window if pattern[i % len(pattern)] == "L" else short_window for i in range(config.n_layer)]
+        sizes[-1] = long_window  # the last layer always sees the full context
+        return sizes
+
+    def _precompute_rotary_embeddings(self, seq_len, head_dim, base=10000, device=None):
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+        return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialise after materialising from the meta device (see the build in the setup section)."""
+        c = self.config
+        bound = (3 / c.n_embd) ** 0.5  # uniform with the std of normal(0, 1/sqrt(width))
+        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        for block in self.transformer.h:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)  # gate = 2 * sigmoid(0) = 1
+        for ve in self.value_embeds.values():
+            nn.init.uniform_(ve.weight, -bound, bound)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        device = self.transformer.wte.weight.device
+        self.cos, self.sin = self._precompute_rotary_embeddings(c.sequence_len, c.n_embd // c.n_head, device=device)
+        if device.type == "cuda":  # embeddings in bf16: half the memory traffic of the big lookups
+            self.transformer.wte.to(dtype=torch.bfloat16)
+            for ve in self.value_embeds.values():
+                ve.to(dtype=torch.bfloat16)
+        if fa3 is None:  # build the window masks now, outside torch.compile
+            for w in set(self.window_sizes):
+                if w < c.sequence_len - 1:
+                    window_mask(w, c.sequence_len, device, device.type == "cuda")
+
+    def estimate_flops(self):
+        """Training FLOPs per token: 6 per weight of the matmuls plus attention's 12 * heads * head_dim * context."""
+        c = self.config
+        nparams = sum(p.numel() for p in self.parameters())
+        nparams_exclude = (self.transformer.wte.weight.numel() + sum(p.numel() for p in self.value_embeds.parameters())
+                           + self.resid_lambdas.numel() + self.x0_lambdas.numel())
+        h, q, t = c.n_head, c.n_embd // c.n_head, c.sequence_len
+        attn_flops = sum(12 * h * q * min(w, t) for w in self.window_sizes)
+        return 6 * (nparams - nparams_exclude) + attn_flops
+
+    def num_scaling_params(self):
+        counts = dict(
+            wte=self.transformer.wte.weight.numel(),
+            value_embeds=sum(p.numel() for p in self.value_embeds.parameters()),
+            lm_head=self.lm_head.weight.numel(),
+            transformer_matrices=sum(p.numel() for p in self.transformer.h.parameters()),
+            scalars=self.resid_lambdas.numel() + self.x0_lambdas.numel(),
+        )
+        counts["total"] = sum(counts.values())
+        assert counts["total"] == sum(p.numel() for p in self.parameters())
+        return counts
+
+    def setup_optimizer(self, unembedding_lr, embedding_lr, matrix_lr, weight_decay, adam_betas, scalar_lr):
+        s = (self.config.n_embd / 768) ** -0.5  # AdamW learning rates were tuned at width 768
+        matrix_params = list(self.transformer.h.parameters())
+        adamw = dict(kind="adamw", betas=adam_betas, eps=1e-10, weight_decay=0.0)
+        param_groups = [
+            dict(adamw, params=list(self.lm_head.parameters()), lr=unembedding_lr * s),
+            dict(adamw, params=list(self.transformer.wte.parameters()), lr=embedding_lr * s),
+            dict(adamw, params=list(self.value_embeds.parameters()), lr=embedding_lr * s),
+            dict(adamw, params=[self.resid_lambdas], lr=scalar_lr * 0.01),
+            dict(adamw, params=[self.x0_lambdas], lr=scalar_lr, betas=(0.96, 0.95)),
+        ]
+        for shape in sorted({p.shape for p in matrix_params}):
+            param_groups.append(dict(kind="muon", params=[p for p in matrix_params if p.shape == shape],
+                                     lr=matrix_lr, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=weight_decay))
+        assert sum(len(g["params"]) for g in param_groups) == len(list(self.parameters()))
+        optimizer = MuonAdamW([g for g in param_groups if g["params"]])
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        return optimizer
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        B, T = idx.size()
+        assert T <= self.cos.size(1), f"sequence length {T} > the rotary tables' {self.cos.size(1)}"
+        cos_sin = self.cos[:, :T], self.sin[:, :T]
+        x = norm(self.transformer.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos_sin, self.window_sizes[i])
+        x = norm(x)
+        softcap = 15
+        logits = self.lm_head(x).float()
+        logits = softcap * torch.tanh(logits / softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
+
+# -----------------------------------------------------------------------------
+# Optimizer: AdamW for embeddings, head and scalars; Muon (NorMuon variant) for the block matrices
+
+POLAR_EXPRESS_COEFFS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+
+
+def adamw_update(p, grad, exp_avg, exp_avg_sq, step_t, lr_t, beta1_t, beta2_t, eps_t, wd_t):
+    p.mul_(1 - lr_t * wd_t)
+    exp_avg.lerp_(grad, 1 - beta1_t)
+    exp_avg_sq.lerp_(grad.square(), 1 - beta2_t)
+    bias1, bias2 = 1 - beta1_t ** step_t, 1 - beta2_t ** step_t
+    p.sub_((lr_t / bias1) * exp_avg / ((exp_avg_sq / bias2).sqrt() + eps_t))
+
+
+def polar_express(g, steps=5, dtype=torch.bfloat16):
+    """Approximately orthogonalise each matrix of g (..., rows, cols): all singular values near 1."""
+    X = g.to(dtype)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
+        if X.size(-2) > X.size(-1):  # work with the smaller Gram matrix
+            A = X.mT @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        else:
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
+    return X
+
+
+def muon_update(grads, params, momentum_buf, second_buf, momentum_t, lr_t, wd_t, beta2_t, ns_steps: int, red_dim: int):
+    """One Muon step on a stack of same-shape matrices (N, rows, cols)."""
+    mu = momentum_t.to(grads.dtype)
+    momentum_buf.lerp_(grads, 1 - mu)
+    g = grads.lerp_(momentum_buf, mu)  # Nesterov
+    # bf16 on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and ~20x slower
+    X = polar_express(g, ns_steps, torch.float32 if g.device.type == "cpu" else torch.bfloat16).float()
+    # NorMuon: per-row (or per-column) second moment evens out the update, then restore the Frobenius norm
+    v = X.square().mean(dim=red_dim, keepdim=True)
+    second_buf.lerp_(v.to(second_buf.dtype), 1 - beta2_t.to(second_buf.dtype))
+    step = second_buf.clamp_min(1e-10).rsqrt().float()
+    n = X.size(red_dim)
+    norm_before = (v.sum(dim=(-2, -1), keepdim=True) * n).sqrt()
+    norm_after = ((v * step.square()).sum(dim=(-2, -1), keepdim=True) * n).sqrt()
+    X = X * (step * norm_before / norm_after.clamp_min(1e-10))
+    # Cautious weight decay: only where the update and the weight agree in sign
+    lr, wd = lr_t.to(params.dtype), wd_t.to(params.dtype)
+    mask = (X * params) >= 0
+    params.sub_(lr * X + lr * wd * params * mask)
+
+
+if torch.cuda.is_available():  # compiled once; changing scalars come in as 0-d tensors so they never recompile
+    adamw_step = torch.compile(adamw_update, dynamic=False, fullgraph=True)
+    muon_step = torch.compile(muon_update, dynamic=False, fullgraph=True)
+else:  # CPU / MPS: the same math, eager
+    adamw_step, muon_step = adamw_update, muon_update
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Param groups carry kind='adamw' (lr, betas, eps, weight_decay) or kind='muon' (lr, momentum,
+    ns_steps, beta2, weight_decay); a Muon group holds matrices of one shape."""
+
+    def __init__(self, param_groups):
+        super().__init__(param_groups, defaults={})
+        device = self.param_groups[0]["params"][0].device
+        # 0-d scalars live on the CPU for the compiled CUDA path; eager non-CPU devices want them local
+        scalar_device = device if device.type not in ("cpu", "cuda") else torch.device("cpu")
+        self._t = {name: torch.tensor(0.0, dtype=torch.float32, device=scalar_device)
+                   for name in ("step", "lr", "beta1", "beta2", "eps", "wd", "momentum")}
+
+    def _set(self, **values):
+        for name, value in values.items():
+            self._t[name].fill_(value)
+        return self._t
+
+    def _step_adamw(self, group):
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+            t = self._set(step=state["step"], lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                          eps=group["eps"], wd=group["weight_decay"])
+            adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                       t["step"], t["lr"], t["beta1"], t["beta2"], t["eps"], t["wd"])
+
+    def _step_muon(self, group):
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        (rows, cols), n = params[0].shape, len(params)
+        red_dim = -1 if rows >= cols else -2  # NorMuon's statistics: per row of tall, per column of wide matrices
+        state = self.state[params[0]]
+        if not state:
+            state["momentum_buffer"] = params[0].new_zeros(n, rows, cols)
+            state["second_momentum_buffer"] = params[0].new_zeros((n, rows, 1) if rows >= cols else (n, 1, cols))
+        grads, stacked = torch.stack([p.grad for p in params]), torch.stack(params)
+        t = self._set(momentum=group["momentum"], lr=group["lr"] * max(1.0, rows / cols) ** 0.5,
+                      wd=group["weight_decay"], beta2=group["beta2"])
+        muon_step(grads, stacked, state["momentum_buffer"], state["second_momentum_buffer"],
+                  t["momentum"], t["lr"], t["wd"], t["beta2"], group["ns_steps"], red_dim)
+        torch._foreach_copy_(params, list(stacked.unbind(0)))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            if group["kind"] == "adamw":
+                self._step_adamw(group)
+            elif group["kind"] == "muon":
+                self._step_muon(group)
+            else:
+                raise ValueError(f"unknown param group kind {group['kind']!r}")
+
+# -----------------------------------------------------------------------------
+# Hyperparameters (edit these directly; there are no command-line flags)
+
+# Model architecture
+ASPECT_RATIO = 64           # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128              # attention head dimension
+WINDOW_PATTERN = "SSSL"     # per layer, repeating: S = half context, L = full context (last layer always L)
+
+# Optimization
+TOTAL_BATCH_SIZE = 2**19    # tokens per optimizer step
+EMBEDDING_LR = 0.6          # token and value embeddings (AdamW)
+UNEMBEDDING_LR = 0.004      # lm_head (AdamW)
+MATRIX_LR = 0.04            # block matrices (Muon)
+SCALAR_LR = 0.5             # per-layer lambdas (AdamW)
+WEIGHT_DECAY = 0.2          # Muon's cautious weight decay, decayed to 0 with progress
+ADAM_BETAS = (0.8, 0.95)
+WARMUP_RATIO = 0.0          # fraction of the time budget spent warming the LR up
+WARMDOWN_RATIO = 0.5        # fraction of the time budget at the end spent decaying the LR
+FINAL_LR_FRAC = 0.0         # LR multiplier reached at the end of warmdown
+
+# Model size and memory
+DEPTH = 8                   # number of transformer layers
+DEVICE_BATCH_SIZE = 128     # sequences per micro step (lower it if out of memory)
+
+# -----------------------------------------------------------------------------
+# Schedules and GPU peak throughput
+
+
+def get_lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return progress / WARMUP_RATIO
+    if progress < 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    cooldown = (1.0 - progress) / WARMDOWN_RATIO
+    return cooldown + (1 - cooldown) * FINAL_LR_FRAC
+
+
+def get_muon_momentum(step):
+    frac = min(step / 300, 1)
+    return (1 - frac) * 0.85 + frac * 0.95
+
+
+def get_weight_decay(progress):
+    return WEIGHT_DECAY * (1 - progress)
+
+
+# Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first
+GPU_BF16_PEAK_FLOPS = [
+    ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
+    ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
+    ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
+    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
+]
+
+
+def gpu_peak_flops(name):
+    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
+
+# -----------------------------------------------------------------------------
+# Setup
+
+
+def main():
+    t_start = time.time()
+    torch.manual_seed(42)
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        torch.cuda.manual_seed(42)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        gpu_name = torch.cuda.get_device_name()
+        peak_flops = gpu_peak_flops(gpu_name)
+        print(f"device: cuda ({gpu_name})" + ("" if peak_flops else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS, so MFU reads n/a"))
+    elif torch.backends.mps.is_available():
+        device, peak_flops = torch.device("mps"), None
+        print("device: mps (no CUDA GPU: no FA3, no torch.compile, MFU and peak VRAM read 0)")
+    else:
+        device, peak_flops = torch.device("cpu"), None
+        print("device: cpu (no CUDA or MPS GPU found: this will be very slow; MFU and peak VRAM read 0)")
+    print(ATTENTION_BACKEND)
+    torch.set_float32_matmul_precision("high")
+    use_cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if use_cuda else (torch.mps.synchronize if device.type == "mps" else (lambda: None))
+    # bf16 autocast on GPUs; plain fp32 on CPUs (bf16 matmuls are emulated there and far slower)
+    autocast_ctx = torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type != "cpu" else nullcontext()
+
+    tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+    if TOTAL_BATCH_SIZE % tokens_per_fwdbwd != 0:
+        print(f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE:,}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN "
+              f"({DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN} = {tokens_per_fwdbwd:,}); change DEVICE_BATCH_SIZE or "
+              f"TOTAL_BATCH_SIZE in train.py so that it divides.")
+        sys.exit(1)
+    grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
+
+    tokenizer = Tokenizer.from_directory()
+    vocab_size = tokenizer.get_vocab_size()
+
+    model_dim = ((DEPTH * ASPECT_RATIO + HEAD_DIM - 1) // HEAD_DIM) * HEAD_DIM
+    num_heads = model_dim // HEAD_DIM
+    config = GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size, n_layer=DEPTH, n_head=num_heads,
+                       n_kv_head=num_heads, n_embd=model_dim, window_pattern=WINDOW_PATTERN)
+    print(f"model config: {asdict(config)}")
+    with torch.device("meta"):  # no memory or init work until the real device is known
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+
+    param_counts = model.num_scaling_params()
+    print("parameter counts:")
+    for key, value in param_counts.items():
+        print(f"  {key:24s}: {value:,}")
+    num_params = param_counts["total"]
+    num_flops_per_token = model.estimate_flops()
+    print(f"estimated FLOPs per token: {num_flops_per_token:e}")
+
+    optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR, matrix_lr=MATRIX_LR,
+                                      weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS, scalar_lr=SCALAR_LR)
+    raw_model = model
+    if use_cuda:
+        model = torch.compile(model, dynamic=False)
+
+    train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+    x, y, epoch = next(train_loader)
+    print(f"time budget: {TIME_BUDGET}s, gradient accumulation steps: {grad_accum_steps}")
+
+    # -------------------------------------------------------------------------
+    # Training loop: steps 0..10 (compilation, warm-up) are not counted in the time budget
+
+    t_start_training = time.time()
+    smooth_train_loss = total_training_time = step0_seconds = 0.0
+    step = timed_steps = 0
+    try:
+        while True:
+            sync()
+            t0 = time.time()
+            for micro_step in range(grad_accum_steps):
+                with autocast_ctx:
+                    loss = model(x, y)
+                train_loss = loss.detach()
+                (loss / grad_accum_steps).backward()
+                x, y, epoch = next(train_loader)  # the host packs the next batch while the GPU works
+            progress = min(total_training_time / TIME_BUDGET, 1.0)
+            lrm = get_lr_multiplier(progress)
+            muon_momentum = get_muon_momentum(step)
+            muon_weight_decay = get_weight_decay(progress)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lrm
+                if group["kind"] == "muon":
+                    group["momentum"] = muon_momentum
+                    group["weight_decay"] = muon_weight_decay
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+            sync()
+            t1 = time.time()
+            dt = t1 - t0
+            train_loss_f = train_loss.item()  # one host read per step, after the sync: costs nothing extra
+            if math.isnan(train_loss_f) or train_loss_f > 100:
+                print(f"\nFAIL: training loss is {train_loss_f} at step {step}")
+                sys.exit(1)
+            if step == 0:
+                step0_seconds = dt
+            if step > 10:
+                total_training_time += dt
+                timed_steps += 1
+
+            ema_beta = 0.9
+            smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
+            debiased_loss = smooth_train_loss / (1 - ema_beta ** (step + 1))
+            tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
+            mfu = f"{100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops:.1f}%" if peak_flops else "n/a"
+            remaining = max(0.0, TIME_BUDGET - total_training_time)
+            print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased_loss:.6f} | lrm: {lrm:.2f} | "
+                  f"dt: {dt * 1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu} | epoch: {epoch} | "
+                  f"remaining: {remaining:.0f}s    ", end="", flush=True)
+
+            # The collector's pauses cost ~500 ms each; nothing here makes reference cycles worth chasing
+            if step == 0:
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+            elif (step + 1) % 5000 == 0:
+                gc.collect()
+            step += 1
+            if step > 10 and total_training_time >= TIME_BUDGET:
+                break
+    except Exception as e:  # out of memory gets a plain answer; anything else propagates as usual
+        if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
+            raise
+        smaller = next((b for b in range(DEVICE_BATCH_SIZE - 1, 0, -1) if TOTAL_BATCH_SIZE % (b * MAX_SEQ_LEN) == 0), 1)
+        print(f"\nOut of GPU memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in train.py, "
+              f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {smaller} with "
+              f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (smaller * MAX_SEQ_LEN)} micro steps per step.")
+        sys.exit(1)
+    print()
+    total_tokens = step * TOTAL_BATCH_SIZE
+
+    # -------------------------------------------------------------------------
+    # Save the weights (a failed evaluation must not lose the run), evaluate, summarise
+
+    checkpoint_path = os.path.join("checkpoints", "model.pt")
+    os.makedirs(os.path.dirname(checkpoint_path), exist_ok=True)
+    torch.save(raw_model.state_dict(), checkpoint_path)
+    print(f"saved weights: {checkpoint_path}")
+    t_eval = time.time()
+    model.eval()
+    try:
+        with autocast_ctx:
+            val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)
+    except BaseException:
+        print(f"\nevaluation failed; the trained weights are saved at {os.path.abspath(checkpoint_path)}")
+        raise
+    t_end = time.time()
+
+    steady_state_mfu = (100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak_flops
+                        if peak_flops and total_training_time > 0 else 0.0)
+    peak_vram_mb = torch.cuda.max_memory_allocated() / 1024 / 1024 if use_cuda else 0.0
+    print(f"timing: startup {t_start_training - t_start:.1f}s, step 0{' (torch.compile)' if use_cuda else ''} "
+          f"{step0_seconds:.1f}s, eval {t_end - t_eval:.1f}s")
+    print("---")
+    print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"training_seconds: {total_training_time:.1f}")
+    print(f"total_seconds:    {t_end - t_start:.1f}")
+    print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
+    print(f"mfu_percent:      {steady_state_mfu:.2f}")
+    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
+    print(f"num_steps:        {step}")
+    print(f"num_params_M:     {num_params / 1e6:.1f}")
+    print(f"depth:            {DEPTH}")
+
+
+if __name__ == "__main__":
+    main()
