@@ -28,7 +28,7 @@ import prepare  # noqa: E402
 def make_text(rng, n_docs, marker=""):
     syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["th", "sh", "qu", "ng"]
     words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(20000)]
-    extras = ["café", "naïve", "日本語", "Привет", "🙂", "x=3.14;", "(see §2)", "e-mail", "C++", "\tTab"]
+    extras = ["café", "<|reserved_1|>", "naïve", "日本語", "Привет", "🙂", "x=3.14;", "(see §2)", "e-mail", "C++", "\tTab"]
     docs = []
     for _ in range(n_docs):
         out = [marker] if marker else []
