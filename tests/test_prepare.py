@@ -1,6 +1,5 @@
 """prepare.py: downloads against a real loopback server, the tokenizer, the dataloader and evaluate_bpb."""
 import base64
-import bisect
 import collections
 import json
 import math
