@@ -308,13 +308,14 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
             texts, e = next(docs)
             pending.append((pool.submit(encode, texts), e))
         future, epoch = pending.popleft()
-        for doc in future.result():
+        new_docs = future.result()
+        for doc in new_docs:
             n = len(doc)
             if n not in by_length:
                 bisect.insort(lengths, n)
                 by_length[n] = collections.deque()
             by_length[n].append(doc)
-        count += len(future.result())
+        count += len(new_docs)
 
     def take(i):  # remove and return the earliest document of length lengths[i]
         nonlocal count
