@@ -11,12 +11,16 @@ import shutil
 import subprocess
 import sys
 
+import test_train
 import torch
-from test_train import ROOT, parse_summary, shard_server, shrunk_copy  # noqa: F401  (shard_server: a fixture)
+from test_train import ROOT, parse_summary, shrunk_copy
+
+shard_server = test_train.shard_server  # the fixture serving generated shards on 127.0.0.1
 
 # git run with no user or system configuration (no signing, no hooks), with an identity for commits
 GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.com")
 
 
 def git(cwd, *args):
@@ -39,17 +43,17 @@ def snapshot(directory):
 def test_two_runs_at_once_in_two_worktrees(tmp_path, shard_server):
     repo, cache = tmp_path / "repo", tmp_path / "cache"
     repo.mkdir()
-    shrunk_copy(ROOT / "prepare.py", repo / "prepare.py", MAX_SEQ_LEN=128, TIME_BUDGET=1, EVAL_TOKENS=4 * 8 * 128,
-                VOCAB_SIZE=512)
-    shrunk_copy(ROOT / "train.py", repo / "train.py", DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=8,
-                TOTAL_BATCH_SIZE=8 * 128)
+    shrunk_copy(ROOT / "prepare.py", repo / "prepare.py", MAX_SEQ_LEN=128, TIME_BUDGET=1,
+                EVAL_TOKENS=4 * 8 * 128, VOCAB_SIZE=512)
+    shrunk_copy(ROOT / "train.py", repo / "train.py", DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32,
+                DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=8 * 128)
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
     git(repo, "-c", "init.defaultBranch=main", "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")
 
-    subprocess.run(["bash", "-c", f"n=2 tag=mar5\n{readme_worktree_loop()}"], cwd=repo, env=GIT_ENV, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(["bash", "-c", f"n=2 tag=mar5\n{readme_worktree_loop()}"], cwd=repo, env=GIT_ENV,
+                   check=True, capture_output=True, timeout=60)
     trees = [repo / "worktrees" / "gpu0", repo / "worktrees" / "gpu1"]
     for k, tree in enumerate(trees):
         assert git(tree, "rev-parse", "--abbrev-ref", "HEAD").strip() == f"autoresearch/mar5-gpu{k}"
@@ -61,8 +65,8 @@ def test_two_runs_at_once_in_two_worktrees(tmp_path, shard_server):
     git(trees[1], "commit", "-qam", "depth 2")
 
     # One torch thread per run: two runs on a small test machine would otherwise spin against each other
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), HF_ENDPOINT=shard_server, CUDA_VISIBLE_DEVICES="",
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), HF_ENDPOINT=shard_server,
+               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     prep = subprocess.run([sys.executable, "prepare.py", "--num-shards", "1"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=120)
     assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
