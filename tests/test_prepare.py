@@ -91,11 +91,21 @@ class ShardServer:
         self.httpd.server_close()
 
 
+class NoWait(threading.Event):
+    """A stop Event for the downloads whose waits (the backoff) return at once, recording their seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        return self.is_set()
+
+
 @pytest.fixture
-def no_sleep(monkeypatch):
-    waits = []
-    monkeypatch.setattr(prepare.time, "sleep", waits.append)
-    return waits
+def no_sleep():
+    return NoWait()
 
 
 def serve(monkeypatch, folder, **kw):
@@ -120,23 +130,23 @@ def test_download_fetches_each_shard_intact(monkeypatch, corpus, tmp_path):
 
 def test_download_retries_503_with_backoff(monkeypatch, corpus, tmp_path, no_sleep):
     server = serve(monkeypatch, corpus, fail_first=2)
-    prepare.download_shard(0, str(tmp_path), prepare.base_url())
+    prepare.download_shard(0, str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 3
-    assert no_sleep == [2, 4]  # 2**attempt seconds between attempts
+    assert no_sleep.waits == [2, 4]  # 2**attempt seconds between attempts
     assert (tmp_path / "shard_00000.parquet").read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
 
 
 def test_truncated_body_is_retried_and_never_kept(monkeypatch, corpus, tmp_path, no_sleep):
     server = serve(monkeypatch, corpus, truncate_first=1)
-    prepare.download_shard(1, str(tmp_path), prepare.base_url())
+    prepare.download_shard(1, str(tmp_path), prepare.base_url(), stop=no_sleep)
     assert server.requests["shard_00001.parquet"] == 2
     assert (tmp_path / "shard_00001.parquet").read_bytes() == (corpus / "shard_00001.parquet").read_bytes()
     server.close()
     # a server that always truncates: all 5 attempts fail and no file, final or partial, is left
     server = serve(monkeypatch, corpus, truncate_first=100)
     with pytest.raises(RuntimeError, match=r"shard_00000.parquet: failed 5 attempts.*(IncompleteRead|truncated)"):
-        prepare.download_shard(0, str(tmp_path), prepare.base_url())
+        prepare.download_shard(0, str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 5
     assert sorted(os.listdir(tmp_path)) == ["shard_00001.parquet"]
@@ -161,12 +171,12 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     server = ShardServer(corpus)
     server.close()  # a port that nothing listens on any more
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    with pytest.raises(SystemExit) as exit_info:
-        prepare.download_data(2, 2, data_dir=str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:  # one worker: shard 1 exhausts its attempts, the rest is stopped
+        prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "shard_00001.parquet: failed 5 attempts" in err and "ConnectionError" in err
-    assert f"{prepare.VAL_FILENAME}: failed 5 attempts" in err
+    assert prepare.VAL_FILENAME not in err and "unreachable" in err
     assert "1 of 3 shards are ready" in err and "HF_ENDPOINT" in err
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet"]
     assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
