@@ -62,7 +62,8 @@ def shard_filename(index):
 def base_url():
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     if not endpoint.startswith(("http://", "https://")):  # requests would fail only after all the retries
-        sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, e.g. https://hf-mirror.com")
+        sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, "
+                 "e.g. HF_ENDPOINT=https://hf-mirror.com")
     return f"{endpoint.rstrip('/')}/{DATASET_PATH}"
 
 # ---------------------------------------------------------------------------
@@ -101,16 +102,15 @@ class Progress:
 
 def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS):
     """Download one shard into data_dir (if missing or corrupt); None if `stop` is set before it is done.
-
     Raises ShardMissing at once on a 4xx answer, RuntimeError after `attempts` failures of any other kind."""
     stop = stop or threading.Event()
+    update = progress.update if progress else lambda nbytes=0, shard_done=False: None
     name = shard_filename(index)
     path = os.path.join(data_dir, name)
     if os.path.exists(path):
         try:
             check_shard(path)
-            if progress:
-                progress.update(shard_done=True)
+            update(shard_done=True)
             return path
         except Exception as e:
             print(f"\n{name} on disk is unreadable ({e}); downloading it again")
@@ -132,14 +132,12 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
                             return None
                         f.write(chunk)
                         received += len(chunk)
-                        if progress:
-                            progress.update(len(chunk))
+                        update(len(chunk))
             if expected is not None and received != int(expected):
                 raise IOError(f"truncated body: {received} of {expected} bytes")
             check_shard(tmp)
             os.replace(tmp, path)  # only a complete, verified file ever carries the final name
-            if progress:
-                progress.update(shard_done=True)
+            update(shard_done=True)
             return path
         except ShardMissing:
             raise
@@ -186,13 +184,13 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
     for e in errors:
         print(f"error: download failed for {e}", file=sys.stderr)
     if errors:
-        if any(isinstance(e, ShardMissing) for e in errors):
-            advice = "The server does not have every shard asked for: use a smaller --num-shards (or check HF_ENDPOINT)"
-        else:
-            advice = ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") + \
-                ("Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: finished shards are kept")
-        print(f"error: {ready()} of {len(indices)} shards are ready in {data_dir} (from {url_base}). {advice}.",
-              file=sys.stderr)
+        print(f"error: {ready()} of {len(indices)} shards are ready in {data_dir} (from {url_base}). " + (
+            "The server does not have every shard asked for: use a smaller --num-shards (or check HF_ENDPOINT)."
+            if any(isinstance(e, ShardMissing) for e in errors) else
+            ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
+            "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
+            "finished shards are kept."),
+            file=sys.stderr)
         sys.exit(1)
     print(f"data: {ready()} of {len(indices)} shards ready in {data_dir}")
 
@@ -224,12 +222,12 @@ def training_text(data_dir=None, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENI
                     return
 
 
-def train_tokenizer(data_dir=None, tokenizer_dir=None, vocab_size=VOCAB_SIZE):
+def train_tokenizer(data_dir=None, tokenizer_dir=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
     t0 = time.time()
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(training_text(data_dir), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    bpe.train_from_iterator(training_text(data_dir), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
     ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     # Stored as tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
@@ -286,19 +284,15 @@ class Tokenizer:
             raise TokenizerError(rank_file, f"has a line that is not `<base64 token> <rank>` ({e})") from None
         if sorted(ranks.values()) != list(range(n)):
             raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({len(ranks)} tokens)")
-        try:
+        try:  # not JSON, no pattern (KeyError), a pattern tiktoken rejects, other special tokens
             with open(meta_file) as f:
                 meta = json.load(f)
-            pattern, specials = meta["pattern"], meta["special_tokens"]
+            if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
+                raise ValueError(f"special tokens are not {SPECIAL_TOKENS[0]}..{SPECIAL_TOKENS[-1]} = {n}..{n + 3}")
+            return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
+                                         special_tokens=meta["special_tokens"]))
         except (ValueError, KeyError, TypeError) as e:
             raise TokenizerError(meta_file, f"is damaged ({type(e).__name__}: {e})") from None
-        if specials != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
-            raise TokenizerError(meta_file, f"does not give {', '.join(SPECIAL_TOKENS)} the ids {n}..{n + 3}")
-        try:
-            enc = tiktoken.Encoding(name="autoresearch", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
-        except (ValueError, TypeError) as e:
-            raise TokenizerError(meta_file, f"has a pattern tiktoken rejects ({e})") from None
-        return cls(enc)
 
     def get_vocab_size(self):
         return self.enc.n_vocab
@@ -324,10 +318,6 @@ def get_token_bytes(device="cpu"):
     return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
 
 
-def _unreadable(path, e):
-    return RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again")
-
-
 def _default_device():
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -349,7 +339,7 @@ def _document_batches(split, batch_docs=128):
                     for i in range(0, len(texts), batch_docs):
                         yield texts[i:i + batch_docs], epoch
             except (OSError, ValueError) as e:
-                raise _unreadable(path, e) from e
+                raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
         epoch += 1
 
 
@@ -368,7 +358,8 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
     docs = _document_batches(split)
-    pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)), thread_name_prefix="dataloader-tokenize")
+    pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
+                              thread_name_prefix="dataloader-tokenize")
     pending = collections.deque()  # tokenization runs ahead, in order
     lengths, by_length = [], {}
     count, epoch = 0, 1
@@ -435,7 +426,7 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
         try:
             check_shard(path)  # the footer only: cheap
         except (OSError, ValueError) as e:
-            raise _unreadable(path, e) from None
+            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
     return _loader(tokenizer, B, T, split, buffer_size)
 
 
@@ -451,13 +442,9 @@ def _loader(tokenizer, B, T, split, buffer_size):
         batches = _pack_batches(tokenizer, B, T, split, buffer_size, stop)
         try:
             for rows, epoch in batches:
-                while True:  # a blocking get that gives up once the loader is closed
-                    try:
-                        host, copied = free.get(timeout=0.1)
-                        break
-                    except queue.Empty:
-                        if stop.is_set():
-                            return
+                host, copied = free.get()  # close() puts one more in, to wake it
+                if stop.is_set():
+                    return
                 if copied is not None:
                     copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
                 if host is None:
@@ -489,6 +476,7 @@ def _loader(tokenizer, B, T, split, buffer_size):
             yield batch[0], batch[1], epoch
     finally:
         stop.set()
+        free.put((None, None))
         thread.join(timeout=30)  # it stops at its next batch: well under a second (30: a generous bound)
 
 
