@@ -123,7 +123,7 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):  # 408/429 mean "later"
-                    raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code} from {r.url})")
+                    raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code})")
                 r.raise_for_status()
                 expected, received = r.headers.get("Content-Length"), 0
                 with open(tmp, "wb") as f:
@@ -288,7 +288,7 @@ class Tokenizer:
             with open(meta_file) as f:
                 meta = json.load(f)
             if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
-                raise ValueError(f"special tokens are not {SPECIAL_TOKENS[0]}..{SPECIAL_TOKENS[-1]} = {n}..{n + 3}")
+                raise ValueError(f"special tokens are not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
             return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
                                          special_tokens=meta["special_tokens"]))
         except (ValueError, KeyError, TypeError) as e:
@@ -319,11 +319,8 @@ def get_token_bytes(device="cpu"):
 
 
 def _default_device():
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    mps = torch.backends.mps.is_available()
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
 
 
 def _document_batches(split, batch_docs=128):
@@ -381,13 +378,10 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
 
     def take(i):  # remove and return the earliest document of length lengths[i]
         nonlocal count
-        n = lengths[i]
-        fifo = by_length[n]
-        doc = fifo.popleft()
-        if not fifo:
-            del by_length[n]
-            lengths.pop(i)
         count -= 1
+        doc = by_length[lengths[i]].popleft()
+        if not by_length[lengths[i]]:
+            del by_length[lengths.pop(i)]
         return doc
 
     try:
@@ -484,14 +478,13 @@ def _loader(tokenizer, B, T, split, buffer_size):
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the pinned validation shard: vocabulary-independent, comparable across tokenizers."""
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val")
-    total_nats = total_bytes = token_bytes = None
+    device = _default_device()  # where the loader puts the batches
+    token_bytes = tokenizer.token_bytes.to(device)
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total_nats = torch.zeros((), dtype=acc_dtype, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     for _ in range(EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)):
         x, y, _ = next(loader)
-        if token_bytes is None:
-            token_bytes = tokenizer.token_bytes.to(x.device)
-            acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
-            total_nats = torch.zeros((), dtype=acc_dtype, device=x.device)
-            total_bytes = torch.zeros((), dtype=torch.int64, device=x.device)
         losses = model(x, y, reduction="none").reshape(-1)
         nbytes = token_bytes[y.reshape(-1)]
         counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
