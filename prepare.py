@@ -177,6 +177,7 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
         wait(futures, timeout=2)  # workers stop between 1 MiB chunks and remove their partial .tmp files
         print(f"\ninterrupted: kept the {ready()} complete shards in {data_dir}; "
               "run prepare.py again to fetch the rest", file=sys.stderr, flush=True)
+        sys.stdout.flush()  # os._exit skips it
         os._exit(130)  # not sys.exit: a worker stuck in a stalled read (60 s timeout) would hold up the exit
     pool.shutdown()
     print()
