@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -61,6 +61,9 @@ def shard_filename(index):
 
 def base_url():
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if not endpoint.startswith(("http://", "https://")):  # requests would fail only after all the retries
+        sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, "
+                 "e.g. HF_ENDPOINT=https://hf-mirror.com")
     return f"{endpoint.rstrip('/')}/{DATASET_PATH}"
 
 # ---------------------------------------------------------------------------
@@ -68,10 +71,14 @@ def base_url():
 
 
 def check_shard(path):
-    """Raise if `path` is not a readable parquet file with a `text` column."""
+    """Raise if `path` is not a readable parquet file with a `text` column (reads only the footer)."""
     schema = pq.ParquetFile(path).schema_arrow
     if "text" not in schema.names:
         raise ValueError(f"no 'text' column (columns: {schema.names})")
+
+
+class ShardMissing(RuntimeError):
+    """The server answered that it does not have a shard: final, retrying cannot help."""
 
 
 class Progress:
@@ -93,13 +100,17 @@ class Progress:
                       end="", flush=True)
 
 
-def download_shard(index, data_dir, url_base, progress=None, attempts=DOWNLOAD_ATTEMPTS):
-    """Download one shard into data_dir (if missing or corrupt). Raises RuntimeError after `attempts` failures."""
+def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS):
+    """Download one shard into data_dir (if missing or corrupt); None if `stop` is set before it is done.
+    Raises ShardMissing at once on a 4xx answer, RuntimeError after `attempts` failures of any other kind."""
+    stop = stop or threading.Event()
+    update = progress.update if progress else lambda nbytes=0, shard_done=False: None
     name = shard_filename(index)
     path = os.path.join(data_dir, name)
     if os.path.exists(path):
         try:
             check_shard(path)
+            update(shard_done=True)
             return path
         except Exception as e:
             print(f"\n{name} on disk is unreadable ({e}); downloading it again")
@@ -107,58 +118,82 @@ def download_shard(index, data_dir, url_base, progress=None, attempts=DOWNLOAD_A
     tmp = path + ".tmp"
     error = None
     for attempt in range(1, attempts + 1):
+        if stop.is_set():
+            return None
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
+                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):  # 408/429 mean "later"
+                    raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code})")
                 r.raise_for_status()
-                expected = r.headers.get("Content-Length")
-                received = 0
+                expected, received = r.headers.get("Content-Length"), 0
                 with open(tmp, "wb") as f:
                     for chunk in r.raw.stream(CHUNK_BYTES, decode_content=False):
+                        if stop.is_set():  # Ctrl-C, or another shard found the server unreachable
+                            return None
                         f.write(chunk)
                         received += len(chunk)
-                        if progress:
-                            progress.update(len(chunk))
+                        update(len(chunk))
             if expected is not None and received != int(expected):
                 raise IOError(f"truncated body: {received} of {expected} bytes")
             check_shard(tmp)
             os.replace(tmp, path)  # only a complete, verified file ever carries the final name
-            if progress:
-                progress.update(shard_done=True)
+            update(shard_done=True)
             return path
-        except Exception as e:  # network errors, HTTP errors, truncation, unreadable parquet: all retried
+        except ShardMissing:
+            raise
+        except Exception as e:  # network errors, 5xx, truncation, unreadable parquet: all retried
             error = e
+        finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-            if attempt < attempts:
-                time.sleep(2 ** attempt)
+        if attempt < attempts:
+            stop.wait(2 ** attempt)  # backoff that Ctrl-C cuts short
+    if isinstance(error, requests.ConnectionError):
+        # Never connected in 5 attempts (~30 s of backoff): the server is unreachable, not this shard unlucky.
+        # Stop the others instead of spending those 30 s on each of them (~2 h for all 1823 shards).
+        stop.set()
     raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
 
 
-def download_data(num_shards, workers, data_dir=None):
+def download_data(num_shards, workers, data_dir=None, stop=None):
     """Download training shards 0..num_shards-1 plus the validation shard. Exits non-zero on failure."""
     data_dir = data_dir or DATA_DIR
+    url_base = base_url()
     os.makedirs(data_dir, exist_ok=True)
     indices = list(range(num_shards)) + [VAL_SHARD]
-    url_base = base_url()
     progress = Progress(len(indices))
-    failures = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(download_shard, i, data_dir, url_base, progress) for i in indices]
-        for f in futures:
-            try:
-                f.result()
-            except RuntimeError as e:
-                failures.append(str(e))
+    stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
+    pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
+    futures = [pool.submit(download_shard, i, data_dir, url_base, progress, stop) for i in indices]
+
+    def ready():
+        return sum(os.path.exists(os.path.join(data_dir, shard_filename(i))) for i in indices)
+
+    try:
+        while wait(futures, timeout=0.5).not_done:  # not f.result(): that would not see Ctrl-C until it returns
+            pass
+    except KeyboardInterrupt:
+        stop.set()
+        wait(futures, timeout=2)  # workers stop between 1 MiB chunks and remove their partial .tmp files
+        print(f"\ninterrupted: kept the {ready()} complete shards in {data_dir}; "
+              "run prepare.py again to fetch the rest", file=sys.stderr, flush=True)
+        sys.stdout.flush()  # os._exit skips it
+        os._exit(130)  # not sys.exit: a worker stuck in a stalled read (60 s timeout) would hold up the exit
+    pool.shutdown()
     print()
-    ready = sum(os.path.exists(os.path.join(data_dir, shard_filename(i))) for i in indices)
-    if failures:
-        for msg in failures:
-            print(f"error: download failed for {msg}", file=sys.stderr)
-        print(f"error: {ready} of {len(indices)} shards are ready in {data_dir} (from {url_base}). "
-              "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
-              "finished shards are kept.", file=sys.stderr)
+    errors = [f.exception() for f in futures if f.exception()]
+    for e in errors:
+        print(f"error: download failed for {e}", file=sys.stderr)
+    if errors:
+        print(f"error: {ready()} of {len(indices)} shards are ready in {data_dir} (from {url_base}). " + (
+            "The server does not have every shard asked for: use a smaller --num-shards (or check HF_ENDPOINT)."
+            if any(isinstance(e, ShardMissing) for e in errors) else
+            ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
+            "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
+            "finished shards are kept."),
+            file=sys.stderr)
         sys.exit(1)
-    print(f"data: {ready} of {len(indices)} shards ready in {data_dir}")
+    print(f"data: {ready()} of {len(indices)} shards ready in {data_dir}")
 
 # ---------------------------------------------------------------------------
 # Tokenizer training
@@ -188,12 +223,12 @@ def training_text(data_dir=None, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENI
                     return
 
 
-def train_tokenizer(data_dir=None, tokenizer_dir=None, vocab_size=VOCAB_SIZE):
+def train_tokenizer(data_dir=None, tokenizer_dir=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
     t0 = time.time()
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(training_text(data_dir), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    bpe.train_from_iterator(training_text(data_dir), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
     ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     # Stored as tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
@@ -214,6 +249,15 @@ def train_tokenizer(data_dir=None, tokenizer_dir=None, vocab_size=VOCAB_SIZE):
 # Runtime utilities (imported by train.py)
 
 
+class TokenizerError(FileNotFoundError):
+    """A saved tokenizer that is damaged. A FileNotFoundError like a missing one, so one `except` handles both;
+    str() is the one-line message: the file, what is wrong, the fix."""
+
+    def __init__(self, path, problem):
+        self.problem = f"{path} {problem}"
+        super().__init__(f"{self.problem}: run `uv run prepare.py` to train the tokenizer again")
+
+
 class Tokenizer:
     """A tiktoken Encoding (the BPE learned above) with the BOS token and byte counts for bits-per-byte."""
 
@@ -226,17 +270,30 @@ class Tokenizer:
                                          for i in range(enc.n_vocab)], dtype=torch.int32)
 
     @classmethod
-    def from_directory(cls, dir=TOKENIZER_DIR):
+    def from_directory(cls, dir=TOKENIZER_DIR, tokenizer_dir=None):  # `tokenizer_dir=`: the original's keyword
+        """The tokenizer saved by prepare.py, checked: a damaged one raises TokenizerError, not a traceback."""
+        dir = tokenizer_dir or dir
         rank_file, meta_file = os.path.join(dir, "tokenizer.tiktoken"), os.path.join(dir, "tokenizer.json")
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
             raise FileNotFoundError(f"no tokenizer in {dir}: run `uv run prepare.py` first")
-        with open(meta_file) as f:
-            meta = json.load(f)
-        with open(rank_file) as f:
-            ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
-        enc = tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
-                                special_tokens=meta["special_tokens"])
-        return cls(enc)
+        n = VOCAB_SIZE - len(SPECIAL_TOKENS)
+        try:  # a line cut short, not base64 or not a number: ValueError
+            with open(rank_file) as f:
+                ranks = {base64.b64decode(token, validate=True): int(rank)
+                         for token, rank in (line.split() for line in f.read().splitlines() if line)}
+        except ValueError as e:
+            raise TokenizerError(rank_file, f"has a line that is not `<base64 token> <rank>` ({e})") from None
+        if sorted(ranks.values()) != list(range(n)):
+            raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({len(ranks)} tokens)")
+        try:  # not JSON, no pattern (KeyError), a pattern tiktoken rejects, other special tokens
+            with open(meta_file) as f:
+                meta = json.load(f)
+            if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
+                raise ValueError(f"special tokens are not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
+            return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
+                                         special_tokens=meta["special_tokens"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise TokenizerError(meta_file, f"is damaged ({type(e).__name__}: {e})") from None
 
     def get_vocab_size(self):
         return self.enc.n_vocab
@@ -257,12 +314,14 @@ class Tokenizer:
         return self.enc.decode(ids)
 
 
+def get_token_bytes(device="cpu"):
+    """The default tokenizer's token_bytes on `device`: the original's helper, for a train.py written for it."""
+    return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
+
+
 def _default_device():
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    mps = torch.backends.mps.is_available()
+    return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
 
 
 def _document_batches(split, batch_docs=128):
@@ -297,7 +356,8 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
     docs = _document_batches(split)
-    pool = ThreadPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
+                              thread_name_prefix="dataloader-tokenize")
     pending = collections.deque()  # tokenization runs ahead, in order
     lengths, by_length = [], {}
     count, epoch = 0, 1
@@ -319,13 +379,10 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
 
     def take(i):  # remove and return the earliest document of length lengths[i]
         nonlocal count
-        n = lengths[i]
-        fifo = by_length[n]
-        doc = fifo.popleft()
-        if not fifo:
-            del by_length[n]
-            lengths.pop(i)
         count -= 1
+        doc = by_length[lengths[i]].popleft()
+        if not by_length[lengths[i]]:
+            del by_length[lengths.pop(i)]
         return doc
 
     try:
@@ -346,8 +403,8 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
                         rows[b, pos:] = take(0)[:space]
                         pos = T + 1
             yield rows, epoch
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    finally:  # wait for the encodes in flight: no loader thread may still be in native code at exit
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
@@ -355,9 +412,20 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
 
     A background thread packs batches ahead into host buffers, so the caller's thread only starts a copy.
     On CUDA the buffers are pinned and recycled: a buffer is refilled only after its last copy has finished.
+    close() stops and joins the loader's threads.
     """
     assert split in ("train", "val"), split
-    list_shards(split)  # fail here, in the caller, if the data is missing
+    # Fail here, in the caller, if data is missing or unreadable: for training that includes the validation
+    # shard, which would otherwise be found broken only after the whole time budget
+    for path in list_shards(split) + (list_shards("val") if split == "train" else []):
+        try:
+            check_shard(path)  # the footer only: cheap
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
+    return _loader(tokenizer, B, T, split, buffer_size)
+
+
+def _loader(tokenizer, B, T, split, buffer_size):
     device = _default_device()
     cuda = device.type == "cuda"
     stop = threading.Event()
@@ -366,15 +434,12 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
         free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
 
     def producer():
+        batches = _pack_batches(tokenizer, B, T, split, buffer_size, stop)
         try:
-            for rows, epoch in _pack_batches(tokenizer, B, T, split, buffer_size, stop):
-                while True:  # a blocking get that gives up once the loader is closed
-                    try:
-                        host, copied = free.get(timeout=0.1)
-                        break
-                    except queue.Empty:
-                        if stop.is_set():
-                            return
+            for rows, epoch in batches:
+                host, copied = free.get()  # close() puts one more in, to wake it
+                if stop.is_set():
+                    return
                 if copied is not None:
                     copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
                 if host is None:
@@ -385,8 +450,11 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
                 ready.put((host, epoch))
         except BaseException as e:  # hand the error to the consumer instead of dying silently
             ready.put((e, None))
+        finally:
+            batches.close()  # joins the tokenizer pool
 
-    threading.Thread(target=producer, daemon=True, name=f"dataloader-{split}").start()
+    thread = threading.Thread(target=producer, daemon=True, name=f"dataloader-{split}")
+    thread.start()
     try:
         while True:
             host, epoch = ready.get()
@@ -403,20 +471,21 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
             yield batch[0], batch[1], epoch
     finally:
         stop.set()
+        free.put((None, None))
+        thread.join(timeout=30)  # it stops at its next batch: well under a second (30: a generous bound)
 
 
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the pinned validation shard: vocabulary-independent, comparable across tokenizers."""
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val")
-    total_nats = total_bytes = token_bytes = None
+    device = _default_device()  # where the loader puts the batches
+    token_bytes = tokenizer.token_bytes.to(device)
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total_nats = torch.zeros((), dtype=acc_dtype, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     for _ in range(EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)):
         x, y, _ = next(loader)
-        if token_bytes is None:
-            token_bytes = tokenizer.token_bytes.to(x.device)
-            acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
-            total_nats = torch.zeros((), dtype=acc_dtype, device=x.device)
-            total_bytes = torch.zeros((), dtype=torch.int64, device=x.device)
         losses = model(x, y, reduction="none").reshape(-1)
         nbytes = token_bytes[y.reshape(-1)]
         counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
@@ -452,6 +521,9 @@ def main():
     try:
         Tokenizer.from_directory(TOKENIZER_DIR)
         print(f"tokenizer: already trained in {TOKENIZER_DIR}")
+    except TokenizerError as e:
+        print(f"tokenizer: {e.problem}; training it again")
+        train_tokenizer()
     except FileNotFoundError:
         train_tokenizer()
     print("ready: run `uv run train.py`")

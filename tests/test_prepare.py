@@ -6,9 +6,12 @@ import math
 import os
 import pickle
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
@@ -59,8 +62,9 @@ def corpus(tmp_path_factory):
 class ShardServer:
     """Serves a folder like the hub: GET .../resolve/main/<name>. Can answer 503 or cut bodies short at first."""
 
-    def __init__(self, folder, fail_first=0, truncate_first=0):
+    def __init__(self, folder, fail_first=0, truncate_first=0, stall=()):
         self.requests = collections.Counter()
+        self.closed = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,6 +81,10 @@ class ShardServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if name in stall:  # half the body, then nothing until the server closes
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    return server.closed.wait()
                 self.wfile.write(data[: len(data) // 2] if n <= fail_first + truncate_first else data)
 
             def log_message(self, *args):
@@ -87,15 +95,26 @@ class ShardServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
 
+class NoWait(threading.Event):
+    """A stop Event for the downloads whose waits (the backoff) return at once, recording their seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        return self.is_set()
+
+
 @pytest.fixture
-def no_sleep(monkeypatch):
-    waits = []
-    monkeypatch.setattr(prepare.time, "sleep", waits.append)
-    return waits
+def no_sleep():
+    return NoWait()
 
 
 def serve(monkeypatch, folder, **kw):
@@ -120,23 +139,23 @@ def test_download_fetches_each_shard_intact(monkeypatch, corpus, tmp_path):
 
 def test_download_retries_503_with_backoff(monkeypatch, corpus, tmp_path, no_sleep):
     server = serve(monkeypatch, corpus, fail_first=2)
-    prepare.download_shard(0, str(tmp_path), prepare.base_url())
+    prepare.download_shard(0, str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 3
-    assert no_sleep == [2, 4]  # 2**attempt seconds between attempts
+    assert no_sleep.waits == [2, 4]  # 2**attempt seconds between attempts
     assert (tmp_path / "shard_00000.parquet").read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
 
 
 def test_truncated_body_is_retried_and_never_kept(monkeypatch, corpus, tmp_path, no_sleep):
     server = serve(monkeypatch, corpus, truncate_first=1)
-    prepare.download_shard(1, str(tmp_path), prepare.base_url())
+    prepare.download_shard(1, str(tmp_path), prepare.base_url(), stop=no_sleep)
     assert server.requests["shard_00001.parquet"] == 2
     assert (tmp_path / "shard_00001.parquet").read_bytes() == (corpus / "shard_00001.parquet").read_bytes()
     server.close()
     # a server that always truncates: all 5 attempts fail and no file, final or partial, is left
     server = serve(monkeypatch, corpus, truncate_first=100)
     with pytest.raises(RuntimeError, match=r"shard_00000.parquet: failed 5 attempts.*(IncompleteRead|truncated)"):
-        prepare.download_shard(0, str(tmp_path), prepare.base_url())
+        prepare.download_shard(0, str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 5
     assert sorted(os.listdir(tmp_path)) == ["shard_00001.parquet"]
@@ -161,12 +180,12 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     server = ShardServer(corpus)
     server.close()  # a port that nothing listens on any more
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    with pytest.raises(SystemExit) as exit_info:
-        prepare.download_data(2, 2, data_dir=str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:  # one worker: shard 1 exhausts its attempts, the rest is stopped
+        prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "shard_00001.parquet: failed 5 attempts" in err and "ConnectionError" in err
-    assert f"{prepare.VAL_FILENAME}: failed 5 attempts" in err
+    assert prepare.VAL_FILENAME not in err and "unreachable" in err
     assert "1 of 3 shards are ready" in err and "HF_ENDPOINT" in err
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet"]
     assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
@@ -363,3 +382,172 @@ def test_evaluate_bpb_uniform_model(tok, data_dir, monkeypatch):
     assert scored < len(targets)  # BOS targets are present and left out
     expected = scored * math.log(8192) / (math.log(2) * sum(byte_counts))
     assert bpb == pytest.approx(expected, rel=1e-6)  # float32 losses
+
+# ---------------------------------------------------------------------------
+# Failure paths: downloads, Ctrl-C, a damaged tokenizer, unreadable shards, closing the loader
+
+
+def test_shard_the_server_does_not_have_fails_at_once(monkeypatch, corpus, tmp_path, no_sleep, capsys):
+    server = serve(monkeypatch, corpus)  # has shards 0, 1 and the validation shard: not 2
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.download_data(3, 2, data_dir=str(tmp_path), stop=no_sleep)
+    server.close()
+    assert exit_info.value.code == 1
+    assert server.requests["shard_00002.parquet"] == 1 and no_sleep.waits == []  # no retries, no backoff
+    err = capsys.readouterr().err
+    assert "shard_00002.parquet: the server does not have it (HTTP 404" in err
+    assert "3 of 4 shards are ready" in err and "smaller --num-shards" in err
+
+
+def test_hf_endpoint_without_scheme_fails_before_any_request(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "hf-mirror.com")
+    monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: pytest.fail("requested"))
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.download_data(2, 2, data_dir=str(tmp_path))
+    assert "HF_ENDPOINT='hf-mirror.com' must start with http:// or https://" in str(exit_info.value.code)
+
+
+def test_unreachable_server_stops_the_other_downloads(monkeypatch, corpus, tmp_path, no_sleep, capsys):
+    server = ShardServer(corpus)
+    server.close()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    calls = []
+    real_get = prepare.requests.get
+    monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: calls.append(1) or real_get(*a, **k))
+    with pytest.raises(SystemExit):
+        prepare.download_data(200, 4, data_dir=str(tmp_path), stop=no_sleep)
+    # the first shard to exhaust its 5 attempts stops the rest: each of the 4 workers tried one shard at most
+    assert 5 <= len(calls) <= 4 * 5  # not 201 * 5
+    assert "unreachable" in capsys.readouterr().err and os.listdir(tmp_path) == []
+
+
+def test_progress_counts_shards_already_on_disk(monkeypatch, corpus, tmp_path, capsys):
+    (tmp_path / "shard_00000.parquet").write_bytes((corpus / "shard_00000.parquet").read_bytes())
+    server = serve(monkeypatch, corpus)
+    prepare.download_data(2, 2, data_dir=str(tmp_path))
+    server.close()
+    out = capsys.readouterr().out
+    assert out.split("\r")[-1].startswith("downloading: 3/3 shards") and "data: 3 of 3 shards ready" in out
+
+
+def test_download_stops_between_chunks(monkeypatch, tmp_path, no_sleep):
+    rng = random.Random(0)  # random letters barely compress: a shard of ~2.5 MB, three 1 MiB chunks
+    write_shard(tmp_path / "shard_00000.parquet", ["".join(rng.choices("abcdefghij", k=10000)) for _ in range(250)])
+    (tmp_path / "out").mkdir()
+    server = serve(monkeypatch, tmp_path)
+
+    class StopAfterFirstChunk:
+        def update(self, nbytes=0, shard_done=False):
+            no_sleep.set()
+    path = prepare.download_shard(0, str(tmp_path / "out"), prepare.base_url(), StopAfterFirstChunk(), no_sleep)
+    server.close()
+    assert path is None and os.listdir(tmp_path / "out") == [] and server.requests["shard_00000.parquet"] == 1
+
+
+def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_path):
+    server = ShardServer(corpus, stall=("shard_00001.parquet", prepare.VAL_FILENAME))
+    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path), HF_ENDPOINT=server.url)
+    proc = subprocess.Popen([sys.executable, "prepare.py", "--num-shards", "2", "--download-workers", "3"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = tmp_path / "data" / "shard_00000.parquet"
+    deadline = time.time() + 120  # interpreter and torch start-up on a loaded machine
+    while not (done.exists() and len(server.requests) == 3) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the stalled downloads are inside their reads
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.close()
+    elapsed = time.time() - t0
+    assert proc.returncode == 130 and elapsed < 10, (elapsed, err)
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"interrupted: kept the 1 complete shards in {tmp_path / 'data'}; run prepare.py again to fetch the rest"]
+    assert [n for n in os.listdir(tmp_path / "data") if not n.endswith(".tmp")] == ["shard_00000.parquet"]
+    assert done.read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
+
+
+def damage(tdir, how):
+    ranks, meta = tdir / "tokenizer.tiktoken", tdir / "tokenizer.json"
+    text = ranks.read_text()
+    if how == "ranks cut mid-line":
+        ranks.write_text(text[: text.index("\n", len(text) // 2) - 3])
+    elif how == "ranks cut at a line end":
+        ranks.write_text("".join(text.splitlines(keepends=True)[:4000]))
+    elif how == "json is not json":
+        meta.write_text('{"pattern": "x", "spec')
+    elif how == "json has no pattern":
+        meta.write_text(json.dumps({"special_tokens": json.loads(meta.read_text())["special_tokens"]}))
+    elif how == "json special tokens wrong":
+        meta.write_text(json.dumps({"pattern": prepare.SPLIT_PATTERN, "special_tokens": {"<|reserved_0|>": 8188}}))
+    return ranks if how.startswith("ranks") else meta
+
+
+@pytest.mark.parametrize("how", ["ranks cut mid-line", "ranks cut at a line end", "json is not json",
+                                 "json has no pattern", "json special tokens wrong"])
+def test_damaged_tokenizer_raises_one_line_error(prepared, tmp_path, how):
+    shutil.copytree(prepared[0] / "tokenizer", tmp_path / "tok")
+    bad_file = damage(tmp_path / "tok", how)
+    with pytest.raises(prepare.TokenizerError) as info:
+        prepare.Tokenizer.from_directory(str(tmp_path / "tok"))
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError) and "\n" not in message
+    assert message.startswith(str(bad_file)) and message.endswith("run `uv run prepare.py` to train the tokenizer again")
+
+
+def test_prepare_trains_a_damaged_tokenizer_again(prepared, tmp_path, monkeypatch, capsys):
+    shutil.copytree(prepared[0] / "data", tmp_path / "data")
+    shutil.copytree(prepared[0] / "tokenizer", tmp_path / "tokenizer")
+    damage(tmp_path / "tokenizer", "ranks cut at a line end")
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(tmp_path / "tokenizer"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # every shard is on disk: nothing is requested
+    monkeypatch.setattr(sys, "argv", ["prepare.py", "--num-shards", "2"])
+    prepare.main()
+    out = capsys.readouterr().out
+    assert "does not hold each rank 0..8187 once (4000 tokens); training it again" in out
+    assert "tokenizer: vocab 8192 trained" in out
+    assert prepare.Tokenizer.from_directory(str(tmp_path / "tokenizer")).get_vocab_size() == 8192
+
+
+def test_original_keyword_and_get_token_bytes(prepared, tok, monkeypatch):
+    tdir = str(prepared[0] / "tokenizer")
+    assert prepare.Tokenizer.from_directory(tokenizer_dir=tdir).encode("hello") == tok.encode("hello")
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", tdir)
+    token_bytes = prepare.get_token_bytes("cpu")
+    assert token_bytes.dtype == torch.int32 and torch.equal(token_bytes, tok.token_bytes)
+
+
+@pytest.mark.parametrize("val", ["missing", "corrupt"])
+def test_train_loader_checks_the_validation_shard_at_once(tok, data_dir, tmp_path, monkeypatch, val):
+    shutil.copy(data_dir / "shard_00000.parquet", tmp_path)
+    if val == "corrupt":
+        (tmp_path / prepare.VAL_FILENAME).write_bytes(b"PAR1 not really")
+    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path))
+    error = FileNotFoundError if val == "missing" else RuntimeError
+    with pytest.raises(error, match=r"run `uv run prepare.py`"):
+        prepare.make_dataloader(tok, 2, 16, "train")  # the call itself, before any batch
+
+
+def test_unreadable_train_shard_fails_at_call_time(tok, data_dir, tmp_path, monkeypatch):
+    shutil.copy(data_dir / prepare.VAL_FILENAME, tmp_path)
+    shutil.copy(data_dir / "shard_00000.parquet", tmp_path)
+    good = (data_dir / "shard_00001.parquet").read_bytes()
+    (tmp_path / "shard_00001.parquet").write_bytes(good[: len(good) // 2])
+    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"cannot read .*shard_00001.parquet .*run `uv run prepare.py` again"):
+        prepare.make_dataloader(tok, 2, 16, "train")
+
+
+def test_closing_the_loader_joins_its_threads(tok, data_dir):
+    before = set(threading.enumerate())
+    loader = prepare.make_dataloader(tok, 4, 64, "train", buffer_size=50)
+    next(loader)
+    next(loader)
+    started = [t.name for t in set(threading.enumerate()) - before]
+    assert "dataloader-train" in started and any(n.startswith("dataloader-tokenize") for n in started)
+    loader.close()
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
