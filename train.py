@@ -458,6 +458,8 @@ FINAL_LR_FRAC = 0.0         # LR multiplier reached at the end of warmdown
 # Model size and memory
 DEPTH = 8                   # number of transformer layers
 DEVICE_BATCH_SIZE = 128     # sequences per micro step (lower it if out of memory)
+SEED = 42                   # weight init; program.md changes it (to 43) only to measure run-to-run noise
+PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 
 # -----------------------------------------------------------------------------
 # Schedules and GPU peak throughput
@@ -499,10 +501,10 @@ def gpu_peak_flops(name):
 
 def main():
     t_start = time.time()
-    torch.manual_seed(42)
+    torch.manual_seed(SEED)
     if torch.cuda.is_available():
         device = torch.device("cuda")
-        torch.cuda.manual_seed(42)
+        torch.cuda.manual_seed(SEED)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         gpu_name = torch.cuda.get_device_name()
@@ -510,10 +512,10 @@ def main():
         print(f"device: cuda ({gpu_name})" + ("" if peak_flops else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS, so MFU reads n/a"))
     elif torch.backends.mps.is_available():
         device, peak_flops = torch.device("mps"), None
-        print("device: mps (no CUDA GPU: no FA3, no torch.compile, MFU and peak VRAM read 0)")
+        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's memory)")
     else:
         device, peak_flops = torch.device("cpu"), None
-        print("device: cpu (no CUDA or MPS GPU found: this will be very slow; MFU and peak VRAM read 0)")
+        print("device: cpu (no CUDA or MPS GPU: very slow; MFU reads 0, peak_vram_mb: peak resident memory)")
     print(ATTENTION_BACKEND)
     torch.set_float32_matmul_precision("high")
     use_cuda = device.type == "cuda"
@@ -531,6 +533,7 @@ def main():
 
     tokenizer = Tokenizer.from_directory()
     vocab_size = tokenizer.get_vocab_size()
+    print(f"Vocab size: {vocab_size:,}")
     train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs while we build
 
     model_dim = ((DEPTH * ASPECT_RATIO + HEAD_DIM - 1) // HEAD_DIM) * HEAD_DIM
@@ -550,6 +553,7 @@ def main():
     num_params = param_counts["total"]
     num_flops_per_token = model.estimate_flops()
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
+    print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {(model_dim / 768) ** -0.5:.6f}")
 
     optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR, matrix_lr=MATRIX_LR,
                                       weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS, scalar_lr=SCALAR_LR)
@@ -562,7 +566,8 @@ def main():
             block.compile(dynamic=False)
 
     x, y, epoch = next(train_loader)
-    print(f"time budget: {TIME_BUDGET}s, gradient accumulation steps: {grad_accum_steps}")
+    print(f"Time budget: {TIME_BUDGET}s")
+    print(f"Gradient accumulation steps: {grad_accum_steps}")
 
     # -------------------------------------------------------------------------
     # Training loop: steps 0..10 (compilation, warm-up) are not counted in the time budget
@@ -570,6 +575,9 @@ def main():
     t_start_training = time.time()
     smooth_train_loss = total_training_time = step0_seconds = 0.0
     step = timed_steps = 0
+    # A terminal gets one line rewritten in place; a file (run.log) gets plain lines, few enough for
+    # `tail -n 50 run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, the last
+    tty, last_print = sys.stdout.isatty(), 0.0
     try:
         while True:
             sync()
@@ -610,9 +618,14 @@ def main():
             tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
             mfu = f"{100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops:.1f}%" if peak_flops else "n/a"
             remaining = max(0.0, TIME_BUDGET - total_training_time)
-            print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased_loss:.6f} | lrm: {lrm:.2f} | "
-                  f"dt: {dt * 1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu} | epoch: {epoch} | "
-                  f"remaining: {remaining:.0f}s    ", end="", flush=True)
+            line = (f"step {step:05d} ({100 * progress:.1f}%) | loss: {debiased_loss:.6f} | lrm: {lrm:.2f} | "
+                    f"dt: {dt * 1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu} | epoch: {epoch} | "
+                    f"remaining: {remaining:.0f}s")
+            if tty:
+                print(f"\r{line}    ", end="", flush=True)
+            elif step <= 10 or t1 - last_print >= PROGRESS_EVERY or total_training_time >= TIME_BUDGET:
+                print(line, flush=True)
+                last_print = t1
 
             # The collector's pauses cost ~500 ms each; nothing here makes reference cycles worth chasing
             if step == 0:
@@ -632,7 +645,8 @@ def main():
               f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {smaller} with "
               f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (smaller * MAX_SEQ_LEN)} micro steps per step.")
         sys.exit(1)
-    print()
+    if tty:
+        print()
     total_tokens = step * TOTAL_BATCH_SIZE
 
     # -------------------------------------------------------------------------
@@ -654,7 +668,16 @@ def main():
 
     steady_state_mfu = (100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak_flops
                         if peak_flops and total_training_time > 0 else 0.0)
-    peak_vram_mb = torch.cuda.max_memory_allocated() / 1024 / 1024 if use_cuda else 0.0
+    # MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory at the end; on CPU peak RSS
+    peak_vram_mb = 0.0  # native Windows CPU: no getrusage there
+    if use_cuda:
+        peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20
+    elif device.type == "mps":
+        peak_vram_mb = torch.mps.driver_allocated_memory() / 2**20
+    elif sys.platform != "win32":
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+        peak_vram_mb = rss / (2**20 if sys.platform == "darwin" else 2**10)
     print(f"timing: startup {t_start_training - t_start:.1f}s, step 0{' (torch.compile)' if use_cuda else ''} "
           f"{step0_seconds:.1f}s, eval {t_end - t_eval:.1f}s")
     print("---")

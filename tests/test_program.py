@@ -1,6 +1,9 @@
 """program.md must agree with what train.py prints and with the results.tsv format the notebook reads."""
 
+import os
 import re
+import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +125,79 @@ def test_backend_line_program_tells_the_agent_to_grep():
     program, train = _read("program.md"), _read("train.py")
     if 'grep "^attention:" run.log' in program:
         assert re.search(r"""f?["']attention: """, train), "train.py must print the backend as 'attention: ...'"
+
+
+def _example_rows(program):
+    block = next(b for b in _code_blocks(program) if b.startswith(HEADER + "\n") and b.count("\n") > 1)
+    return [line.split("\t") for line in block.strip("\n").splitlines()[1:]]
+
+
+def test_baseline_runs_twice_without_a_commit_and_sets_the_noise_floor():
+    program, train = _read("program.md"), _read("train.py")
+    setup = program[program.index("## Setup"):program.index("## Rules")]
+    assert "nothing to commit" in setup and 'git commit -am "baseline (seed 43)"' in setup
+    assert "`SEED = 43`" in setup and "git reset --hard HEAD~1" in setup and "at least 0.001" in setup
+    assert re.search(r"^SEED = 42 ", train, re.MULTILINE), "train.py needs the SEED constant program.md edits"
+    # The notebook computes the same floor from the same rows
+    notebook = _read("analysis.ipynb")
+    assert "NOISE_MIN = 0.001" in notebook and "(seed \\\\d+\\\\)$" in notebook
+
+
+def test_example_results_follow_the_noise_rule():
+    rows = _example_rows(_read("program.md"))
+    (_, base, _, status0, desc0), (_, rerun, _, status1, desc1) = rows[:2]
+    assert (status0, desc0, status1, desc1) == ("keep", "baseline", "discard", "baseline (seed 43)")
+    noise = max(abs(float(base) - float(rerun)), 0.001)
+    best, confirmed = float(base), 0
+    for k, (_, val, _, status, desc) in enumerate(rows[2:], start=2):
+        val = float(val)
+        if desc.endswith(" (seed 43)"):  # a confirming rerun: right after its candidate, logged as discard
+            assert status == "discard" and rows[k - 1][4] == desc[: -len(" (seed 43)")]
+            continue
+        following = rows[k + 1] if k + 1 < len(rows) else None
+        rerun_val = float(following[1]) if following and following[4] == desc + " (seed 43)" else None
+        if status == "keep":
+            assert val < best - noise or (val < best and rerun_val is not None and rerun_val < best), desc
+            confirmed += rerun_val is not None
+            best = val
+        elif status == "discard":
+            assert val >= best - noise, f"{desc} beat the noise and should have been kept"
+        else:
+            assert status == "crash" and val == 0.0
+    assert confirmed >= 1, "show a gain inside the noise floor confirmed by a rerun"
+    assert any(r[3] == "crash" and "(timeout)" in r[4] for r in rows), "show how a timed-out run is logged"
+
+
+def _start_and_wait(program, tmp_path, fake_uv, limit_s):
+    """Run program.md's background command and its wait loop with a stand-in `uv`; return run.log."""
+    block = next(b for b in _code_blocks(program) if "timeout 600 uv run train.py > run.log 2>&1" in b)
+    start, wait = [line.split("    #")[0] for line in block.strip().splitlines()]
+    assert start.rstrip().endswith("&"), "the run must start in the background"
+    (tmp_path / "uv").write_text("#!/bin/sh\n" + fake_uv)
+    (tmp_path / "uv").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    subprocess.run(["bash", "-c", start.replace("timeout 600", f"timeout {limit_s}")], cwd=tmp_path, env=env,
+                   timeout=30, check=True)
+    for _ in range(60):  # the agent's wait, with 0.5 s instead of 60 s sleeps
+        out = subprocess.run(["bash", "-c", wait.replace("sleep 60", "sleep 0.5")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=30).stdout
+        if out:
+            return out, (tmp_path / "run.log").read_text()
+    raise AssertionError("the wait never saw the run end")
+
+
+def test_background_run_and_wait_report_the_exit_code(tmp_path):
+    program = _read("program.md")
+    assert "Claude Code after 2" in program and not re.search(r"log it\s+as `discard` or `crash`", program)
+    out, log = _start_and_wait(program, tmp_path, 'echo "val_bpb:          0.997900"\n', limit_s=600)
+    assert out.strip() == "exit: 0" and "val_bpb:          0.997900" in log
+    # A run past the limit ends with timeout's code 124, which program.md says to log as a crash
+    (tmp_path / "run.log").unlink()
+    out, log = _start_and_wait(program, tmp_path, "sleep 30\n", limit_s=1)
+    assert out.strip() == "exit: 124" and "`exit: 124`" in program and "`crash` with `(timeout)`" in program
+
+
+def test_off_gpu_memory_and_leftover_weights_are_explained():
+    program = _read("program.md")
+    assert "peak resident memory" in program and "MPS" in program
+    assert "after a reset, the discarded run's" in program

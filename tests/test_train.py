@@ -450,7 +450,7 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     assert values["training_seconds"] >= 4.0
     assert values["total_seconds"] >= values["training_seconds"]
     assert values["total_tokens_M"] == round(values["num_steps"] * 2 * 8 * 128 / 1e6, 1)
-    assert values["peak_vram_mb"] == 0.0 and values["mfu_percent"] == 0.0  # CPU: no VRAM, no known peak
+    assert values["peak_vram_mb"] > 0 and values["mfu_percent"] == 0.0  # CPU: peak resident memory, no known peak
     state = torch.load(work / "checkpoints" / "model.pt", map_location="cpu")
     assert "lm_head.weight" in state and state["resid_lambdas"].shape == (2,)
 
