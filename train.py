@@ -491,9 +491,9 @@ def gpu_peak_flops(name):
 
 # Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers) + tokens
 # per micro step * (a * depth * width + b * vocab). Fitted to this model's measured peaks, all within 6 %:
-# cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at 32/64/128 12.3/24.0/47.2 GB,
-# depth 4 at 64 7.7 GB, depth 12 at 32 26.5 GB. cpu (fp32, eager; peak RSS, 2 cores, torch 2.9.1): depth 8 at 1, 2
-# x 2048 2.5, 3.7 GB; depth 4 at 4, 16 x 512 1.4, 2.9 GB, 0.6 GB of it Python and torch. MPS: as cpu (errs high).
+# cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/
+# 47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS; 2 cores, torch 2.9.1):
+# depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB Python, torch). MPS: as cpu.
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
 CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8 measured)
 MAX_UNTIMED_SECONDS = 600   # refuse when warm-up plus evaluation alone take longer (the agent's 10-minute limit)
@@ -573,7 +573,8 @@ def main():
     autocast_ctx = torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type != "cpu" else nullcontext()
 
     if DEVICE_BATCH_SIZE < 1 or TOTAL_BATCH_SIZE < 1:
-        sys.exit(f"DEVICE_BATCH_SIZE ({DEVICE_BATCH_SIZE}) and TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) must be positive.")
+        sys.exit(f"DEVICE_BATCH_SIZE ({DEVICE_BATCH_SIZE}) and TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) "
+                 "must be positive.")
     tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     if TOTAL_BATCH_SIZE % tokens_per_fwdbwd != 0:
         print(f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE:,}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN "
@@ -604,8 +605,9 @@ def main():
                  f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device.type}:\n"
                  + (SMALL_COMPUTER_ADVICE if not use_cuda else f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit
                     else "lower DEPTH in train.py."))
-    seconds = 0 if use_cuda else untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, matmul_rate(device, sync))
-    if seconds > MAX_UNTIMED_SECONDS:
+    rate = None if use_cuda else matmul_rate(device, sync)
+    seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
+    if seconds and seconds > MAX_UNTIMED_SECONDS:
         sys.exit(f"On this {device.type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
                  f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
     model.to_empty(device=device)
@@ -693,7 +695,8 @@ def main():
             raise
         fit = memory and fitting_batch_size(config, num_params, device.type, memory, failed_at=DEVICE_BATCH_SIZE)
         if memory and not fit:
-            sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: lower DEPTH.")
+            sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
+                     "lower DEPTH.")
         fit = fit or next((b for b in range(DEVICE_BATCH_SIZE - 1, 0, -1) if TOTAL_BATCH_SIZE % (b * MAX_SEQ_LEN) == 0), 1)
         print(f"\nOut of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in train.py, "
               f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
