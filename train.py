@@ -8,8 +8,18 @@ Ends with a summary block whose val_bpb (bits per byte on the pinned validation 
 """
 
 import os
+import sys
+from importlib.metadata import version
+
+if __name__ == "__main__" and len(sys.argv) > 1:  # before the slow imports: a flag must not start a run
+    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
+    sys.exit(2)
+# Expandable segments: less fragmentation at high memory use. torch < 2.10's CUDA allocator reads only the old
+# name, and c10 calls it deprecated unless the new one is set too; later versions read PYTORCH_ALLOC_CONF alone.
 if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
-    os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"  # less fragmentation at high memory use
+    os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    if tuple(int(v) for v in version("torch").split(".")[:2]) < (2, 10):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot): a
 # run after an edit reuses every compiled region the edit did not change
@@ -19,7 +29,6 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
 
 import gc
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -30,7 +39,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
+from prepare import (EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, TOKENIZER_DIR, Tokenizer, evaluate_bpb,
+                     make_dataloader)
 
 # -----------------------------------------------------------------------------
 # Attention backend: Flash Attention 3 from the kernels hub, else PyTorch with the same window semantics
@@ -409,21 +419,28 @@ class MuonAdamW(torch.optim.Optimizer):
                        t["step"], t["lr"], t["beta1"], t["beta2"], t["eps"], t["wd"])
 
     def _step_muon(self, group):
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return
+        params = group["params"]
         (rows, cols), n = params[0].shape, len(params)
         red_dim = -1 if rows >= cols else -2  # NorMuon's statistics: per row of tall, per column of wide matrices
-        state = self.state[params[0]]
+        state = self.state[params[0]]  # one state per group: row i of each buffer belongs to params[i]
         if not state:
             state["momentum_buffer"] = params[0].new_zeros(n, rows, cols)
             state["second_momentum_buffer"] = params[0].new_zeros((n, rows, 1) if rows >= cols else (n, 1, cols))
+        momentum_buf, second_buf = state["momentum_buffer"], state["second_momentum_buffer"]
+        have = [i for i, p in enumerate(params) if p.grad is not None]
+        if not have:
+            return
+        if len(have) < n:  # a parameter without a gradient is not updated, nor are its buffer rows
+            params = [params[i] for i in have]
+            momentum_buf, second_buf = momentum_buf[have], second_buf[have]  # copies, written back below
         grads, stacked = torch.stack([p.grad for p in params]), torch.stack(params)
         t = self._set(momentum=group["momentum"], lr=group["lr"] * max(1.0, rows / cols) ** 0.5,
                       wd=group["weight_decay"], beta2=group["beta2"])
-        muon_step(grads, stacked, state["momentum_buffer"], state["second_momentum_buffer"],
+        muon_step(grads, stacked, momentum_buf, second_buf,
                   t["momentum"], t["lr"], t["wd"], t["beta2"], group["ns_steps"], red_dim)
         torch._foreach_copy_(params, list(stacked.unbind(0)))
+        if len(have) < n:
+            state["momentum_buffer"][have], state["second_momentum_buffer"][have] = momentum_buf, second_buf
 
     @torch.no_grad()
     def step(self):
@@ -496,7 +513,65 @@ def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
 
 # -----------------------------------------------------------------------------
-# Setup
+# Setup: will the run fit and finish? Estimates, checked before the heavy work
+
+# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers) + tokens
+# per micro step * (a * depth * width + b * vocab). Fitted to this model's measured peaks, all within 6 %:
+# cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/
+# 47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS; 2 cores, torch 2.9.1):
+# depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB Python, torch). MPS: as cpu.
+STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
+CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8 measured)
+MAX_UNTIMED_SECONDS = 600   # refuse when warm-up plus evaluation alone take longer (the agent's 10-minute limit)
+SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the human, "
+                         "MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small computers'.")
+
+
+def step_memory(config, num_params, batch_size, device_type):
+    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
+    per_token = a * config.n_layer * config.n_embd + b * config.vocab_size
+    return fixed + 16 * num_params + batch_size * config.sequence_len * per_token
+
+
+def fitting_batch_size(config, num_params, device_type, memory, failed_at=None):
+    """Largest DEVICE_BATCH_SIZE that keeps TOTAL_BATCH_SIZE divisible and is estimated to need at most 90 % of
+    `memory` (10 % for the CUDA context, fragmentation), or None. failed_at: a size that ran out of memory."""
+    fixed = step_memory(config, num_params, 0, device_type)
+    per_sequence = step_memory(config, num_params, 1, device_type) - fixed
+    if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
+        per_sequence = max(per_sequence, (memory - fixed) / failed_at)
+    sizes = range(1, (failed_at or TOTAL_BATCH_SIZE // config.sequence_len + 1))
+    return max((b for b in sizes if TOTAL_BATCH_SIZE % (b * config.sequence_len) == 0
+                and fixed + b * per_sequence <= 0.9 * memory), default=None)
+
+
+def available_memory(device_type):
+    """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
+    if device_type == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    if device_type == "mps":
+        return torch.mps.recommended_max_memory()
+    try:
+        with open("/proc/meminfo") as f:  # Linux
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def matmul_rate(device, sync):
+    """FLOP/s of fp32 1024 x 1024 matrix products on this device, measured for 0.3 s."""
+    x, n, t0 = torch.randn(1024, 1024, device=device), 0, time.time()
+    while time.time() - t0 < 0.3:
+        x @ x
+        sync()
+        n += 1
+    return n * 2 * 1024 ** 3 / (time.time() - t0)
+
+
+def untimed_seconds(flops_per_token, batch_size, rate):
+    """Estimated seconds of the 11 warm-up steps and the evaluation (forward: a third of the FLOPs), CPU or MPS."""
+    eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
+    return (11 * TOTAL_BATCH_SIZE + eval_tokens / 3) * flops_per_token / (CPU_EFFICIENCY * rate)
 
 
 def main():
@@ -523,6 +598,9 @@ def main():
     # bf16 autocast on GPUs; plain fp32 on CPUs (bf16 matmuls are emulated there and far slower)
     autocast_ctx = torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type != "cpu" else nullcontext()
 
+    if DEVICE_BATCH_SIZE < 1 or TOTAL_BATCH_SIZE < 1:
+        sys.exit(f"DEVICE_BATCH_SIZE ({DEVICE_BATCH_SIZE}) and TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) "
+                 "must be positive.")
     tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     if TOTAL_BATCH_SIZE % tokens_per_fwdbwd != 0:
         print(f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE:,}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN "
@@ -531,7 +609,11 @@ def main():
         sys.exit(1)
     grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
 
-    tokenizer = Tokenizer.from_directory()
+    try:
+        tokenizer = Tokenizer.from_directory()
+    except Exception as e:  # missing (its message says what to run) or unreadable: one line, no traceback
+        sys.exit(e if isinstance(e, FileNotFoundError) else f"the tokenizer in {TOKENIZER_DIR} is unreadable "
+                 f"({type(e).__name__}: {str(e)[:80]}): delete that folder and run `uv run prepare.py`")
     vocab_size = tokenizer.get_vocab_size()
     print(f"Vocab size: {vocab_size:,}")
     train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs while we build
@@ -543,6 +625,19 @@ def main():
     print(f"model config: {asdict(config)}")
     with torch.device("meta"):  # no memory or init work until the real device is known
         model = GPT(config)
+    num_params = model.num_scaling_params()["total"]
+    memory, need = available_memory(device.type), step_memory(config, num_params, DEVICE_BATCH_SIZE, device.type)
+    fit = memory and fitting_batch_size(config, num_params, device.type, memory)
+    if memory and need > memory:  # stop now, not after a compile or minutes of swapping
+        sys.exit(f"DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE} at DEPTH = {DEPTH} needs about {need / 1e9:.1f} GB "
+                 f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device.type}:\n"
+                 + (SMALL_COMPUTER_ADVICE if not use_cuda else f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit
+                    else "lower DEPTH in train.py."))
+    rate = None if use_cuda else matmul_rate(device, sync)
+    seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
+    if seconds and seconds > MAX_UNTIMED_SECONDS:
+        sys.exit(f"On this {device.type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
+                 f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
     model.to_empty(device=device)
     model.init_weights()
 
@@ -550,7 +645,6 @@ def main():
     print("parameter counts:")
     for key, value in param_counts.items():
         print(f"  {key:24s}: {value:,}")
-    num_params = param_counts["total"]
     num_flops_per_token = model.estimate_flops()
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
     print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {(model_dim / 768) ** -0.5:.6f}")
@@ -640,13 +734,18 @@ def main():
     except Exception as e:  # out of memory gets a plain answer; anything else propagates as usual
         if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
             raise
-        smaller = next((b for b in range(DEVICE_BATCH_SIZE - 1, 0, -1) if TOTAL_BATCH_SIZE % (b * MAX_SEQ_LEN) == 0), 1)
-        print(f"\nOut of GPU memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in train.py, "
-              f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {smaller} with "
-              f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (smaller * MAX_SEQ_LEN)} micro steps per step.")
+        fit = memory and fitting_batch_size(config, num_params, device.type, memory, failed_at=DEVICE_BATCH_SIZE)
+        if memory and not fit:
+            sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
+                     "lower DEPTH.")
+        fit = fit or next((b for b in range(DEVICE_BATCH_SIZE - 1, 0, -1) if TOTAL_BATCH_SIZE % (b * MAX_SEQ_LEN) == 0), 1)
+        print(f"\nOut of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in train.py, "
+              f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
+              f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (fit * MAX_SEQ_LEN)} micro steps per step.")
         sys.exit(1)
     if tty:
         print()
+    train_loader.close()  # stop its packing thread before saving and evaluating
     total_tokens = step * TOTAL_BATCH_SIZE
 
     # -------------------------------------------------------------------------
