@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from prepare import (EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, TOKENIZER_DIR, Tokenizer, evaluate_bpb,
+from prepare import (EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb,
                      make_dataloader)
 
 # -----------------------------------------------------------------------------
@@ -611,12 +611,10 @@ def main():
 
     try:
         tokenizer = Tokenizer.from_directory()
-    except Exception as e:  # missing (its message says what to run) or unreadable: one line, no traceback
-        sys.exit(e if isinstance(e, FileNotFoundError) else f"the tokenizer in {TOKENIZER_DIR} is unreadable "
-                 f"({type(e).__name__}: {str(e)[:80]}): delete that folder and run `uv run prepare.py`")
+    except FileNotFoundError as e:  # missing or damaged: prepare.py's one line says what to run
+        sys.exit(str(e))
     vocab_size = tokenizer.get_vocab_size()
     print(f"Vocab size: {vocab_size:,}")
-    train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs while we build
 
     model_dim = ((DEPTH * ASPECT_RATIO + HEAD_DIM - 1) // HEAD_DIM) * HEAD_DIM
     num_heads = model_dim // HEAD_DIM
@@ -638,6 +636,10 @@ def main():
     if seconds and seconds > MAX_UNTIMED_SECONDS:
         sys.exit(f"On this {device.type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
                  f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
+    try:  # every shard checked now, the validation one included, not after the training budget
+        train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs while we build
+    except (OSError, RuntimeError) as e:
+        sys.exit(str(e))
     model.to_empty(device=device)
     model.init_weights()
 

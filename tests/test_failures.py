@@ -34,11 +34,13 @@ def default_config(vocab_size=8192, seq_len=2048):
 
 
 def write_byte_tokenizer(cache):
-    """A valid 260-token tokenizer (256 bytes + the 4 specials) in cache/tokenizer, no training needed."""
+    """A valid tokenizer of prepare's size (256 bytes, then byte pairs, then the 4 specials), no training needed."""
     tok = cache / "tokenizer"
     tok.mkdir(parents=True)
-    (tok / "tokenizer.tiktoken").write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    specials = {name: 256 + i for i, name in enumerate(prepare.SPECIAL_TOKENS)}
+    n = prepare.VOCAB_SIZE - len(prepare.SPECIAL_TOKENS)
+    tokens = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:n - 256]
+    (tok / "tokenizer.tiktoken").write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
+    specials = {name: n + i for i, name in enumerate(prepare.SPECIAL_TOKENS)}
     (tok / "tokenizer.json").write_text(json.dumps({"pattern": prepare.SPLIT_PATTERN, "special_tokens": specials}))
     return tok
 
@@ -190,8 +192,8 @@ def test_corrupt_tokenizer_gives_one_line(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith(f"the tokenizer in {tok} is unreadable (JSONDecodeError: ")
-    assert lines[0].endswith("delete that folder and run `uv run prepare.py`")
+    assert lines[0].startswith(f"{tok / 'tokenizer.json'} is damaged (JSONDecodeError: ")
+    assert lines[0].endswith("run `uv run prepare.py` to train the tokenizer again")
 
 # -----------------------------------------------------------------------------
 # Muon: parameters without a gradient
