@@ -21,8 +21,7 @@ if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in o
     if tuple(int(v) for v in version("torch").split(".")[:2]) < (2, 10):
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot): a
-# run after an edit reuses every compiled region the edit did not change
+# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
     os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch"),
     "torch_compile"))
@@ -94,8 +93,12 @@ def attention(q, k, v, window, use_flex=None):
     use_flex = q.is_cuda if use_flex is None else use_flex
     gqa = k.size(2) != q.size(2)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex take (B, H, T, D)
-    if window >= T - 1:  # the window covers the whole causal context (cuDNN first on CUDA: see GPT.forward)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if window >= T - 1:  # the window covers the whole causal context
+        if q.is_cuda:
+            with sdpa_kernel(SDPA_BACKENDS, set_priority=True):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     elif use_flex:
         y = flex_attention(q, k, v, block_mask=window_mask(window, T, q.device, True), enable_gqa=gqa)
     else:
@@ -176,10 +179,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.mlp = MLP(config)
 
-    def forward(self, x, x0, resid_lambda, x0_lambda, idx, ve_weight, cos_sin, window):
-        # The residual mix and the value-embedding lookup sit inside the block so that they compile with it
-        x = resid_lambda * x + x0_lambda * x0
-        ve = F.embedding(idx, ve_weight) if ve_weight is not None else None
+    def forward(self, x, ve, cos_sin, window):
         x = x + self.attn(norm(x), ve, cos_sin, window)
         return x + self.mlp(norm(x))
 
@@ -292,39 +292,19 @@ class GPT(nn.Module):
         B, T = idx.size()
         assert T <= self.cos.size(1), f"sequence length {T} > the rotary tables' {self.cos.size(1)}"
         cos_sin = self.cos[:, :T], self.sin[:, :T]
-        x0, x = embed(idx, self.transformer.wte.weight)
-        # The SDPA priority is set here, outside the compiled blocks: a context manager inside a compiled
-        # region makes its graph uncacheable (AOTAutograd cache bypass, ~5 s more per warm run)
-        with sdpa_kernel(SDPA_BACKENDS, set_priority=True) if idx.is_cuda else nullcontext():
-            for i, block in enumerate(self.transformer.h):
-                ve_weight = self.value_embeds[str(i)].weight if str(i) in self.value_embeds else None
-                x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], idx, ve_weight, cos_sin,
-                          self.window_sizes[i])
-        return lm_head_loss(x, self.lm_head.weight, targets, reduction)
-
-
-def embed(idx, wte_weight):
-    """Token embedding then an RMS norm: x0, and x as a copy (an alias of x0 would make layer 0 a compiled
-    variant of its own, ~3 s more to compile)."""
-    x0 = norm(F.embedding(idx, wte_weight))
-    return x0, x0.clone()
-
-
-def lm_head_loss(x, lm_head_weight, targets, reduction="mean"):
-    """Final norm, lm_head, logits in fp32 soft-capped at 15, then the loss (or the logits without targets)."""
-    softcap = 15
-    logits = F.linear(norm(x), lm_head_weight).float()
-    logits = softcap * torch.tanh(logits / softcap)
-    if targets is None:
-        return logits
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
-
-
-if torch.cuda.is_available():  # compiled regions of their own, like each block (see main)
-    embed, lm_head_loss = torch.compile(embed, dynamic=False), torch.compile(lm_head_loss, dynamic=False)
-    # Each compiled function keeps up to this many variants (window sizes x value embedding x train/eval: 8 with
-    # a pattern of S and L) before falling back to slow eager code; room for the agent's edits
-    torch._dynamo.config.recompile_limit = 64
+        x = norm(self.transformer.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos_sin, self.window_sizes[i])
+        x = norm(x)
+        softcap = 15
+        logits = self.lm_head(x).float()
+        logits = softcap * torch.tanh(logits / softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
 
 # -----------------------------------------------------------------------------
 # Optimizer: AdamW for embeddings, head and scalars; Muon (NorMuon variant) for the block matrices
@@ -655,11 +635,7 @@ def main():
                                       weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS, scalar_lr=SCALAR_LR)
     raw_model = model
     if use_cuda:
-        # Regional compilation: a block compiles once per distinct variant (window size, value embedding or
-        # not: 3 by default) and the other blocks reuse it; the head and the optimizer are graphs of their
-        # own.
-        for block in model.transformer.h:
-            block.compile(dynamic=False)
+        model = torch.compile(model, dynamic=False)
 
     x, y, epoch = next(train_loader)
     print(f"Time budget: {TIME_BUDGET}s")
