@@ -5,6 +5,7 @@ at every reading, so each step "takes" 2.5 s: the full 300 s budget (120 timed s
 seconds, with the real loop, the real throttling of the progress lines and the real summary.
 """
 
+import importlib.util
 import os
 import pty
 import random
@@ -30,7 +31,8 @@ TICK = 2.5  # fake seconds per clock reading: a step reads the clock twice, so 5
 FAST_CLOCK = f"""import itertools, runpy, sys, time
 ticks, start = itertools.count(), time.time()
 time.time = lambda: start + {TICK} * next(ticks)
-runpy.run_path(sys.argv[1], run_name="__main__")
+sys.argv = sys.argv[1:]  # train.py sees only its own name: it takes no arguments
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -44,9 +46,12 @@ def work(tmp_path_factory):
     for index in (0, 1, prepare.VAL_SHARD):
         docs = [make_document(rng) for _ in range(600)]
         pq.write_table(pa.table({"text": docs}), data / prepare.shard_filename(index), row_group_size=256)
-    prepare.train_tokenizer(data_dir=str(data), tokenizer_dir=str(root / "cache" / "tokenizer"), vocab_size=512)
     # TIME_BUDGET stays 300 s: the fast clock makes it short
     shrunk_copy(ROOT / "prepare.py", root / "prepare.py", MAX_SEQ_LEN=128, EVAL_TOKENS=4 * 2 * 128, VOCAB_SIZE=512)
+    spec = importlib.util.spec_from_file_location("prepare_512", root / "prepare.py")  # the copy's VOCAB_SIZE
+    shrunk_prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shrunk_prepare)
+    shrunk_prepare.train_tokenizer(data_dir=str(data), tokenizer_dir=str(root / "cache" / "tokenizer"))
     shrunk_copy(ROOT / "train.py", root / "train.py", DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=2,
                 TOTAL_BATCH_SIZE=2 * 2 * 128)
     (root / "fast_clock.py").write_text(FAST_CLOCK)
