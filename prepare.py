@@ -51,8 +51,8 @@ BOS_TOKEN = SPECIAL_TOKENS[0]
 # GPT-4 style split, but digits grouped by one or two (not three): better for a small vocabulary
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}|"""
                  r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
-TOKENIZER_MAX_CHARS = 1_000_000_000
-TOKENIZER_DOC_CHARS = 10_000
+TOKENIZER_MAX_CHARS = 1_000_000_000             # the tokenizer trains on the first 1e9 characters,
+TOKENIZER_DOC_CHARS = 10_000                      # at most 10,000 of each document
 ROUNDTRIP_TEXT = ("Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\t"
                   "naïve café — 日本語のテキスト, Привет мир 🙂")
 
@@ -88,7 +88,7 @@ class Progress:
 
     def __init__(self, total):
         self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # updates come from every download thread
 
     def update(self, nbytes=0, shard_done=False):
         with self.lock:
@@ -107,8 +107,7 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
     stop = stop or threading.Event()
     update = progress.update if progress else lambda nbytes=0, shard_done=False: None
     name = shard_filename(index)
-    path = os.path.join(data_dir, name)
-    tmp = path + ".tmp"
+    path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
         try:
             check_shard(path)
@@ -184,11 +183,11 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
         print(*(f"error: download failed for {e}" for e in errors), sep="\n", file=sys.stderr)
         print(f"error: {ready()} of {len(indices)} shards are ready in {data_dir} (from {url_base}). " + (
             "The server does not have every shard asked for: "
-            "use a smaller --num-shards (or check HF_ENDPOINT)." if any(isinstance(e, ShardMissing) for e in errors) else
+            "use a smaller --num-shards (or check HF_ENDPOINT)."
+            if any(isinstance(e, ShardMissing) for e in errors) else
             ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
             "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
-            "finished shards are kept."),
-            file=sys.stderr)
+            "finished shards are kept."), file=sys.stderr)
         sys.exit(1)
     print(f"data: {ready()} of {len(indices)} shards ready in {data_dir}")
 
@@ -206,25 +205,22 @@ def list_shards(split, data_dir=None):
     return [os.path.join(data_dir, n) for n in names]
 
 
-def training_text(data_dir=None, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENIZER_DOC_CHARS):
-    """Documents of the training shards in file and row order, each cut to doc_chars, max_chars in all."""
-    total = 0
-    for path in list_shards("train", data_dir):
-        for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-            for text in batch.column("text").to_pylist():
-                text = text[:doc_chars]
-                yield text
-                total += len(text)
-                if total >= max_chars:
-                    return
-
-
 def train_tokenizer(data_dir=None, tokenizer_dir=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
-    t0 = time.time()
-    bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(training_text(data_dir), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+
+    def texts():  # training documents in file and row order, each cut short, TOKENIZER_MAX_CHARS in all
+        total = 0
+        for path in list_shards("train", data_dir):
+            for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+                for text in batch.column("text").to_pylist():
+                    yield text[:TOKENIZER_DOC_CHARS]
+                    total += min(len(text), TOKENIZER_DOC_CHARS)
+                    if total >= TOKENIZER_MAX_CHARS:
+                        return
+
+    t0, bpe = time.time(), rustbpe.Tokenizer()
+    bpe.train_from_iterator(texts(), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda token_rank: token_rank[1])
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     # tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
@@ -310,8 +306,7 @@ class Tokenizer:
         return self.enc.decode(ids)
 
 
-def get_token_bytes(device="cpu"):
-    """The default tokenizer's token_bytes on `device` (the original's helper)."""
+def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
 
 
@@ -336,14 +331,13 @@ def _document_batches(split, batch_docs=128):
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
 
 
-def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
-    """Endless (rows, epoch), rows int64 (B, T + 1), packed best-fit as in the spec. The buffer is indexed by
-    length (sorted lengths, a FIFO each): the longest that fits, earliest first, is a bisect and a popleft."""
-    bos = tokenizer.get_bos_token_id()
-    enc = tokenizer.enc
+def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
+    """The loader's thread: packs rows of T + 1 tokens best-fit as in the spec, B at a time, into the host
+    buffers from `free`, then puts (buffer, epoch) on `ready`. The document buffer is indexed by length
+    (sorted lengths, a FIFO each): the longest that fits, earliest first, is a bisect and a popleft."""
+    head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
-    def encode(texts):  # in a worker thread; tiktoken encodes into a buffer with the GIL released
-        head = np.array([bos], dtype=np.uint32)  # no Python int lists: the GIL is what limits throughput
+    def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
     docs = _document_batches(split)
@@ -365,14 +359,6 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
             by_length[len(doc)].append(doc)
             count += 1
 
-    def take(i):  # remove and return the earliest document of length lengths[i]
-        nonlocal count
-        count -= 1
-        doc = by_length[lengths[i]].popleft()
-        if not by_length[lengths[i]]:
-            del by_length[lengths.pop(i)]
-        return doc
-
     try:
         while not stop.is_set():
             rows = np.empty((B, T + 1), dtype=np.int64)
@@ -382,24 +368,37 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
                     while count < buffer_size:
                         refill()
                     space = T + 1 - pos
-                    # the longest document that fits, else (index -1 -> 0) the shortest, cropped to fill
-                    doc = take(max(bisect.bisect_right(lengths, space) - 1, 0))[:space]
+                    # the longest document that fits (earliest of that length), else the shortest, cropped
+                    i = max(bisect.bisect_right(lengths, space) - 1, 0)
+                    doc = by_length[lengths[i]].popleft()[:space]
+                    if not by_length[lengths[i]]:
+                        del by_length[lengths.pop(i)]
+                    count -= 1
                     rows[b, pos:pos + len(doc)] = doc
                     pos += len(doc)
-            yield rows, epoch
+            host, copied = free.get()  # close() puts one more in, to wake it
+            if stop.is_set():
+                return
+            if copied is not None:
+                copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
+            host = torch.empty((2, B, T), dtype=torch.int64) if host is None else host
+            view = host.numpy()
+            view[0], view[1] = rows[:, :-1], rows[:, 1:]
+            ready.put((host, epoch))
+    except BaseException as e:  # hand the error to the consumer instead of dying silently
+        ready.put((e, None))
     finally:  # wait for the encodes in flight: no loader thread may still be in native code at exit
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
-    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device. A background thread
-    packs batches ahead into host buffers; on CUDA they are pinned and refilled only after their copy has
-    finished. close() stops and joins the loader's threads."""
+    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device, packed ahead by a
+    background thread. close() stops and joins the loader's threads."""
     assert split in ("train", "val"), split
-    # Fail here, in the caller, if data is missing or unreadable: for training that includes the validation
-    # shard, which would otherwise be found broken only after the whole time budget
+    # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
+    paths = list_shards(split) + (list_shards("val") if split == "train" else [])
     try:
-        for path in list_shards(split) + (list_shards("val") if split == "train" else []):
+        for path in paths:
             check_shard(path)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
@@ -413,26 +412,8 @@ def _loader(tokenizer, B, T, split, buffer_size):
     ready, free = queue.Queue(), queue.Queue()
     for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
         free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
-
-    def producer():
-        batches = _pack_batches(tokenizer, B, T, split, buffer_size, stop)
-        try:
-            for rows, epoch in batches:
-                host, copied = free.get()  # close() puts one more in, to wake it
-                if stop.is_set():
-                    return
-                if copied is not None:
-                    copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
-                host = torch.empty((2, B, T), dtype=torch.int64) if host is None else host
-                view = host.numpy()
-                view[0], view[1] = rows[:, :-1], rows[:, 1:]
-                ready.put((host, epoch))
-        except BaseException as e:  # hand the error to the consumer instead of dying silently
-            ready.put((e, None))
-        finally:
-            batches.close()  # joins the tokenizer pool
-
-    thread = threading.Thread(target=producer, daemon=True, name=f"dataloader-{split}")
+    thread = threading.Thread(target=_pack_batches, daemon=True, name=f"dataloader-{split}",
+                              args=(tokenizer, B, T, split, buffer_size, stop, free, ready))
     thread.start()
     try:
         while True:
@@ -455,17 +436,16 @@ def evaluate_bpb(model, tokenizer, batch_size):
     device = _default_device()  # where the loader puts the batches
     token_bytes = tokenizer.token_bytes.to(device)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    total_nats = torch.zeros((), dtype=acc_dtype, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    total_nats = total_bytes = 0  # become tensors on the device: no host sync per batch
     for _ in range(EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)):
         x, y, _ = next(loader)
         losses = model(x, y, reduction="none").reshape(-1)
         nbytes = token_bytes[y.reshape(-1)]
         counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
-        total_nats += torch.where(counted, losses.float(), 0.0).sum().to(total_nats.dtype)
-        total_bytes += nbytes.sum()
+        total_nats = total_nats + torch.where(counted, losses.float(), 0.0).sum().to(acc_dtype)
+        total_bytes = total_bytes + nbytes.sum()
     loader.close()
-    return total_nats.item() / (math.log(2) * total_bytes.item())
+    return float(total_nats) / (math.log(2) * float(total_bytes))
 
 # ---------------------------------------------------------------------------
 # Main
