@@ -51,8 +51,7 @@ BOS_TOKEN = SPECIAL_TOKENS[0]
 # GPT-4 style split, but digits grouped by one or two (not three): better for a small vocabulary
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}|"""
                  r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
-TOKENIZER_MAX_CHARS = 1_000_000_000             # the tokenizer trains on the first 1e9 characters,
-TOKENIZER_DOC_CHARS = 10_000                      # at most 10,000 of each document
+TOKENIZER_MAX_CHARS, TOKENIZER_DOC_CHARS = 1_000_000_000, 10_000  # BPE trains on 1e9 chars, <= 1e4 a document
 ROUNDTRIP_TEXT = ("Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\t"
                   "naïve café — 日本語のテキスト, Привет мир 🙂")
 
@@ -88,7 +87,7 @@ class Progress:
 
     def __init__(self, total):
         self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
-        self.lock = threading.Lock()  # updates come from every download thread
+        self.lock = threading.Lock()
 
     def update(self, nbytes=0, shard_done=False):
         with self.lock:
@@ -116,8 +115,8 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
         except Exception as e:
             print(f"\n{name} on disk is unreadable ({e}); downloading it again")
             os.remove(path)
-    for attempt in range(1, attempts + 1):
-        if stop.is_set():
+    for attempt in range(attempts):
+        if stop.wait(2 ** attempt) if attempt else stop.is_set():  # retry after 2, 4, 8 s; Ctrl-C ends it
             return None
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
@@ -145,8 +144,6 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        if attempt < attempts:
-            stop.wait(2 ** attempt)  # backoff that Ctrl-C cuts short
     if isinstance(error, requests.ConnectionError):
         stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
     raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
@@ -332,9 +329,8 @@ def _document_batches(split, batch_docs=128):
 
 
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
-    """The loader's thread: packs rows of T + 1 tokens best-fit as in the spec, B at a time, into the host
-    buffers from `free`, then puts (buffer, epoch) on `ready`. The document buffer is indexed by length
-    (sorted lengths, a FIFO each): the longest that fits, earliest first, is a bisect and a popleft."""
+    """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
+    it on `ready`. Documents are indexed by length (sorted lengths, a FIFO each): best fit is a bisect."""
     head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
@@ -466,10 +462,8 @@ def main():
         parser.error(f"--num-shards must be between 1 and {MAX_SHARD}, or -1 for all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
-    num_shards = MAX_SHARD if args.num_shards == -1 else args.num_shards
-
     print(f"cache: {CACHE_DIR}")
-    download_data(num_shards, args.download_workers)
+    download_data(MAX_SHARD if args.num_shards == -1 else args.num_shards, args.download_workers)
     try:
         Tokenizer.from_directory(TOKENIZER_DIR)
         print(f"tokenizer: already trained in {TOKENIZER_DIR}")
