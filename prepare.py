@@ -34,7 +34,7 @@ MAX_SEQ_LEN = 2048          # context length of training and evaluation
 TIME_BUDGET = 300           # seconds of training (wall clock, compilation excluded)
 EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
 
-CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
 DATA_DIR = os.path.join(CACHE_DIR, "data")
 TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
 
@@ -43,16 +43,17 @@ MAX_SHARD = 1822                                  # shards 0 ... 1822 exist
 VAL_SHARD = MAX_SHARD                             # the last one is pinned for validation
 VAL_FILENAME = f"shard_{VAL_SHARD:05d}.parquet"
 DOWNLOAD_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20                             # 1 MiB: Ctrl-C is seen between chunks
 
 VOCAB_SIZE = 8192
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
 # GPT-4 style split, but digits grouped by one or two (not three): better for a small vocabulary
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-TOKENIZER_MAX_CHARS = 1_000_000_000
-TOKENIZER_DOC_CHARS = 10_000
-ROUNDTRIP_TEXT = "Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\tnaïve café — 日本語のテキスト, Привет мир 🙂"
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}|"""
+                 r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
+TOKENIZER_MAX_CHARS, TOKENIZER_DOC_CHARS = 1_000_000_000, 10_000  # BPE trains on 1e9 chars, <= 1e4 a document
+ROUNDTRIP_TEXT = ("Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\t"
+                  "naïve café — 日本語のテキスト, Привет мир 🙂")
 
 
 def shard_filename(index):
@@ -94,10 +95,9 @@ class Progress:
             self.done += shard_done
             now = time.time()
             if shard_done or now - self.last > 0.5:
-                self.last = now
-                rate = self.bytes / 1e6 / max(now - self.t0, 1e-9)
-                print(f"\rdownloading: {self.done}/{self.total} shards, {self.bytes / 1e6:.1f} MB, {rate:.1f} MB/s   ",
-                      end="", flush=True)
+                mb, self.last = self.bytes / 1e6, now
+                print(f"\rdownloading: {self.done}/{self.total} shards, {mb:.1f} MB, "
+                      f"{mb / max(now - self.t0, 1e-9):.1f} MB/s   ", end="", flush=True)
 
 
 def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS):
@@ -106,7 +106,7 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
     stop = stop or threading.Event()
     update = progress.update if progress else lambda nbytes=0, shard_done=False: None
     name = shard_filename(index)
-    path = os.path.join(data_dir, name)
+    path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
         try:
             check_shard(path)
@@ -115,10 +115,8 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
         except Exception as e:
             print(f"\n{name} on disk is unreadable ({e}); downloading it again")
             os.remove(path)
-    tmp = path + ".tmp"
-    error = None
-    for attempt in range(1, attempts + 1):
-        if stop.is_set():
+    for attempt in range(attempts):
+        if stop.wait(2 ** attempt) if attempt else stop.is_set():  # retry after 2, 4, 8 s; Ctrl-C ends it
             return None
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
@@ -146,12 +144,8 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        if attempt < attempts:
-            stop.wait(2 ** attempt)  # backoff that Ctrl-C cuts short
     if isinstance(error, requests.ConnectionError):
-        # Never connected in 5 attempts (~30 s of backoff): the server is unreachable, not this shard unlucky.
-        # Stop the others instead of spending those 30 s on each of them (~2 h for all 1823 shards).
-        stop.set()
+        stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
     raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
 
 
@@ -170,7 +164,7 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
         return sum(os.path.exists(os.path.join(data_dir, shard_filename(i))) for i in indices)
 
     try:
-        while wait(futures, timeout=0.5).not_done:  # not f.result(): that would not see Ctrl-C until it returns
+        while wait(futures, timeout=0.5).not_done:  # not f.result(): it would not see Ctrl-C
             pass
     except KeyboardInterrupt:
         stop.set()
@@ -182,16 +176,15 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
     pool.shutdown()
     print()
     errors = [f.exception() for f in futures if f.exception()]
-    for e in errors:
-        print(f"error: download failed for {e}", file=sys.stderr)
     if errors:
+        print(*(f"error: download failed for {e}" for e in errors), sep="\n", file=sys.stderr)
         print(f"error: {ready()} of {len(indices)} shards are ready in {data_dir} (from {url_base}). " + (
-            "The server does not have every shard asked for: use a smaller --num-shards (or check HF_ENDPOINT)."
+            "The server does not have every shard asked for: "
+            "use a smaller --num-shards (or check HF_ENDPOINT)."
             if any(isinstance(e, ShardMissing) for e in errors) else
             ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
             "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
-            "finished shards are kept."),
-            file=sys.stderr)
+            "finished shards are kept."), file=sys.stderr)
         sys.exit(1)
     print(f"data: {ready()} of {len(indices)} shards ready in {data_dir}")
 
@@ -202,56 +195,53 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
 def list_shards(split, data_dir=None):
     """Parquet files of a split, in sorted name order: `val` is the pinned shard, `train` all the others."""
     data_dir = data_dir or DATA_DIR
-    names = sorted(n for n in os.listdir(data_dir) if n.endswith(".parquet")) if os.path.isdir(data_dir) else []
-    names = [n for n in names if n == VAL_FILENAME] if split == "val" else [n for n in names if n != VAL_FILENAME]
+    names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+    names = [n for n in names if n.endswith(".parquet") and (n == VAL_FILENAME) == (split == "val")]
     if not names:
         raise FileNotFoundError(f"no {split} shards in {data_dir}: run `uv run prepare.py` first")
     return [os.path.join(data_dir, n) for n in names]
 
 
-def training_text(data_dir=None, max_chars=TOKENIZER_MAX_CHARS, doc_chars=TOKENIZER_DOC_CHARS):
-    """Documents of the training shards in file and row order, each cut to doc_chars, max_chars in all."""
-    total = 0
-    for path in list_shards("train", data_dir):
-        pf = pq.ParquetFile(path)
-        for rg in range(pf.num_row_groups):
-            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
-                text = text[:doc_chars]
-                yield text
-                total += len(text)
-                if total >= max_chars:
-                    return
-
-
 def train_tokenizer(data_dir=None, tokenizer_dir=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
-    t0 = time.time()
-    bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(training_text(data_dir), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
-    ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
+
+    def texts():  # training documents in file and row order, each cut short, TOKENIZER_MAX_CHARS in all
+        total = 0
+        for path in list_shards("train", data_dir):
+            for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+                for text in batch.column("text").to_pylist():
+                    yield text[:TOKENIZER_DOC_CHARS]
+                    total += min(len(text), TOKENIZER_DOC_CHARS)
+                    if total >= TOKENIZER_MAX_CHARS:
+                        return
+
+    t0, bpe = time.time(), rustbpe.Tokenizer()
+    bpe.train_from_iterator(texts(), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    ranks = sorted(bpe.get_mergeable_ranks(), key=lambda token_rank: token_rank[1])
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
-    # Stored as tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
+    # tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
+    rank_text = "".join(f"{base64.b64encode(bytes(t)).decode()} {r}\n" for t, r in ranks)
+    meta_text = json.dumps({"pattern": bpe.get_pattern(), "special_tokens": specials}, indent=1)
     os.makedirs(tokenizer_dir, exist_ok=True)
-    with open(os.path.join(tokenizer_dir, "tokenizer.tiktoken.tmp"), "w") as f:  # tiktoken's rank-file format
-        f.writelines(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
-    os.replace(os.path.join(tokenizer_dir, "tokenizer.tiktoken.tmp"), os.path.join(tokenizer_dir, "tokenizer.tiktoken"))
-    with open(os.path.join(tokenizer_dir, "tokenizer.json.tmp"), "w") as f:
-        json.dump({"pattern": bpe.get_pattern(), "special_tokens": specials}, f, indent=1)
-    os.replace(os.path.join(tokenizer_dir, "tokenizer.json.tmp"), os.path.join(tokenizer_dir, "tokenizer.json"))
+    for name, text in [("tokenizer.tiktoken", rank_text), ("tokenizer.json", meta_text)]:
+        path = os.path.join(tokenizer_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)  # never a half-written file under the final name
     tokenizer = Tokenizer.from_directory(tokenizer_dir)
-    ids = tokenizer.encode(ROUNDTRIP_TEXT)
-    if tokenizer.decode(ids) != ROUNDTRIP_TEXT:
-        sys.exit(f"error: the trained tokenizer does not round-trip {ROUNDTRIP_TEXT!r}; delete {tokenizer_dir} and retry")
-    print(f"tokenizer: vocab {tokenizer.get_vocab_size()} trained in {time.time() - t0:.1f}s, saved to {tokenizer_dir}")
+    if tokenizer.decode(tokenizer.encode(ROUNDTRIP_TEXT)) != ROUNDTRIP_TEXT:
+        sys.exit(f"error: the trained tokenizer does not round-trip {ROUNDTRIP_TEXT!r}; "
+                 f"delete {tokenizer_dir} and retry")
+    print(f"tokenizer: vocab {tokenizer.get_vocab_size()} trained in {time.time() - t0:.1f}s, "
+          f"saved to {tokenizer_dir}")
 
 # ---------------------------------------------------------------------------
 # Runtime utilities (imported by train.py)
 
 
 class TokenizerError(FileNotFoundError):
-    """A saved tokenizer that is damaged. A FileNotFoundError like a missing one, so one `except` handles both;
-    str() is the one-line message: the file, what is wrong, the fix."""
+    """A damaged saved tokenizer: a FileNotFoundError like a missing one (one `except` for both), one line."""
 
     def __init__(self, path, problem):
         self.problem = f"{path} {problem}"
@@ -270,8 +260,8 @@ class Tokenizer:
                                          for i in range(enc.n_vocab)], dtype=torch.int32)
 
     @classmethod
-    def from_directory(cls, dir=TOKENIZER_DIR, tokenizer_dir=None):  # `tokenizer_dir=`: the original's keyword
-        """The tokenizer saved by prepare.py, checked: a damaged one raises TokenizerError, not a traceback."""
+    def from_directory(cls, dir=TOKENIZER_DIR, tokenizer_dir=None):  # tokenizer_dir=: the original's keyword
+        """The saved tokenizer, checked: a damaged one raises TokenizerError, not a traceback."""
         dir = tokenizer_dir or dir
         rank_file, meta_file = os.path.join(dir, "tokenizer.tiktoken"), os.path.join(dir, "tokenizer.json")
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
@@ -304,18 +294,16 @@ class Tokenizer:
     def encode(self, text, prepend=None, num_threads=8):
         if prepend is not None and not isinstance(prepend, int):
             prepend = self.enc.encode_single_token(prepend)
+        head = [] if prepend is None else [prepend]
         if isinstance(text, str):
-            ids = self.enc.encode_ordinary(text)
-            return ids if prepend is None else [prepend] + ids
-        batch = self.enc.encode_ordinary_batch(text, num_threads=num_threads)
-        return batch if prepend is None else [[prepend] + ids for ids in batch]
+            return head + self.enc.encode_ordinary(text)
+        return [head + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
 
     def decode(self, ids):
         return self.enc.decode(ids)
 
 
-def get_token_bytes(device="cpu"):
-    """The default tokenizer's token_bytes on `device`: the original's helper, for a train.py written for it."""
+def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
 
 
@@ -326,40 +314,33 @@ def _default_device():
 
 def _document_batches(split, batch_docs=128):
     """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
-    paths = list_shards(split)
-    epoch = 1
-    while True:
-        for path in paths:
-            try:
+    paths, epoch = list_shards(split), 1
+    try:
+        while True:
+            for path in paths:
                 pf = pq.ParquetFile(path)
                 for rg in range(pf.num_row_groups):
                     texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
                     for i in range(0, len(texts), batch_docs):
                         yield texts[i:i + batch_docs], epoch
-            except (OSError, ValueError) as e:
-                raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
-        epoch += 1
+            epoch += 1
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
 
 
-def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
-    """Endless (rows, epoch) with rows an int64 array (B, T + 1), packed by the best-fit rule of the spec.
+def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
+    """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
+    it on `ready`. Documents are indexed by length (sorted lengths, a FIFO each): best fit is a bisect."""
+    head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
-    The buffer is indexed by document length (sorted distinct lengths, a FIFO of documents for each), so
-    "the longest that fits, earliest among equals" and "the shortest, earliest among equals" are a bisect
-    and a popleft instead of a scan over the whole buffer.
-    """
-    bos = tokenizer.get_bos_token_id()
-    enc = tokenizer.enc
-
-    def encode(texts):  # in a worker thread; tiktoken encodes into a buffer with the GIL released
-        head = np.array([bos], dtype=np.uint32)  # no Python int lists: the GIL is what limits throughput
+    def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
     docs = _document_batches(split)
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
     pending = collections.deque()  # tokenization runs ahead, in order
-    lengths, by_length = [], {}
+    lengths, by_length = [], collections.defaultdict(collections.deque)
     count, epoch = 0, 1
 
     def refill():
@@ -368,22 +349,11 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
             texts, e = next(docs)
             pending.append((pool.submit(encode, texts), e))
         future, epoch = pending.popleft()
-        new_docs = future.result()
-        for doc in new_docs:
-            n = len(doc)
-            if n not in by_length:
-                bisect.insort(lengths, n)
-                by_length[n] = collections.deque()
-            by_length[n].append(doc)
-        count += len(new_docs)
-
-    def take(i):  # remove and return the earliest document of length lengths[i]
-        nonlocal count
-        count -= 1
-        doc = by_length[lengths[i]].popleft()
-        if not by_length[lengths[i]]:
-            del by_length[lengths.pop(i)]
-        return doc
+        for doc in future.result():
+            if len(doc) not in by_length:
+                bisect.insort(lengths, len(doc))
+            by_length[len(doc)].append(doc)
+            count += 1
 
     try:
         while not stop.is_set():
@@ -394,34 +364,40 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, lookahead=16):
                     while count < buffer_size:
                         refill()
                     space = T + 1 - pos
-                    i = bisect.bisect_right(lengths, space) - 1
-                    if i >= 0:  # the longest document that fits entirely
-                        doc = take(i)
-                        rows[b, pos:pos + len(doc)] = doc
-                        pos += len(doc)
-                    else:       # none fits: crop the shortest to fill the row exactly
-                        rows[b, pos:] = take(0)[:space]
-                        pos = T + 1
-            yield rows, epoch
+                    # the longest document that fits (earliest of that length), else the shortest, cropped
+                    i = max(bisect.bisect_right(lengths, space) - 1, 0)
+                    doc = by_length[lengths[i]].popleft()[:space]
+                    if not by_length[lengths[i]]:
+                        del by_length[lengths.pop(i)]
+                    count -= 1
+                    rows[b, pos:pos + len(doc)] = doc
+                    pos += len(doc)
+            host, copied = free.get()  # close() puts one more in, to wake it
+            if stop.is_set():
+                return
+            if copied is not None:
+                copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
+            host = torch.empty((2, B, T), dtype=torch.int64) if host is None else host
+            view = host.numpy()
+            view[0], view[1] = rows[:, :-1], rows[:, 1:]
+            ready.put((host, epoch))
+    except BaseException as e:  # hand the error to the consumer instead of dying silently
+        ready.put((e, None))
     finally:  # wait for the encodes in flight: no loader thread may still be in native code at exit
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
-    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device.
-
-    A background thread packs batches ahead into host buffers, so the caller's thread only starts a copy.
-    On CUDA the buffers are pinned and recycled: a buffer is refilled only after its last copy has finished.
-    close() stops and joins the loader's threads.
-    """
+    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device, packed ahead by a
+    background thread. close() stops and joins the loader's threads."""
     assert split in ("train", "val"), split
-    # Fail here, in the caller, if data is missing or unreadable: for training that includes the validation
-    # shard, which would otherwise be found broken only after the whole time budget
-    for path in list_shards(split) + (list_shards("val") if split == "train" else []):
-        try:
+    # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
+    paths = list_shards(split) + (list_shards("val") if split == "train" else [])
+    try:
+        for path in paths:
             check_shard(path)  # the footer only: cheap
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
     return _loader(tokenizer, B, T, split, buffer_size)
 
 
@@ -432,42 +408,16 @@ def _loader(tokenizer, B, T, split, buffer_size):
     ready, free = queue.Queue(), queue.Queue()
     for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
         free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
-
-    def producer():
-        batches = _pack_batches(tokenizer, B, T, split, buffer_size, stop)
-        try:
-            for rows, epoch in batches:
-                host, copied = free.get()  # close() puts one more in, to wake it
-                if stop.is_set():
-                    return
-                if copied is not None:
-                    copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
-                if host is None:
-                    host = torch.empty((2, B, T), dtype=torch.int64)
-                view = host.numpy()
-                view[0] = rows[:, :-1]
-                view[1] = rows[:, 1:]
-                ready.put((host, epoch))
-        except BaseException as e:  # hand the error to the consumer instead of dying silently
-            ready.put((e, None))
-        finally:
-            batches.close()  # joins the tokenizer pool
-
-    thread = threading.Thread(target=producer, daemon=True, name=f"dataloader-{split}")
+    thread = threading.Thread(target=_pack_batches, daemon=True, name=f"dataloader-{split}",
+                              args=(tokenizer, B, T, split, buffer_size, stop, free, ready))
     thread.start()
     try:
         while True:
             host, epoch = ready.get()
             if isinstance(host, BaseException):
                 raise host
-            if cuda:
-                batch = host.to(device, non_blocking=True)
-                copied = torch.cuda.Event()
-                copied.record()
-                free.put((host, copied))
-            else:
-                batch = host.to(device)
-                free.put((None, None))
+            batch = host.to(device, non_blocking=cuda)  # on CPU the batch *is* the buffer: not reused
+            free.put((host, torch.cuda.current_stream().record_event()) if cuda else (None, None))
             yield batch[0], batch[1], epoch
     finally:
         stop.set()
@@ -482,17 +432,16 @@ def evaluate_bpb(model, tokenizer, batch_size):
     device = _default_device()  # where the loader puts the batches
     token_bytes = tokenizer.token_bytes.to(device)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    total_nats = torch.zeros((), dtype=acc_dtype, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    total_nats = total_bytes = 0  # become tensors on the device: no host sync per batch
     for _ in range(EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)):
         x, y, _ = next(loader)
         losses = model(x, y, reduction="none").reshape(-1)
         nbytes = token_bytes[y.reshape(-1)]
         counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
-        total_nats += torch.where(counted, losses.float(), 0.0).sum().to(total_nats.dtype)
-        total_bytes += nbytes.sum()
+        total_nats = total_nats + torch.where(counted, losses.float(), 0.0).sum().to(acc_dtype)
+        total_bytes = total_bytes + nbytes.sum()
     loader.close()
-    return total_nats.item() / (math.log(2) * total_bytes.item())
+    return float(total_nats) / (math.log(2) * float(total_bytes))
 
 # ---------------------------------------------------------------------------
 # Main
@@ -501,10 +450,9 @@ def evaluate_bpb(model, tokenizer, batch_size):
 def main():
     parser = argparse.ArgumentParser(
         description="Download FineWeb-Edu shards and train the tokenizer for autoresearch (run once).",
-        epilog="environment variables:\n"
-               "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
-               "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
+        "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
+        "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
     parser.add_argument("--num-shards", type=int, default=10,
                         help=f"training shards to download, -1 for all {MAX_SHARD} (default: 10); "
                              "the validation shard is always added")
@@ -514,17 +462,14 @@ def main():
         parser.error(f"--num-shards must be between 1 and {MAX_SHARD}, or -1 for all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
-    num_shards = MAX_SHARD if args.num_shards == -1 else args.num_shards
-
     print(f"cache: {CACHE_DIR}")
-    download_data(num_shards, args.download_workers)
+    download_data(MAX_SHARD if args.num_shards == -1 else args.num_shards, args.download_workers)
     try:
         Tokenizer.from_directory(TOKENIZER_DIR)
         print(f"tokenizer: already trained in {TOKENIZER_DIR}")
-    except TokenizerError as e:
-        print(f"tokenizer: {e.problem}; training it again")
-        train_tokenizer()
-    except FileNotFoundError:
+    except FileNotFoundError as e:  # missing, or damaged (TokenizerError)
+        if isinstance(e, TokenizerError):
+            print(f"tokenizer: {e.problem}; training it again")
         train_tokenizer()
     print("ready: run `uv run train.py`")
 
