@@ -58,7 +58,6 @@ SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBack
                  SDPBackend.MATH]
 _window_masks = {}
 
-
 def window_mask(window, T, device, flex):
     """Sliding-window causal mask, built once per (window, T, device): key j is visible to query i iff
     i - window <= j <= i. A flex BlockMask (CUDA) or a boolean (T, T) tensor (SDPA elsewhere)."""
@@ -72,7 +71,6 @@ def window_mask(window, T, device, flex):
             i = torch.arange(T, device=device)
             _window_masks[key] = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] <= window)
     return _window_masks[key]
-
 
 def attention(q, k, v, window, use_flex=None):
     """Causal attention with a left window, FA3's window_size=(window, 0): each query sees itself and
@@ -97,7 +95,6 @@ def attention(q, k, v, window, use_flex=None):
 # -----------------------------------------------------------------------------
 # GPT model
 
-
 @dataclass
 class GPTConfig:
     sequence_len: int = 2048
@@ -108,21 +105,17 @@ class GPTConfig:
     n_embd: int = 512
     window_pattern: str = "SSSL"
 
-
 def norm(x):
     return F.rms_norm(x, (x.size(-1),))
-
 
 def has_ve(layer_idx, n_layer):
     """Value embeddings on every other layer, always including the last."""
     return layer_idx % 2 == (n_layer - 1) % 2
 
-
 def apply_rotary_emb(x, cos, sin):
     d = x.size(3) // 2
     x1, x2 = x[..., :d], x[..., d:]
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=3)
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
@@ -152,7 +145,6 @@ class CausalSelfAttention(nn.Module):
         y = attention(q, k, v, window)
         return self.c_proj(y.contiguous().view(B, T, -1))
 
-
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -161,7 +153,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.c_proj(F.relu(self.c_fc(x)).square())
-
 
 class Block(nn.Module):
     def __init__(self, config, layer_idx):
@@ -172,7 +163,6 @@ class Block(nn.Module):
     def forward(self, x, ve, cos_sin, window):
         x = x + self.attn(norm(x), ve, cos_sin, window)
         return x + self.mlp(norm(x))
-
 
 class GPT(nn.Module):
     def __init__(self, config):
@@ -304,14 +294,12 @@ POLAR_EXPRESS_COEFFS = [
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 ]
 
-
 def adamw_update(p, grad, exp_avg, exp_avg_sq, step_t, lr_t, beta1_t, beta2_t, eps_t, wd_t):
     p.mul_(1 - lr_t * wd_t)
     exp_avg.lerp_(grad, 1 - beta1_t)
     exp_avg_sq.lerp_(grad.square(), 1 - beta2_t)
     bias1, bias2 = 1 - beta1_t ** step_t, 1 - beta2_t ** step_t
     p.sub_((lr_t / bias1) * exp_avg / ((exp_avg_sq / bias2).sqrt() + eps_t))
-
 
 def polar_express(g, steps=5, dtype=torch.bfloat16):
     """Approximately orthogonalise each matrix of g (..., rows, cols): all singular values near 1."""
@@ -325,7 +313,6 @@ def polar_express(g, steps=5, dtype=torch.bfloat16):
             A = X @ X.mT
             X = a * X + (b * A + c * (A @ A)) @ X
     return X
-
 
 def muon_update(grads, params, momentum_buf, second_buf, momentum_t, lr_t, wd_t, beta2_t, ns_steps: int,
                 red_dim: int):
@@ -348,13 +335,11 @@ def muon_update(grads, params, momentum_buf, second_buf, momentum_t, lr_t, wd_t,
     mask = (X * params) >= 0
     params.sub_(lr * X + lr * wd * params * mask)
 
-
 if torch.cuda.is_available():  # compiled once; the changing scalars come as 0-d tensors: no recompiles
     adamw_step = torch.compile(adamw_update, dynamic=False, fullgraph=True)
     muon_step = torch.compile(muon_update, dynamic=False, fullgraph=True)
 else:  # CPU / MPS: the same math, eager
     adamw_step, muon_step = adamw_update, muon_update
-
 
 class MuonAdamW(torch.optim.Optimizer):
     """Param groups carry kind='adamw' (lr, betas, eps, weight_decay) or kind='muon' (lr, momentum,
@@ -450,7 +435,6 @@ PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a fi
 # -----------------------------------------------------------------------------
 # Schedules and GPU peak throughput
 
-
 def get_lr_multiplier(progress):
     if progress < WARMUP_RATIO:
         return progress / WARMUP_RATIO
@@ -459,15 +443,12 @@ def get_lr_multiplier(progress):
     cooldown = (1.0 - progress) / WARMDOWN_RATIO
     return cooldown + (1 - cooldown) * FINAL_LR_FRAC
 
-
 def get_muon_momentum(step):
     frac = min(step / 300, 1)
     return (1 - frac) * 0.85 + frac * 0.95
 
-
 def get_weight_decay(progress):
     return WEIGHT_DECAY * (1 - progress)
-
 
 # Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first
 GPU_BF16_PEAK_FLOPS = [
@@ -476,7 +457,6 @@ GPU_BF16_PEAK_FLOPS = [
     ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
     ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
 ]
-
 
 def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
@@ -497,12 +477,10 @@ SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in
                          "human, MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small "
                          "computers'.")
 
-
 def step_memory(config, num_params, batch_size, device_type):
     fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
     per_token = a * config.n_layer * config.n_embd + b * config.vocab_size
     return fixed + 16 * num_params + batch_size * config.sequence_len * per_token
-
 
 def fitting_batch_size(config, num_params, device_type, memory, failed_at=None):
     """Largest DEVICE_BATCH_SIZE below failed_at (a size that ran out of memory) that keeps TOTAL_BATCH_SIZE
@@ -516,7 +494,6 @@ def fitting_batch_size(config, num_params, device_type, memory, failed_at=None):
     return max((b for b in sizes if TOTAL_BATCH_SIZE % (b * config.sequence_len) == 0
                 and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
 
-
 def available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
     if device_type == "cuda":
@@ -529,12 +506,10 @@ def available_memory(device_type):
     except (OSError, StopIteration):
         return None
 
-
 def untimed_seconds(flops_per_token, batch_size, rate):
     """Seconds of the 11 warm-up steps and the evaluation (forward: a third of the FLOPs), off CUDA."""
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return (11 * TOTAL_BATCH_SIZE + eval_tokens / 3) * flops_per_token / (CPU_EFFICIENCY * rate)
-
 
 def main():
     t_start = time.time()
@@ -602,8 +577,8 @@ def main():
             m @ m
             sync()
             n += 1
-        rate = n * 2 * 1024 ** 3 / (time.time() - t0)
-        seconds = untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
+        rate = n * 2 * 1024 ** 3 / (time.time() - t0)  # 0 if none finished: no check
+        seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
         if seconds > MAX_UNTIMED_SECONDS:
             sys.exit(f"On this {device_type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
                      f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
@@ -613,7 +588,6 @@ def main():
         sys.exit(str(e))
     model.to_empty(device=device)
     model.init_weights()
-
     print("parameter counts:")
     for key, value in model.num_scaling_params().items():
         print(f"  {key:24s}: {value:,}")
@@ -621,7 +595,6 @@ def main():
     flops_per_step = num_flops_per_token * TOTAL_BATCH_SIZE
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
     print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {(model_dim / 768) ** -0.5:.6f}")
-
     optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR,
                                       matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS,
                                       scalar_lr=SCALAR_LR)
@@ -672,7 +645,6 @@ def main():
             if step > 10:
                 total_training_time += dt
                 timed_steps += 1
-
             ema_beta = 0.9
             smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
             debiased_loss = smooth_train_loss / (1 - ema_beta ** (step + 1))
@@ -755,7 +727,6 @@ def main():
     print(f"num_steps:        {step}")
     print(f"num_params_M:     {num_params / 1e6:.1f}")
     print(f"depth:            {DEPTH}")
-
 
 if __name__ == "__main__":
     main()
