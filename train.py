@@ -1,11 +1,6 @@
-"""
-autoresearch pretraining script: one GPU, one file, a fixed 5-minute budget.
+"""autoresearch pretraining script: one GPU, one file, a fixed 5-minute budget (run: uv run train.py).
 The coding agent edits this file; prepare.py (data, tokenizer, evaluation) stays frozen.
-
-    uv run train.py
-
-Ends with a summary block whose val_bpb (bits per byte on the pinned validation shard) is the score.
-"""
+Ends with a summary block whose val_bpb (bits per byte on the pinned validation shard) is the score."""
 
 import os
 import sys
@@ -14,17 +9,16 @@ from importlib.metadata import version
 if __name__ == "__main__" and len(sys.argv) > 1:  # before the slow imports: a flag must not start a run
     print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
     sys.exit(2)
-# Expandable segments: less fragmentation at high memory use. torch < 2.10's CUDA allocator reads only the old
-# name, and c10 calls it deprecated unless the new one is set too; later versions read PYTORCH_ALLOC_CONF alone.
+# Expandable segments: less fragmentation at high memory use. torch < 2.10's CUDA allocator reads only the
+# old name, and c10 calls it deprecated unless the new one is set too; later ones read PYTORCH_ALLOC_CONF.
 if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
     os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
     if tuple(int(v) for v in version("torch").split(".")[:2]) < (2, 10):
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
-    os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch"),
-    "torch_compile"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.environ.get("AUTORESEARCH_CACHE_DIR")
+                      or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch"), "torch_compile"))
 
 import gc
 import math
@@ -38,35 +32,31 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from prepare import (EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb,
-                     make_dataloader)
+from prepare import EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
 
 # -----------------------------------------------------------------------------
-# Attention backend: Flash Attention 3 from the kernels hub, else PyTorch with the same window semantics
+# Attention backend: Flash Attention 3 from the kernels hub, else PyTorch with the same window semantics.
+# ATTENTION_BACKEND is the start-up line that says which one runs.
 
-
-def load_flash_attention_3():
-    """Returns (fa3 module or None, the one line that says which attention runs)."""
-    fallback = "PyTorch fallback (SDPA cuDNN for full layers, flex_attention for windowed layers)"
-    if not torch.cuda.is_available():
-        return None, "attention: PyTorch SDPA (no CUDA, so no FA3; causal for full layers, boolean mask for windowed layers)"
-    cap = torch.cuda.get_device_capability()
-    repo = "varunneal/flash-attention-3" if cap == (9, 0) else "kernels-community/flash-attn3"
+fa3, ATTENTION_BACKEND = None, ("attention: PyTorch SDPA (no CUDA, so no FA3; causal for full layers, "
+                                "boolean mask for windowed layers)")
+if torch.cuda.is_available():
+    FA3_REPO = ("varunneal/flash-attention-3" if torch.cuda.get_device_capability() == (9, 0)
+                else "kernels-community/flash-attn3")
     try:
         from kernels import get_kernel
         # This downloads and imports compiled code from the hub repo named here; the start-up line prints it.
-        kernel = get_kernel(repo)
-        return getattr(kernel, "flash_attn_interface", kernel), f"attention: FA3 ({repo})"
+        kernel = get_kernel(FA3_REPO)
+        fa3 = getattr(kernel, "flash_attn_interface", kernel)
+        ATTENTION_BACKEND = f"attention: FA3 ({FA3_REPO})"
     except Exception as e:  # no package, no hub access, no build for this GPU: keep going without it
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
-        return None, f"attention: {fallback}; FA3 ({repo}) unavailable: {reason}"
-
-
-fa3, ATTENTION_BACKEND = load_flash_attention_3()
+        ATTENTION_BACKEND = (f"attention: PyTorch fallback (SDPA cuDNN for full layers, flex_attention for "
+                             f"windowed layers); FA3 ({FA3_REPO}) unavailable: "
+                             + " ".join(f"{type(e).__name__}: {e}".split())[:160])
 # cuDNN is the fastest causal SDPA on H100 (1.37 ms vs flash 2.32 ms at this model's shapes)
-SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
 _window_masks = {}
-
 
 def window_mask(window, T, device, flex):
     """Sliding-window causal mask, built once per (window, T, device): key j is visible to query i iff
@@ -82,7 +72,6 @@ def window_mask(window, T, device, flex):
             _window_masks[key] = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] <= window)
     return _window_masks[key]
 
-
 def attention(q, k, v, window, use_flex=None):
     """Causal attention with a left window, FA3's window_size=(window, 0): each query sees itself and
     the `window` keys before it. q: (B, T, H, D); k, v: (B, T, Hkv, D) with H a multiple of Hkv."""
@@ -94,20 +83,17 @@ def attention(q, k, v, window, use_flex=None):
     gqa = k.size(2) != q.size(2)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex take (B, H, T, D)
     if window >= T - 1:  # the window covers the whole causal context
-        if q.is_cuda:
-            with sdpa_kernel(SDPA_BACKENDS, set_priority=True):
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
+        with sdpa_kernel(SDPA_BACKENDS, set_priority=True) if q.is_cuda else nullcontext():
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     elif use_flex:
         y = flex_attention(q, k, v, block_mask=window_mask(window, T, q.device, True), enable_gqa=gqa)
     else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(window, T, q.device, False), enable_gqa=gqa)
+        mask = window_mask(window, T, q.device, False)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     return y.transpose(1, 2)
 
 # -----------------------------------------------------------------------------
 # GPT model
-
 
 @dataclass
 class GPTConfig:
@@ -119,21 +105,17 @@ class GPTConfig:
     n_embd: int = 512
     window_pattern: str = "SSSL"
 
-
 def norm(x):
     return F.rms_norm(x, (x.size(-1),))
-
 
 def has_ve(layer_idx, n_layer):
     """Value embeddings on every other layer, always including the last."""
     return layer_idx % 2 == (n_layer - 1) % 2
 
-
 def apply_rotary_emb(x, cos, sin):
     d = x.size(3) // 2
     x1, x2 = x[..., :d], x[..., d:]
     return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=3)
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
@@ -146,7 +128,8 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.ve_gate_channels = 32
-        self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
+        self.ve_gate = (nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
+                        if has_ve(layer_idx, config.n_layer) else None)
 
     def forward(self, x, ve, cos_sin, window):
         B, T, _ = x.shape
@@ -162,7 +145,6 @@ class CausalSelfAttention(nn.Module):
         y = attention(q, k, v, window)
         return self.c_proj(y.contiguous().view(B, T, -1))
 
-
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -171,7 +153,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.c_proj(F.relu(self.c_fc(x)).square())
-
 
 class Block(nn.Module):
     def __init__(self, config, layer_idx):
@@ -183,12 +164,16 @@ class Block(nn.Module):
         x = x + self.attn(norm(x), ve, cos_sin, window)
         return x + self.mlp(norm(x))
 
-
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.window_sizes = self._compute_window_sizes(config)
+        pattern = config.window_pattern.upper()
+        assert pattern and set(pattern) <= {"S", "L"}, f"bad window pattern {config.window_pattern!r}"
+        long_window, short_window = config.sequence_len, config.sequence_len // 2
+        self.window_sizes = [long_window if pattern[i % len(pattern)] == "L" else short_window
+                             for i in range(config.n_layer)]
+        self.window_sizes[-1] = long_window  # the last layer always sees the full context
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
@@ -199,21 +184,14 @@ class GPT(nn.Module):
         kv_dim = config.n_kv_head * (config.n_embd // config.n_head)
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, kv_dim)
                                            for i in range(config.n_layer) if has_ve(i, config.n_layer)})
-        cos, sin = self._precompute_rotary_embeddings(config.sequence_len, config.n_embd // config.n_head)
+        cos, sin = self._precompute_rotary_embeddings()
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    @staticmethod
-    def _compute_window_sizes(config):
-        long_window, short_window = config.sequence_len, config.sequence_len // 2
-        pattern = config.window_pattern.upper()
-        assert pattern and set(pattern) <= {"S", "L"}, f"bad window pattern {config.window_pattern!r}"
-        sizes = [long_window if pattern[i % len(pattern)] == "L" else short_window for i in range(config.n_layer)]
-        sizes[-1] = long_window  # the last layer always sees the full context
-        return sizes
-
-    def _precompute_rotary_embeddings(self, seq_len, head_dim, base=10000, device=None):
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    def _precompute_rotary_embeddings(self, device=None, base=10000):
+        seq_len, head_dim = self.config.sequence_len, self.config.n_embd // self.config.n_head
+        channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (base ** (channels / head_dim))
         freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
         return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
 
@@ -236,25 +214,22 @@ class GPT(nn.Module):
         self.resid_lambdas.fill_(1.0)
         self.x0_lambdas.fill_(0.1)
         device = self.transformer.wte.weight.device
-        self.cos, self.sin = self._precompute_rotary_embeddings(c.sequence_len, c.n_embd // c.n_head, device=device)
+        self.cos, self.sin = self._precompute_rotary_embeddings(device)
         if device.type == "cuda":  # embeddings in bf16: half the memory traffic of the big lookups
-            self.transformer.wte.to(dtype=torch.bfloat16)
-            for ve in self.value_embeds.values():
-                ve.to(dtype=torch.bfloat16)
+            for emb in (self.transformer.wte, *self.value_embeds.values()):
+                emb.to(dtype=torch.bfloat16)
         if fa3 is None:  # build the window masks now, outside torch.compile
             for w in set(self.window_sizes):
                 if w < c.sequence_len - 1:
                     window_mask(w, c.sequence_len, device, device.type == "cuda")
 
     def estimate_flops(self):
-        """Training FLOPs per token: 6 per weight of the matmuls plus attention's 12 * heads * head_dim * context."""
-        c = self.config
-        nparams = sum(p.numel() for p in self.parameters())
-        nparams_exclude = (self.transformer.wte.weight.numel() + sum(p.numel() for p in self.value_embeds.parameters())
-                           + self.resid_lambdas.numel() + self.x0_lambdas.numel())
+        """Training FLOPs per token: 6 per matmul weight (not the lookups, not the scalars) plus attention's
+        12 * heads * head_dim * context."""
+        c, counts = self.config, self.num_scaling_params()
         h, q, t = c.n_head, c.n_embd // c.n_head, c.sequence_len
         attn_flops = sum(12 * h * q * min(w, t) for w in self.window_sizes)
-        return 6 * (nparams - nparams_exclude) + attn_flops
+        return 6 * (counts["lm_head"] + counts["transformer_matrices"]) + attn_flops
 
     def num_scaling_params(self):
         counts = dict(
@@ -281,7 +256,8 @@ class GPT(nn.Module):
         ]
         for shape in sorted({p.shape for p in matrix_params}):
             param_groups.append(dict(kind="muon", params=[p for p in matrix_params if p.shape == shape],
-                                     lr=matrix_lr, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=weight_decay))
+                                     lr=matrix_lr, momentum=0.95, ns_steps=5, beta2=0.95,
+                                     weight_decay=weight_decay))
         assert sum(len(g["params"]) for g in param_groups) == len(list(self.parameters()))
         optimizer = MuonAdamW([g for g in param_groups if g["params"]])
         for group in optimizer.param_groups:
@@ -304,7 +280,8 @@ class GPT(nn.Module):
         logits = softcap * torch.tanh(logits / softcap)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               reduction=reduction)
 
 # -----------------------------------------------------------------------------
 # Optimizer: AdamW for embeddings, head and scalars; Muon (NorMuon variant) for the block matrices
@@ -317,14 +294,12 @@ POLAR_EXPRESS_COEFFS = [
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 ]
 
-
 def adamw_update(p, grad, exp_avg, exp_avg_sq, step_t, lr_t, beta1_t, beta2_t, eps_t, wd_t):
     p.mul_(1 - lr_t * wd_t)
     exp_avg.lerp_(grad, 1 - beta1_t)
     exp_avg_sq.lerp_(grad.square(), 1 - beta2_t)
     bias1, bias2 = 1 - beta1_t ** step_t, 1 - beta2_t ** step_t
     p.sub_((lr_t / bias1) * exp_avg / ((exp_avg_sq / bias2).sqrt() + eps_t))
-
 
 def polar_express(g, steps=5, dtype=torch.bfloat16):
     """Approximately orthogonalise each matrix of g (..., rows, cols): all singular values near 1."""
@@ -339,8 +314,8 @@ def polar_express(g, steps=5, dtype=torch.bfloat16):
             X = a * X + (b * A + c * (A @ A)) @ X
     return X
 
-
-def muon_update(grads, params, momentum_buf, second_buf, momentum_t, lr_t, wd_t, beta2_t, ns_steps: int, red_dim: int):
+def muon_update(grads, params, momentum_buf, second_buf, momentum_t, lr_t, wd_t, beta2_t, ns_steps: int,
+                red_dim: int):
     """One Muon step on a stack of same-shape matrices (N, rows, cols)."""
     mu = momentum_t.to(grads.dtype)
     momentum_buf.lerp_(grads, 1 - mu)
@@ -360,13 +335,11 @@ def muon_update(grads, params, momentum_buf, second_buf, momentum_t, lr_t, wd_t,
     mask = (X * params) >= 0
     params.sub_(lr * X + lr * wd * params * mask)
 
-
-if torch.cuda.is_available():  # compiled once; changing scalars come in as 0-d tensors so they never recompile
+if torch.cuda.is_available():  # compiled once; the changing scalars come as 0-d tensors: no recompiles
     adamw_step = torch.compile(adamw_update, dynamic=False, fullgraph=True)
     muon_step = torch.compile(muon_update, dynamic=False, fullgraph=True)
 else:  # CPU / MPS: the same math, eager
     adamw_step, muon_step = adamw_update, muon_update
-
 
 class MuonAdamW(torch.optim.Optimizer):
     """Param groups carry kind='adamw' (lr, betas, eps, weight_decay) or kind='muon' (lr, momentum,
@@ -393,19 +366,20 @@ class MuonAdamW(torch.optim.Optimizer):
             if not state:
                 state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             state["step"] += 1
-            t = self._set(step=state["step"], lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                          eps=group["eps"], wd=group["weight_decay"])
+            t = self._set(step=state["step"], lr=group["lr"], beta1=group["betas"][0],
+                          beta2=group["betas"][1], eps=group["eps"], wd=group["weight_decay"])
             adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"],
                        t["step"], t["lr"], t["beta1"], t["beta2"], t["eps"], t["wd"])
 
     def _step_muon(self, group):
         params = group["params"]
         (rows, cols), n = params[0].shape, len(params)
-        red_dim = -1 if rows >= cols else -2  # NorMuon's statistics: per row of tall, per column of wide matrices
+        red_dim = -1 if rows >= cols else -2  # NorMuon's statistics: per row of tall, per column of wide
         state = self.state[params[0]]  # one state per group: row i of each buffer belongs to params[i]
         if not state:
-            state["momentum_buffer"] = params[0].new_zeros(n, rows, cols)
-            state["second_momentum_buffer"] = params[0].new_zeros((n, rows, 1) if rows >= cols else (n, 1, cols))
+            zeros = params[0].new_zeros
+            state["momentum_buffer"] = zeros(n, rows, cols)
+            state["second_momentum_buffer"] = zeros((n, rows, 1) if rows >= cols else (n, 1, cols))
         momentum_buf, second_buf = state["momentum_buffer"], state["second_momentum_buffer"]
         have = [i for i, p in enumerate(params) if p.grad is not None]
         if not have:
@@ -461,7 +435,6 @@ PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a fi
 # -----------------------------------------------------------------------------
 # Schedules and GPU peak throughput
 
-
 def get_lr_multiplier(progress):
     if progress < WARMUP_RATIO:
         return progress / WARMUP_RATIO
@@ -470,15 +443,12 @@ def get_lr_multiplier(progress):
     cooldown = (1.0 - progress) / WARMDOWN_RATIO
     return cooldown + (1 - cooldown) * FINAL_LR_FRAC
 
-
 def get_muon_momentum(step):
     frac = min(step / 300, 1)
     return (1 - frac) * 0.85 + frac * 0.95
 
-
 def get_weight_decay(progress):
     return WEIGHT_DECAY * (1 - progress)
-
 
 # Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first
 GPU_BF16_PEAK_FLOPS = [
@@ -488,42 +458,41 @@ GPU_BF16_PEAK_FLOPS = [
     ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
 ]
 
-
 def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
 
 # -----------------------------------------------------------------------------
 # Setup: will the run fit and finish? Estimates, checked before the heavy work
 
-# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers) + tokens
-# per micro step * (a * depth * width + b * vocab). Fitted to this model's measured peaks, all within 6 %:
-# cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/
-# 47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS; 2 cores, torch 2.9.1):
-# depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB Python, torch). MPS: as cpu.
+# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers)
+# + tokens per micro step * (a * depth * width + b * vocab), fitted to this model's measured peaks (all
+# within 6 %). cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at
+# 32/64/128: 12.3/24.0/47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS;
+# 2 cores, torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB
+# Python, torch). MPS: as cpu.
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
-CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8 measured)
-MAX_UNTIMED_SECONDS = 600   # refuse when warm-up plus evaluation alone take longer (the agent's 10-minute limit)
-SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the human, "
-                         "MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small computers'.")
-
+CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8)
+MAX_UNTIMED_SECONDS = 600   # refuse if warm-up plus evaluation alone take longer (the agent's 10 minutes)
+SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
+                         "human, MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small "
+                         "computers'.")
 
 def step_memory(config, num_params, batch_size, device_type):
     fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
     per_token = a * config.n_layer * config.n_embd + b * config.vocab_size
     return fixed + 16 * num_params + batch_size * config.sequence_len * per_token
 
-
 def fitting_batch_size(config, num_params, device_type, memory, failed_at=None):
-    """Largest DEVICE_BATCH_SIZE that keeps TOTAL_BATCH_SIZE divisible and is estimated to need at most 90 % of
-    `memory` (10 % for the CUDA context, fragmentation), or None. failed_at: a size that ran out of memory."""
+    """Largest DEVICE_BATCH_SIZE below failed_at (a size that ran out of memory) that keeps TOTAL_BATCH_SIZE
+    divisible and is estimated to need at most 90 % of `memory` (10 % for the CUDA context, fragmentation;
+    no limit where memory is unknown), or None."""
     fixed = step_memory(config, num_params, 0, device_type)
     per_sequence = step_memory(config, num_params, 1, device_type) - fixed
-    if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
+    if failed_at and memory:  # it needed more than `memory`: trust the larger of that and the estimate
         per_sequence = max(per_sequence, (memory - fixed) / failed_at)
     sizes = range(1, (failed_at or TOTAL_BATCH_SIZE // config.sequence_len + 1))
     return max((b for b in sizes if TOTAL_BATCH_SIZE % (b * config.sequence_len) == 0
-                and fixed + b * per_sequence <= 0.9 * memory), default=None)
-
+                and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
 
 def available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
@@ -537,55 +506,45 @@ def available_memory(device_type):
     except (OSError, StopIteration):
         return None
 
-
-def matmul_rate(device, sync):
-    """FLOP/s of fp32 1024 x 1024 matrix products on this device, measured for 0.3 s."""
-    x, n, t0 = torch.randn(1024, 1024, device=device), 0, time.time()
-    while time.time() - t0 < 0.3:
-        x @ x
-        sync()
-        n += 1
-    return n * 2 * 1024 ** 3 / (time.time() - t0)
-
-
 def untimed_seconds(flops_per_token, batch_size, rate):
-    """Estimated seconds of the 11 warm-up steps and the evaluation (forward: a third of the FLOPs), CPU or MPS."""
+    """Seconds of the 11 warm-up steps and the evaluation (forward: a third of the FLOPs), off CUDA."""
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return (11 * TOTAL_BATCH_SIZE + eval_tokens / 3) * flops_per_token / (CPU_EFFICIENCY * rate)
-
 
 def main():
     t_start = time.time()
     torch.manual_seed(SEED)
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
+    mps = torch.backends.mps.is_available()
+    device_type = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    device, use_cuda, peak_flops = torch.device(device_type), device_type == "cuda", None
+    if use_cuda:
         torch.cuda.manual_seed(SEED)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         gpu_name = torch.cuda.get_device_name()
         peak_flops = gpu_peak_flops(gpu_name)
-        print(f"device: cuda ({gpu_name})" + ("" if peak_flops else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS, so MFU reads n/a"))
-    elif torch.backends.mps.is_available():
-        device, peak_flops = torch.device("mps"), None
-        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's memory)")
+        print(f"device: cuda ({gpu_name})"
+              + ("" if peak_flops else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS, so MFU reads n/a"))
+    elif device_type == "mps":
+        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's "
+              "memory)")
     else:
-        device, peak_flops = torch.device("cpu"), None
         print("device: cpu (no CUDA or MPS GPU: very slow; MFU reads 0, peak_vram_mb: peak resident memory)")
     print(ATTENTION_BACKEND)
     torch.set_float32_matmul_precision("high")
-    use_cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if use_cuda else (torch.mps.synchronize if device.type == "mps" else (lambda: None))
+    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device_type, lambda: None)
     # bf16 autocast on GPUs; plain fp32 on CPUs (bf16 matmuls are emulated there and far slower)
-    autocast_ctx = torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type != "cpu" else nullcontext()
+    autocast_ctx = (nullcontext() if device_type == "cpu"
+                    else torch.amp.autocast(device_type=device_type, dtype=torch.bfloat16))
 
     if DEVICE_BATCH_SIZE < 1 or TOTAL_BATCH_SIZE < 1:
         sys.exit(f"DEVICE_BATCH_SIZE ({DEVICE_BATCH_SIZE}) and TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) "
                  "must be positive.")
     tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     if TOTAL_BATCH_SIZE % tokens_per_fwdbwd != 0:
-        print(f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE:,}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN "
-              f"({DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN} = {tokens_per_fwdbwd:,}); change DEVICE_BATCH_SIZE or "
-              f"TOTAL_BATCH_SIZE in train.py so that it divides.")
+        print(f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE:,}) must be a multiple of DEVICE_BATCH_SIZE * "
+              f"MAX_SEQ_LEN ({DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN} = {tokens_per_fwdbwd:,}); change "
+              f"DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
         sys.exit(1)
     grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
 
@@ -604,35 +563,41 @@ def main():
     with torch.device("meta"):  # no memory or init work until the real device is known
         model = GPT(config)
     num_params = model.num_scaling_params()["total"]
-    memory, need = available_memory(device.type), step_memory(config, num_params, DEVICE_BATCH_SIZE, device.type)
-    fit = memory and fitting_batch_size(config, num_params, device.type, memory)
+    memory = available_memory(device_type)
+    need = step_memory(config, num_params, DEVICE_BATCH_SIZE, device_type)
     if memory and need > memory:  # stop now, not after a compile or minutes of swapping
-        sys.exit(f"DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE} at DEPTH = {DEPTH} needs about {need / 1e9:.1f} GB "
-                 f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device.type}:\n"
-                 + (SMALL_COMPUTER_ADVICE if not use_cuda else f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit
-                    else "lower DEPTH in train.py."))
-    rate = None if use_cuda else matmul_rate(device, sync)
-    seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
-    if seconds and seconds > MAX_UNTIMED_SECONDS:
-        sys.exit(f"On this {device.type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
-                 f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
+        fit = fitting_batch_size(config, num_params, device_type, memory)
+        sys.exit(f"DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE} at DEPTH = {DEPTH} needs about {need / 1e9:.1f} "
+                 f"GB (estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}:\n"
+                 + (SMALL_COMPUTER_ADVICE if not use_cuda else f"set DEVICE_BATCH_SIZE = {fit} in train.py."
+                    if fit else "lower DEPTH in train.py."))
+    if not use_cuda:  # the rate of fp32 1024 x 1024 matrix products here (FLOP/s), measured for 0.3 s
+        m, n, t0 = torch.randn(1024, 1024, device=device), 0, time.time()
+        while time.time() - t0 < 0.3:
+            m @ m
+            sync()
+            n += 1
+        rate = n * 2 * 1024 ** 3 / (time.time() - t0)  # 0 if none finished: no check
+        seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
+        if seconds > MAX_UNTIMED_SECONDS:
+            sys.exit(f"On this {device_type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
+                     f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
     try:  # every shard checked now, the validation one included, not after the training budget
-        train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs while we build
+        train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs meanwhile
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
     model.to_empty(device=device)
     model.init_weights()
-
-    param_counts = model.num_scaling_params()
     print("parameter counts:")
-    for key, value in param_counts.items():
+    for key, value in model.num_scaling_params().items():
         print(f"  {key:24s}: {value:,}")
     num_flops_per_token = model.estimate_flops()
+    flops_per_step = num_flops_per_token * TOTAL_BATCH_SIZE
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
     print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {(model_dim / 768) ** -0.5:.6f}")
-
-    optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR, matrix_lr=MATRIX_LR,
-                                      weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS, scalar_lr=SCALAR_LR)
+    optimizer = model.setup_optimizer(unembedding_lr=UNEMBEDDING_LR, embedding_lr=EMBEDDING_LR,
+                                      matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS,
+                                      scalar_lr=SCALAR_LR)
     raw_model = model
     if use_cuda:
         model = torch.compile(model, dynamic=False)
@@ -662,13 +627,10 @@ def main():
                 x, y, epoch = next(train_loader)  # the host packs the next batch while the GPU works
             progress = min(total_training_time / TIME_BUDGET, 1.0)
             lrm = get_lr_multiplier(progress)
-            muon_momentum = get_muon_momentum(step)
-            muon_weight_decay = get_weight_decay(progress)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lrm
                 if group["kind"] == "muon":
-                    group["momentum"] = muon_momentum
-                    group["weight_decay"] = muon_weight_decay
+                    group.update(momentum=get_muon_momentum(step), weight_decay=get_weight_decay(progress))
             optimizer.step()
             model.zero_grad(set_to_none=True)
             sync()
@@ -683,16 +645,14 @@ def main():
             if step > 10:
                 total_training_time += dt
                 timed_steps += 1
-
             ema_beta = 0.9
             smooth_train_loss = ema_beta * smooth_train_loss + (1 - ema_beta) * train_loss_f
             debiased_loss = smooth_train_loss / (1 - ema_beta ** (step + 1))
-            tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
-            mfu = f"{100 * num_flops_per_token * TOTAL_BATCH_SIZE / dt / peak_flops:.1f}%" if peak_flops else "n/a"
+            mfu = f"{100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else "n/a"
             remaining = max(0.0, TIME_BUDGET - total_training_time)
             line = (f"step {step:05d} ({100 * progress:.1f}%) | loss: {debiased_loss:.6f} | lrm: {lrm:.2f} | "
-                    f"dt: {dt * 1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu} | epoch: {epoch} | "
-                    f"remaining: {remaining:.0f}s")
+                    f"dt: {dt * 1000:.0f}ms | tok/sec: {int(TOTAL_BATCH_SIZE / dt):,} | mfu: {mfu} | "
+                    f"epoch: {epoch} | remaining: {remaining:.0f}s")
             if tty:
                 print(f"\r{line}    ", end="", flush=True)
             elif step <= 10 or t1 - last_print >= PROGRESS_EVERY or total_training_time >= TIME_BUDGET:
@@ -712,19 +672,19 @@ def main():
     except Exception as e:  # out of memory gets a plain answer; anything else propagates as usual
         if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
             raise
-        fit = memory and fitting_batch_size(config, num_params, device.type, memory, failed_at=DEVICE_BATCH_SIZE)
+        fit = fitting_batch_size(config, num_params, device_type, memory, failed_at=DEVICE_BATCH_SIZE)
         if memory and not fit:
             sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
                      "lower DEPTH.")
-        fit = fit or next((b for b in range(DEVICE_BATCH_SIZE - 1, 0, -1) if TOTAL_BATCH_SIZE % (b * MAX_SEQ_LEN) == 0), 1)
-        print(f"\nOut of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in train.py, "
-              f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
-              f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (fit * MAX_SEQ_LEN)} micro steps per step.")
+        fit = fit or 1
+        print(f"\nOut of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in "
+              f"train.py, keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} "
+              f"with TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (fit * MAX_SEQ_LEN)} "
+              "micro steps per step.")
         sys.exit(1)
     if tty:
         print()
     train_loader.close()  # stop its packing thread before saving and evaluating
-    total_tokens = step * TOTAL_BATCH_SIZE
 
     # -------------------------------------------------------------------------
     # Save the weights (a failed evaluation must not lose the run), evaluate, summarise
@@ -743,31 +703,30 @@ def main():
         raise
     t_end = time.time()
 
-    steady_state_mfu = (100 * num_flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak_flops
+    steady_state_mfu = (100 * flops_per_step * timed_steps / total_training_time / peak_flops
                         if peak_flops and total_training_time > 0 else 0.0)
     # MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory at the end; on CPU peak RSS
     peak_vram_mb = 0.0  # native Windows CPU: no getrusage there
     if use_cuda:
         peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20
-    elif device.type == "mps":
+    elif device_type == "mps":
         peak_vram_mb = torch.mps.driver_allocated_memory() / 2**20
     elif sys.platform != "win32":
         import resource
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
         peak_vram_mb = rss / (2**20 if sys.platform == "darwin" else 2**10)
-    print(f"timing: startup {t_start_training - t_start:.1f}s, step 0{' (torch.compile)' if use_cuda else ''} "
-          f"{step0_seconds:.1f}s, eval {t_end - t_eval:.1f}s")
+    print(f"timing: startup {t_start_training - t_start:.1f}s, step 0"
+          f"{' (torch.compile)' if use_cuda else ''} {step0_seconds:.1f}s, eval {t_end - t_eval:.1f}s")
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {total_training_time:.1f}")
     print(f"total_seconds:    {t_end - t_start:.1f}")
     print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
     print(f"mfu_percent:      {steady_state_mfu:.2f}")
-    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
+    print(f"total_tokens_M:   {step * TOTAL_BATCH_SIZE / 1e6:.1f}")
     print(f"num_steps:        {step}")
     print(f"num_params_M:     {num_params / 1e6:.1f}")
     print(f"depth:            {DEPTH}")
-
 
 if __name__ == "__main__":
     main()
