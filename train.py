@@ -565,12 +565,15 @@ def main():
     num_params = model.num_scaling_params()["total"]
     memory = available_memory(device_type)
     need = step_memory(config, num_params, DEVICE_BATCH_SIZE, device_type)
-    if memory and need > memory:  # stop now, not after a compile or minutes of swapping
+    if memory and need > memory:
         fit = fitting_batch_size(config, num_params, device_type, memory)
-        sys.exit(f"DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE} at DEPTH = {DEPTH} needs about {need / 1e9:.1f} "
-                 f"GB (estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}:\n"
-                 + (SMALL_COMPUTER_ADVICE if not use_cuda else f"set DEVICE_BATCH_SIZE = {fit} in train.py."
-                    if fit else "lower DEPTH in train.py."))
+        too_big = (f"DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE} at DEPTH = {DEPTH} needs about {need / 1e9:.1f} "
+                   f"GB (estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}")
+        if not use_cuda:  # stop now, not after minutes of swapping or a silent kill by the OOM killer
+            sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
+        # On a GPU only a warning: an edited model (activation checkpointing, say) may need less than this
+        print(f"warning: {too_big}; if it runs out of memory, "
+              + (f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."))
     if not use_cuda:  # the rate of fp32 1024 x 1024 matrix products here (FLOP/s), measured for 0.3 s
         m, n, t0 = torch.randn(1024, 1024, device=device), 0, time.time()
         while time.time() - t0 < 0.3:
