@@ -89,6 +89,18 @@ def test_allocator_setting_uses_the_name_the_installed_torch_reads():
     assert result.stdout.strip() == str(expected)
     assert "deprecated" not in result.stderr
 
+def test_compile_cache_lives_beside_the_data_unless_set(tmp_path):
+    """torch.compile's cache outlives reboots (not /tmp) and follows AUTORESEARCH_CACHE_DIR; an explicit
+    TORCHINDUCTOR_CACHE_DIR wins."""
+    code = "import os, train; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"
+    base = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    for extra, expected in (({"AUTORESEARCH_CACHE_DIR": str(tmp_path)}, tmp_path / "torch_compile"),
+                            ({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}, tmp_path / "mine")):
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(base, **extra),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == str(expected)
+
 # -----------------------------------------------------------------------------
 # Memory estimate and the batch-size advice
 
