@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from prepare import EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
 
 # -----------------------------------------------------------------------------
 # Attention backend: Flash Attention 3 from the kernels hub, else PyTorch with the same window semantics.
@@ -506,9 +506,13 @@ def available_memory(device_type):
     except (OSError, StopIteration):
         return None
 
+def prepare_eval_tokens():
+    """prepare.py's EVAL_TOKENS, read, not imported: train.py imports only the original's five names."""
+    return sys.modules[evaluate_bpb.__module__].EVAL_TOKENS
+
 def untimed_seconds(flops_per_token, batch_size, rate):
     """Seconds of the 11 warm-up steps and the evaluation (forward: a third of the FLOPs), off CUDA."""
-    eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
+    eval_tokens = prepare_eval_tokens() // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return (11 * TOTAL_BATCH_SIZE + eval_tokens / 3) * flops_per_token / (CPU_EFFICIENCY * rate)
 
 def main():
@@ -584,7 +588,8 @@ def main():
         seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
         if seconds > MAX_UNTIMED_SECONDS:
             sys.exit(f"On this {device_type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
-                     f"{EVAL_TOKENS:,}) would take about {seconds / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
+                     f"{prepare_eval_tokens():,}) would take about {seconds / 60:.0f} min:\n"
+                     + SMALL_COMPUTER_ADVICE)
     try:  # every shard checked now, the validation one included, not after the training budget
         train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs meanwhile
     except (OSError, RuntimeError) as e:

@@ -479,3 +479,14 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     assert f"evaluation failed; the trained weights are saved at {work / 'checkpoints' / 'model.pt'}" in failed.stdout
     assert "simulated evaluation failure" in failed.stderr
     assert (work / "checkpoints" / "model.pt").stat().st_size > 0
+
+
+def test_train_imports_only_the_originals_names_from_prepare():
+    """The spec's interface: a train.py written for the original imports these five names, and ours too."""
+    import ast
+    tree = ast.parse((ROOT / "train.py").read_text())
+    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "prepare"
+             for a in node.names}
+    assert names == {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb"}
+    assert not any(isinstance(node, ast.Import) and any(a.name == "prepare" for a in node.names)
+                   for node in ast.walk(tree))
