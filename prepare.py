@@ -398,7 +398,9 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
             check_shard(path)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
-    return _loader(tokenizer, B, T, split, buffer_size)
+    loader = _loader(tokenizer, B, T, split, buffer_size)
+    next(loader)  # to its first yield: the packing thread starts now, while the caller builds its model
+    return loader
 
 
 def _loader(tokenizer, B, T, split, buffer_size):
@@ -412,6 +414,7 @@ def _loader(tokenizer, B, T, split, buffer_size):
                               args=(tokenizer, B, T, split, buffer_size, stop, free, ready))
     thread.start()
     try:
+        yield  # make_dataloader's priming call
         while True:
             host, epoch = ready.get()
             if isinstance(host, BaseException):

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 from importlib.metadata import version
@@ -100,6 +101,46 @@ def test_compile_cache_lives_beside_the_data_unless_set(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip() == str(expected)
+
+CACHE_PROBE = """
+import json, torch, train
+from torch._dynamo.utils import counters
+train.cache_compiled_graphs()
+torch.manual_seed(0)
+model = train.GPT(train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+model.init_weights()
+x, y = torch.randint(0, 64, (2, 32)), torch.randint(0, 64, (2, 32))
+torch.compile(model, dynamic=False)(x, y, reduction="none").mean().backward()
+print(json.dumps(dict(cache=dict(counters["aot_autograd"]), grad=model.lm_head.weight.grad.norm().item())))
+"""
+
+def test_compile_cache_serves_warm_runs_and_never_a_stale_model(tmp_path):
+    """Real Inductor on CPU, one process per run, one cache: a second run loads the model's graph (the loss's
+    autograd.Function would make the AOTAutograd cache bypass it), and an edit to the model or to the loss's
+    backward compiles afresh, with the edited math."""
+    edits = {"model": ("logits = self.lm_head(x)\n", "logits = self.lm_head(2 * x)\n"),
+             "loss": ("return dlogits.to(logits.dtype)", "return (2 * dlogits).to(logits.dtype)")}
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"), CUDA_VISIBLE_DEVICES="")
+
+    def run(version):
+        work = tmp_path / version
+        work.mkdir(exist_ok=True)
+        source = (ROOT / "train.py").read_text()
+        if version in edits:
+            assert edits[version][0] in source
+            source = source.replace(*edits[version])
+        (work / "train.py").write_text(source)
+        shutil.copy(ROOT / "prepare.py", work / "prepare.py")
+        result = subprocess.run([sys.executable, "-c", CACHE_PROBE], cwd=work, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    first, again, loss, model = run("today"), run("today"), run("loss"), run("model")
+    assert first["cache"].get("autograd_cache_miss") == 1 and "autograd_cache_bypass" not in first["cache"]
+    assert again["cache"].get("autograd_cache_hit") == 1 and again["grad"] == first["grad"]
+    assert loss["cache"].get("autograd_cache_miss") == 1 and loss["grad"] == pytest.approx(2 * first["grad"])
+    assert model["cache"].get("autograd_cache_miss") == 1 and model["grad"] == pytest.approx(2 * first["grad"], rel=1e-2)
 
 # -----------------------------------------------------------------------------
 # Memory estimate and the batch-size advice

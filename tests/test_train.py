@@ -473,7 +473,7 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     # A failing evaluation still leaves the trained weights, and says where they are
     shutil.rmtree(work / "checkpoints")
     variant("train_eval_fails.py", forward,
-            forward + '        if reduction == "none":\n            raise RuntimeError("simulated evaluation failure")\n')
+            forward + '        if not self.training:\n            raise RuntimeError("simulated evaluation failure")\n')
     failed = run("train_eval_fails.py")
     assert failed.returncode != 0
     assert f"evaluation failed; the trained weights are saved at {work / 'checkpoints' / 'model.pt'}" in failed.stdout
