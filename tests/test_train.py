@@ -303,6 +303,22 @@ def test_a_few_steps_reduce_the_loss_of_a_tiny_gpt(n_kv_head):
     assert logits.shape == (4, 64, 256) and logits.dtype == torch.float32
     assert logits.abs().max().item() <= 15.0  # soft cap
 
+def test_softcap_cross_entropy_matches_float64_autograd():
+    """The loss Function (saves bf16 logits, recomputes in backward) against F.cross_entropy of the capped
+    logits in float64, targets of -1 ignored, on logits large enough for the cap to bend them."""
+    torch.manual_seed(0)
+    logits = (torch.randn(64, 512, dtype=torch.float64) * 20).float().requires_grad_()
+    targets = torch.randint(0, 512, (64,))
+    targets[[3, 10]] = -1
+    reference_logits = logits.detach().double().requires_grad_()
+    reference = torch.nn.functional.cross_entropy(15 * torch.tanh(reference_logits / 15), targets, ignore_index=-1)
+    reference.backward()
+    losses = train.SoftcapCrossEntropy.apply(logits, targets, 15)
+    (losses.sum() / (targets != -1).sum()).backward()
+    assert losses[3] == 0 and losses[10] == 0 and logits.grad[[3, 10]].abs().max() == 0
+    assert abs(losses.sum().item() / 62 - reference.item()) < 1e-5
+    assert ((logits.grad.double() - reference_logits.grad).norm() / reference_logits.grad.norm()).item() < 1e-6
+
 def test_model_and_optimizer_updates_compile_without_graph_breaks():
     """On CUDA these run under torch.compile; a graph break would cost speed there. aot_eager traces like
     inductor does (fullgraph raises on any break) without needing a C++ or Triton toolchain here."""
