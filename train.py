@@ -59,10 +59,10 @@ SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBack
 _window_masks = {}
 
 def cache_compiled_graphs():
-    """Let torch.compile's AOTAutograd cache keep this model's graphs between runs: it refuses graphs that call
-    sdpa_kernel's helpers or a custom autograd.Function, and re-tracing them cost ~9.5 s of every warm start
-    (H100). Both are traced into the graph it hashes (the backends; the Function's forward and backward), so
-    an edit to them still compiles afresh (tested)."""
+    """Let torch.compile's AOTAutograd cache keep this model's graphs between runs: it refuses graphs that
+    call sdpa_kernel's helpers or a custom autograd.Function, and re-tracing them cost ~9.5 s of every warm
+    start (H100). Both are traced into the graph it hashes (the backends; the Function's forward and
+    backward), so an edit to them still compiles afresh (tested)."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
@@ -298,8 +298,8 @@ class GPT(nn.Module):
 class SoftcapCrossEntropy(torch.autograd.Function):
     """Per-token cross entropy (0 where the target is -1) of softcap * tanh(logits / softcap), in fp32: the
     same math as F.cross_entropy on the capped logits, but it keeps only the bf16 logits and each row's
-    log-sum-exp and recomputes the rest in backward. Autograd kept the fp32 capped logits (8.6 GB at the
-    default batch) and moved twice the bytes: this saves ~9 ms a step on an H100."""
+    log-sum-exp and recomputes the rest in backward, instead of writing and reading back fp32 logits: its
+    kernels take 11.8 ms a step instead of autograd's 22.5 (H100, profiled). Without it: F.cross_entropy."""
 
     @staticmethod
     def forward(ctx, logits, targets, softcap):
