@@ -551,3 +551,13 @@ def test_closing_the_loader_joins_its_threads(tok, data_dir):
     assert "dataloader-train" in started and any(n.startswith("dataloader-tokenize") for n in started)
     loader.close()
     assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+
+def test_the_loader_packs_from_the_call_and_closes_before_its_first_batch(tok, data_dir):
+    """make_dataloader starts its packing thread at once (train.py builds the model meanwhile), and close()
+    stops it even if no batch was ever taken."""
+    before = set(threading.enumerate())
+    loader = prepare.make_dataloader(tok, 4, 64, "train", buffer_size=50)
+    assert "dataloader-train" in [t.name for t in set(threading.enumerate()) - before]
+    loader.close()
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
