@@ -4,7 +4,6 @@ work, a corrupt tokenizer, Muon without gradients, the training loader closed. O
 Subprocess runs use a byte-level tokenizer written directly (no prepare.py run) and hide CUDA.
 """
 
-import base64
 import json
 import os
 import random
@@ -13,7 +12,6 @@ import resource
 import shutil
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import prepare  # noqa: E402
 import train  # noqa: E402
-from test_train import make_document, set_constant  # noqa: E402
+from common import make_document, set_constant, write_byte_tokenizer  # noqa: E402
 
 
 def default_config(vocab_size=8192, seq_len=2048):
@@ -34,16 +32,9 @@ def default_config(vocab_size=8192, seq_len=2048):
                            n_kv_head=width // 128, n_embd=width)
 
 
-def write_byte_tokenizer(cache):
-    """A valid tokenizer of prepare's size (256 bytes, then byte pairs, then the 4 specials), no training needed."""
-    tok = cache / "tokenizer"
-    tok.mkdir(parents=True)
-    n = prepare.VOCAB_SIZE - len(prepare.SPECIAL_TOKENS)
-    tokens = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:n - 256]
-    (tok / "tokenizer.tiktoken").write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
-    specials = {name: n + i for i, name in enumerate(prepare.SPECIAL_TOKENS)}
-    (tok / "tokenizer.json").write_text(json.dumps({"pattern": prepare.SPLIT_PATTERN, "special_tokens": specials}))
-    return tok
+def byte_tokenizer(cache):
+    """A valid tokenizer of prepare's size in the cache, written directly (no training)."""
+    return write_byte_tokenizer(cache / "tokenizer", prepare.VOCAB_SIZE, prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
 
 
 def limit_memory():  # a run that tries to take the test machine's memory fails instead
@@ -78,16 +69,13 @@ def test_arguments_are_refused_before_any_work(tmp_path):
     assert result.stdout == ""
 
 
-def test_allocator_setting_uses_the_name_the_installed_torch_reads():
+def test_allocator_setting_uses_the_name_torch_2_11_reads():
     env = {k: v for k, v in os.environ.items() if "ALLOC_CONF" not in k}
     code = ("import os, torch, train; torch.zeros(1); "
             "print(sorted(k for k in os.environ if k.endswith('ALLOC_CONF') and os.environ[k] == 'expandable_segments:True'))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    old_torch = tuple(int(v) for v in version("torch").split(".")[:2]) < (2, 10)
-    # torch 2.9's CUDA allocator reads only PYTORCH_CUDA_ALLOC_CONF; PYTORCH_ALLOC_CONF keeps c10 from warning
-    expected = ["PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"] if old_torch else ["PYTORCH_ALLOC_CONF"]
-    assert result.stdout.strip() == str(expected)
+    assert result.stdout.strip() == "['PYTORCH_ALLOC_CONF']"
     assert "deprecated" not in result.stderr
 
 def test_compile_cache_lives_beside_the_data_unless_set(tmp_path):
@@ -102,24 +90,32 @@ def test_compile_cache_lives_beside_the_data_unless_set(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip() == str(expected)
 
-CACHE_PROBE = """
-import json, torch, train
+CACHE_PROBE = f"""
+import json, sys, torch, train
+sys.path.insert(0, {str(ROOT / "tests")!r})
+import common
 from torch._dynamo.utils import counters
 train.cache_compiled_graphs()
+train.cudnn_attention = common.cudnn_attention_on_cpu()  # the windowed layer on cuDNN's op, as on a GPU without FA3
 torch.manual_seed(0)
-model = train.GPT(train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+model = train.GPT(train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32,
+                                  window_pattern="SL"))
 model.init_weights()
 x, y = torch.randint(0, 64, (2, 32)), torch.randint(0, 64, (2, 32))
 torch.compile(model, dynamic=False)(x, y, reduction="none").mean().backward()
-print(json.dumps(dict(cache=dict(counters["aot_autograd"]), grad=model.lm_head.weight.grad.norm().item())))
+print(json.dumps(dict(cache=dict(counters["aot_autograd"]), grad=model.lm_head.weight.grad.norm().item(),
+                      attn_grad=model.transformer.h[0].attn.c_proj.weight.grad.norm().item(),
+                      cudnn=dict(common.kernel_calls))))
 """
 
 def test_compile_cache_serves_warm_runs_and_never_a_stale_model(tmp_path):
     """Real Inductor on CPU, one process per run, one cache: a second run loads the model's graph (the loss's
-    autograd.Function would make the AOTAutograd cache bypass it), and an edit to the model or to the loss's
-    backward compiles afresh, with the edited math."""
+    autograd.Function and the sdpa_kernel context would make the AOTAutograd cache bypass it), with the windowed
+    layer on cuDNN's op; an edit to the model, to the loss's backward or to the window bound compiles afresh, with
+    the edited math."""
     edits = {"model": ("logits = self.lm_head(x)\n", "logits = self.lm_head(2 * x)\n"),
-             "loss": ("return dlogits.to(logits.dtype)", "return (2 * dlogits).to(logits.dtype)")}
+             "loss": ("return dlogits.to(logits.dtype)", "return (2 * dlogits).to(logits.dtype)"),
+             "window": ("left_bound=window + 1,", "left_bound=window + 3,")}
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"), CUDA_VISIBLE_DEVICES="")
 
     def run(version):
@@ -136,11 +132,15 @@ def test_compile_cache_serves_warm_runs_and_never_a_stale_model(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    first, again, loss, model = run("today"), run("today"), run("loss"), run("model")
+    first, again, loss, model, window = run("today"), run("today"), run("loss"), run("model"), run("window")
     assert first["cache"].get("autograd_cache_miss") == 1 and "autograd_cache_bypass" not in first["cache"]
+    assert first["cudnn"] == again["cudnn"] == {"sdpa": 1, "sdpa_bwd": 1}  # the graph calls cuDNN's op, cached too
     assert again["cache"].get("autograd_cache_hit") == 1 and again["grad"] == first["grad"]
     assert loss["cache"].get("autograd_cache_miss") == 1 and loss["grad"] == pytest.approx(2 * first["grad"])
     assert model["cache"].get("autograd_cache_miss") == 1 and model["grad"] == pytest.approx(2 * first["grad"], rel=1e-2)
+    # c_proj's gradient is the first to see the attention's output (c_proj starts at zero, so lm_head's does not)
+    assert window["cache"].get("autograd_cache_miss") == 1 and window["attn_grad"] != pytest.approx(first["attn_grad"])
+    assert again["attn_grad"] == first["attn_grad"]
 
 # -----------------------------------------------------------------------------
 # Memory estimate and the batch-size advice
@@ -164,7 +164,7 @@ def test_batch_size_advice_fits_the_gpu_at_the_first_try():
 
 
 def test_default_run_is_refused_on_a_cpu_within_seconds(tmp_path):
-    write_byte_tokenizer(tmp_path)
+    byte_tokenizer(tmp_path)
     result = run_train(ROOT, tmp_path, timeout=120)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -178,7 +178,7 @@ def test_default_run_is_refused_on_a_cpu_within_seconds(tmp_path):
 
 def test_a_run_too_slow_for_the_cpu_is_refused(tmp_path):
     # Small enough to fit in memory, but 11 warm-up steps of 2**19 tokens take far longer than 10 minutes
-    write_byte_tokenizer(tmp_path)
+    byte_tokenizer(tmp_path)
     work = copy_with(tmp_path, dict(DEVICE_BATCH_SIZE=1))
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
@@ -231,7 +231,7 @@ print(json.dumps(dict(memory=train.step_memory(config, n, train.DEVICE_BATCH_SIZ
 
 
 def test_zero_batch_size_says_so(tmp_path):
-    write_byte_tokenizer(tmp_path)
+    byte_tokenizer(tmp_path)
     work = copy_with(tmp_path, dict(DEVICE_BATCH_SIZE=0))
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1
@@ -239,7 +239,7 @@ def test_zero_batch_size_says_so(tmp_path):
 
 
 def test_corrupt_tokenizer_gives_one_line(tmp_path):
-    tok = write_byte_tokenizer(tmp_path)
+    tok = byte_tokenizer(tmp_path)
     (tok / "tokenizer.json").write_text('{"pattern": "\\\\w+", "special_tok')  # cut short
     result = run_train(ROOT, tmp_path, timeout=120)
     assert result.returncode == 1
@@ -284,7 +284,7 @@ def test_muon_leaves_parameters_without_a_gradient_alone():
 def test_training_loader_thread_ends_before_evaluation(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    write_byte_tokenizer(tmp_path)
+    byte_tokenizer(tmp_path)
     (tmp_path / "data").mkdir()
     rng = random.Random(5)
     for index in (0, 1822):

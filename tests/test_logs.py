@@ -14,18 +14,14 @@ import select
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from test_train import make_document, parse_summary, shrunk_copy
+from common import ROOT, make_document, parse_summary, shrunk_copy
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import prepare  # noqa: E402
+import prepare
 
 TICK = 2.5  # fake seconds per clock reading: a step reads the clock twice, so 5 s of wall time per step
 FAST_CLOCK = f"""import itertools, runpy, sys, time

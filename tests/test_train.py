@@ -4,25 +4,18 @@ Offline and on CPU. The end-to-end test serves generated parquet shards over HTT
 prepare.py and train.py with shrunken constants (the originals are not touched) and checks the summary block.
 """
 
-import functools
-import http.server
 import math
-import os
-import random
 import re
+import os
 import shutil
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import pytest
 import torch
+from common import ROOT, cudnn_attention_on_cpu, parse_summary, shrunk_copy
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import train  # noqa: E402  (importing must not start training)
+import train  # importing must not start training
 
 # flex_attention runs eagerly here (its unfused reference path); on CUDA the model is compiled
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -140,23 +133,113 @@ def reference_attention(q, k, v, window):
     return torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v)
 
 
+def attention_problem(seed, dtype=torch.float64):
+    torch.manual_seed(seed)
+    B, T, H, Hkv, D = 2, 48, 4, 2, 16  # GQA: 2 query heads per key/value head
+    q = torch.randn(B, T, H, D, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, T, Hkv, D, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, T, Hkv, D, dtype=dtype, requires_grad=True)
+    return q, k, v, torch.randn(B, T, H, D, dtype=dtype)
+
+
 @pytest.mark.parametrize("use_flex", [False, True], ids=["sdpa", "flex"])
 @pytest.mark.parametrize("window", [48, 47, 9, 1, 0], ids=lambda w: f"window{w}")
 def test_fallback_attention_matches_reference(window, use_flex):
-    torch.manual_seed(window)
-    B, T, H, Hkv, D = 2, 48, 4, 2, 16  # GQA: 2 query heads per key/value head
-    q = torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(B, T, Hkv, D, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(B, T, Hkv, D, dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(B, T, H, D, dtype=torch.float64)
-    y = train.attention(q, k, v, window, use_flex=use_flex)
-    grads = torch.autograd.grad(y, (q, k, v), dy)
+    q, k, v, dy = attention_problem(window)
     y_ref = reference_attention(q, k, v, window)
-    grads_ref = torch.autograd.grad(y_ref, (q, k, v), dy)
-    assert y.shape == (B, T, H, D)
+    if use_flex:  # torch 2.11 runs flex's backward only on GPUs: the forward here
+        with torch.no_grad():
+            torch.testing.assert_close(train.attention(q, k, v, window, use_flex=True), y_ref, rtol=1e-9, atol=1e-9)
+        return
+    y = train.attention(q, k, v, window, use_flex=False)
+    assert y.shape == q.shape
     torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(torch.autograd.grad(y, (q, k, v), dy), torch.autograd.grad(y_ref, (q, k, v), dy)):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("window", [47, 46, 9, 1, 0], ids=lambda w: f"window{w}")
+def test_cudnn_path_passes_the_window_plus_one_and_matches_fa3s_window(window, monkeypatch):
+    """The windowed layers on cuDNN's op (its CPU kernels from tests/common.py): train.py hands it left_bound =
+    window + 1, right_bound 0, and the result is FA3's window_size=(window, 0), gradients too."""
+    op, calls = cudnn_attention_on_cpu(), []
+    monkeypatch.setattr(train, "cudnn_attention", lambda *a, **kw: calls.append(kw) or op(*a, **kw))
+    q, k, v, dy = attention_problem(window)
+    y = train.attention(q, k, v, window)
+    y_ref = reference_attention(q, k, v, window)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
+    for g, g_ref in zip(torch.autograd.grad(y, (q, k, v), dy), torch.autograd.grad(y_ref, (q, k, v), dy)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+    if window >= 47:  # T - 1: the whole causal context, a full layer: SDPA's causal kernel, not the window op
+        assert calls == []
+    else:
+        assert [(c["is_causal"], c["left_bound"], c["right_bound"], c["enable_gqa"]) for c in calls] == [
+            (True, window + 1, 0, True)]
+
+
+def test_startup_check_takes_cudnns_bound_and_refuses_one_off_by_one():
+    """check_window_attention passes an op with cuDNN's convention and names what differs for an op that reads
+    left_bound as FA3's window (one key too few) or that fails outright."""
+    op = cudnn_attention_on_cpu()
+    assert train.check_window_attention(op, torch.device("cpu")) is None
+    one_short = train.check_window_attention(lambda *a, left_bound, **kw: op(*a, left_bound=left_bound - 1, **kw),
+                                             torch.device("cpu"))
+    assert re.fullmatch(r"output differs from the reference by \d+\.\d %", one_short), one_short
+    assert float(one_short.split()[-2]) > 10  # far above the 2 % threshold: bf16 rounding is ~0.2 %
+
+    def broken(*a, **kw):
+        raise RuntimeError("cuDNN Frontend error: no valid engine configs")
+    assert train.check_window_attention(broken, torch.device("cpu")) == (
+        "RuntimeError: cuDNN Frontend error: no valid engine configs")
+
+
+def test_fa3_candidates_are_tried_in_order_and_an_unreachable_hub_ends_the_search(monkeypatch):
+    """kernels-community/flash-attn3 (v1, then main), then varunneal's: a missing build moves on, a network error
+    stops at once (the others are on the same hub), and the first that loads gives its flash_attn_func."""
+    import types
+    tried = []
+
+    def get_kernel(repo, **how):
+        tried.append((repo, how))
+        return outcomes[len(tried) - 1](repo)
+
+    def no_build(repo):
+        raise FileNotFoundError(f"Cannot find a build variant for this system in {repo}")
+
+    def loads(repo):
+        return types.SimpleNamespace(flash_attn_interface=types.SimpleNamespace(flash_attn_func=f"fa3 of {repo}"))
+
+    def offline(repo):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setitem(sys.modules, "kernels", types.SimpleNamespace(get_kernel=get_kernel))
+    outcomes = [no_build, no_build, loads]
+    fa3, note = train.load_fa3()
+    assert [repo for repo, _ in tried] == [repo for repo, _ in train.FA3_CANDIDATES]
+    assert tried[0] == ("kernels-community/flash-attn3", {"version": 1})
+    assert fa3 == "fa3 of varunneal/flash-attention-3" and note.startswith("varunneal/flash-attention-3")
+    tried.clear()
+    outcomes = [offline, loads, loads]
+    fa3, note = train.load_fa3()
+    assert fa3 is None and len(tried) == 1
+    assert note == "kernels-community/flash-attn3: ConnectionError: [Errno -3] Temporary failure in name resolution"
+
+
+@pytest.mark.parametrize("case", ["cudnn works", "check fails", "no package"])
+def test_start_up_line_names_the_windowed_backend_and_why_not_cudnn(case, monkeypatch):
+    monkeypatch.setattr(train, "load_fa3", lambda: (None, "kernels-community/flash-attn3: ConnectionError: offline"))
+    monkeypatch.setattr(train, "check_window_attention",
+                        lambda fn, device: None if case == "cudnn works" else "output differs from the reference by 25.8 %")
+    if case == "no package":
+        for name in ("cudnn", "cudnn.experimental", "cudnn.experimental.ops"):  # imports fail, as where it is missing
+            monkeypatch.setitem(sys.modules, name, None)
+    fa3, cudnn_attention, line = train.pick_attention(torch.device("cpu"))
+    assert fa3 is None and line.endswith("FA3 unavailable: kernels-community/flash-attn3: ConnectionError: offline")
+    if case == "cudnn works":
+        assert cudnn_attention is not None and "cuDNN sliding window (nvidia-cudnn-frontend) for windowed" in line
+    else:
+        assert cudnn_attention is None and "flex_attention; cuDNN sliding window unavailable: " in line
+        assert ("output differs from the reference by 25.8 %" if case == "check fails" else "ModuleNotFoundError") in line
 
 
 @pytest.mark.parametrize("use_flex", [False, True], ids=["sdpa", "flex"])
@@ -351,84 +434,6 @@ def test_model_and_optimizer_updates_compile_without_graph_breaks():
 
 # -----------------------------------------------------------------------------
 # End to end: prepare.py (real download path over local HTTP) then train.py, both shrunk by rewriting constants
-
-WORDS = ("the of and to in is was for on that with as by at from his her an which are were this be had it not "
-         "but or have they first one their its new after who all also two has been other when there into more "
-         "time during years only over city school may most would between some such many used three world known "
-         "water energy students learning history science river system called number people health early "
-         "research century several small large form based group government important including").split()
-
-
-def make_document(rng):
-    sentences = []
-    for _ in range(rng.randint(2, 12)):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 18))]
-        if rng.random() < 0.4:
-            words.insert(rng.randrange(len(words)), str(rng.choice([rng.randint(0, 99), rng.randint(1800, 2025),
-                                                                    round(rng.uniform(0, 100), 2)])))
-        if rng.random() < 0.2:
-            words.insert(rng.randrange(len(words)), rng.choice(["(see above)", "e.g.", "--", "\"quoted\"", "50%"]))
-        sentence = " ".join(words)
-        sentences.append(sentence[0].upper() + sentence[1:] + rng.choice([".", ".", ".", "!", "?", ";"]))
-    return " ".join(sentences) + ("\n\n" + " ".join(sentences[:2]) if rng.random() < 0.3 else "")
-
-
-def write_shards(root, rng):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    shard_dir = root / "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
-    shard_dir.mkdir(parents=True)
-    for index in (0, 1, 1822):
-        docs = [make_document(rng) for _ in range(1200)]
-        pq.write_table(pa.table({"text": docs}), shard_dir / f"shard_{index:05d}.parquet", row_group_size=256)
-
-
-@pytest.fixture
-def shard_server(tmp_path):
-    root = tmp_path / "server"
-    write_shards(root, random.Random(1234))
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def set_constant(source, name, value):
-    source, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", source, flags=re.MULTILINE)
-    assert n == 1, f"constant {name} not found exactly once"
-    return source
-
-
-def shrunk_copy(src, dst, **constants):
-    text = src.read_text()
-    for name, value in constants.items():
-        text = set_constant(text, name, value)
-    dst.write_text(text)
-
-
-SUMMARY = [  # label, value pattern, type
-    ("val_bpb", r"\d+\.\d{6}", float), ("training_seconds", r"\d+\.\d", float), ("total_seconds", r"\d+\.\d", float),
-    ("peak_vram_mb", r"\d+\.\d", float), ("mfu_percent", r"\d+\.\d{2}", float), ("total_tokens_M", r"\d+\.\d", float),
-    ("num_steps", r"\d+", int), ("num_params_M", r"\d+\.\d", float), ("depth", r"\d+", int),
-]
-
-
-def parse_summary(stdout):
-    lines = stdout.rstrip("\n").split("\n")
-    assert len(lines) >= 10 and lines[-10] == "---", stdout[-2000:]
-    values = {}
-    for line, (label, pattern, cast) in zip(lines[-9:], SUMMARY):
-        assert re.fullmatch(re.escape(f"{label}:".ljust(18)) + pattern, line), line
-        values[label] = cast(line[18:])
-    return values
-
 
 def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     work = tmp_path / "work"

@@ -2,7 +2,7 @@
 
 Worktrees are made by the README's own command in a throwaway git repository holding shrunk copies of
 prepare.py and train.py; two short training runs then go at once, one per worktree, reading one shared cache.
-Uses the local shard server and the helpers of the end-to-end test in test_train.py.
+Uses the shard server fixture of conftest.py and the helpers in common.py.
 """
 
 import os
@@ -11,11 +11,8 @@ import shutil
 import subprocess
 import sys
 
-import test_train
 import torch
-from test_train import ROOT, parse_summary, shrunk_copy
-
-shard_server = test_train.shard_server  # the fixture serving generated shards on 127.0.0.1
+from common import ROOT, parse_summary, shrunk_copy
 
 # git run with no user or system configuration (no signing, no hooks), with an identity for commits
 GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",

@@ -1,0 +1,146 @@
+"""Helpers shared by the test modules: generated documents and shards, shrunk copies of the two scripts, the
+summary block's parser, a tokenizer written without training, and cuDNN's attention op on the CPU."""
+
+import base64
+import collections
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("the of and to in is was for on that with as by at from his her an which are were this be had it not "
+         "but or have they first one their its new after who all also two has been other when there into more "
+         "time during years only over city school may most would between some such many used three world known "
+         "water energy students learning history science river system called number people health early "
+         "research century several small large form based group government important including").split()
+
+
+def make_document(rng):
+    sentences = []
+    for _ in range(rng.randint(2, 12)):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 18))]
+        if rng.random() < 0.4:
+            words.insert(rng.randrange(len(words)), str(rng.choice([rng.randint(0, 99), rng.randint(1800, 2025),
+                                                                    round(rng.uniform(0, 100), 2)])))
+        if rng.random() < 0.2:
+            words.insert(rng.randrange(len(words)), rng.choice(["(see above)", "e.g.", "--", "\"quoted\"", "50%"]))
+        sentence = " ".join(words)
+        sentences.append(sentence[0].upper() + sentence[1:] + rng.choice([".", ".", ".", "!", "?", ";"]))
+    return " ".join(sentences) + ("\n\n" + " ".join(sentences[:2]) if rng.random() < 0.3 else "")
+
+
+def set_constant(source, name, value):
+    source, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", source, flags=re.MULTILINE)
+    assert n == 1, f"constant {name} not found exactly once"
+    return source
+
+
+def shrunk_copy(src, dst, **constants):
+    text = Path(src).read_text()
+    for name, value in constants.items():
+        text = set_constant(text, name, value)
+    Path(dst).write_text(text)
+
+
+SUMMARY = [  # label, value pattern, type
+    ("val_bpb", r"\d+\.\d{6}", float), ("training_seconds", r"\d+\.\d", float), ("total_seconds", r"\d+\.\d", float),
+    ("peak_vram_mb", r"\d+\.\d", float), ("mfu_percent", r"\d+\.\d{2}", float), ("total_tokens_M", r"\d+\.\d", float),
+    ("num_steps", r"\d+", int), ("num_params_M", r"\d+\.\d", float), ("depth", r"\d+", int),
+]
+
+
+def parse_summary(stdout):
+    """The summary block at the end of a run's output: labels, alignment and decimals as the spec gives them."""
+    lines = stdout.rstrip("\n").split("\n")
+    assert len(lines) >= 10 and lines[-10] == "---", stdout[-2000:]
+    values = {}
+    for line, (label, pattern, cast) in zip(lines[-9:], SUMMARY):
+        assert re.fullmatch(re.escape(f"{label}:".ljust(18)) + pattern, line), line
+        values[label] = cast(line[18:])
+    return values
+
+
+def write_byte_tokenizer(tokenizer_dir, vocab_size, specials, pattern):
+    """A valid tokenizer (256 bytes, then byte pairs, then the specials), no training needed."""
+    tokenizer_dir = Path(tokenizer_dir)
+    tokenizer_dir.mkdir(parents=True)
+    n = vocab_size - len(specials)
+    tokens = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:n - 256]
+    (tokenizer_dir / "tokenizer.tiktoken").write_text(
+        "".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
+    meta = {"pattern": pattern, "special_tokens": {name: n + i for i, name in enumerate(specials)}}
+    (tokenizer_dir / "tokenizer.json").write_text(json.dumps(meta))
+    return tokenizer_dir
+
+# -----------------------------------------------------------------------------
+# cuDNN's attention op (nvidia-cudnn-frontend's torch.ops.cudnn.sdpa) given CPU kernels, so that train.py's cuDNN
+# path runs here: the same op, with its real autograd and fake registrations, only the kernels are ours
+
+
+def _visible(T, is_causal, left_bound, right_bound, device):
+    """cuDNN's band: key j is visible to query i iff i - left_bound < j (left_bound >= 0) and j <= i + right_bound."""
+    i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    keep = torch.ones(T, T, dtype=torch.bool, device=device)
+    if is_causal:
+        keep &= j <= i
+    if left_bound >= 0:
+        keep &= j > i - left_bound
+    if right_bound >= 0:
+        keep &= j <= i + right_bound
+    return keep
+
+
+def _wide(t):  # at least fp32, as cuDNN accumulates; float64 stays float64
+    return t.double() if t.dtype == torch.float64 else t.float()
+
+
+def _probs(q, k, scale, is_causal, left_bound, right_bound):
+    if k.size(1) != q.size(1):  # GQA: each key/value head serves a group of query heads
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+    scores = (_wide(q) @ _wide(k).mT) * scale
+    scores = scores.masked_fill(~_visible(q.size(2), is_causal, left_bound, right_bound, q.device), -math.inf)
+    return scores.softmax(-1), scores.logsumexp(-1, keepdim=True)
+
+
+kernel_calls = collections.Counter()  # how often each CPU kernel ran: proof that a compiled graph used the op
+
+
+def _sdpa_cpu(q, k, v, attn_scale, is_causal=False, diagonal_alignment=0, left_bound=-1, right_bound=-1,
+              seq_len_q=None, seq_len_kv=None, cumulative_seq_len_q=None, cumulative_seq_len_kv=None):
+    kernel_calls["sdpa"] += 1
+    p, lse = _probs(q, k, attn_scale, is_causal, left_bound, right_bound)
+    vv = v.repeat_interleave(q.size(1) // v.size(1), dim=1) if v.size(1) != q.size(1) else v
+    return (p @ _wide(vv)).to(q.dtype), lse.float()
+
+
+def _sdpa_bwd_cpu(dO, q, k, v, o, stats, attn_scale, is_causal=False, diagonal_alignment=0, left_bound=-1,
+                  right_bound=-1, seq_len_q=None, seq_len_kv=None, cumulative_seq_len_q=None,
+                  cumulative_seq_len_kv=None, is_deterministic=False):
+    kernel_calls["sdpa_bwd"] += 1
+    group = q.size(1) // k.size(1)
+    kk, vv = (_wide(t.repeat_interleave(group, dim=1)) for t in (k, v))
+    p, _ = _probs(q, k, attn_scale, is_causal, left_bound, right_bound)
+    dO = _wide(dO)
+    dv = p.mT @ dO
+    dp = dO @ vv.mT
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * attn_scale
+    dq, dk = ds @ kk, ds.mT @ _wide(q)
+    if group > 1:  # sum the gradients of each group back onto its key/value head
+        dk, dv = (t.view(t.size(0), -1, group, *t.shape[2:]).sum(2) for t in (dk, dv))
+    return tuple(torch.empty_like(t).copy_(g) for t, g in ((q, dq), (k, dk), (v, dv)))  # the fake's layouts
+
+
+def cudnn_attention_on_cpu():
+    """The cuDNN frontend's scaled_dot_product_attention, runnable on the CPU (its CPU kernels registered once)."""
+    from cudnn.experimental.ops import scaled_dot_product_attention
+    if not getattr(cudnn_attention_on_cpu, "registered", False):
+        torch.library.impl("cudnn::sdpa", "CPU")(_sdpa_cpu)
+        torch.library.impl("cudnn::sdpa_bwd", "CPU")(_sdpa_bwd_cpu)
+        cudnn_attention_on_cpu.registered = True
+    return scaled_dot_product_attention

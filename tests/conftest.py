@@ -1,0 +1,52 @@
+"""The suite writes only to temporary folders: HOME and every cache a test touches (torch.compile's, Jupyter's,
+IPython's, matplotlib's) point into one made for this session, before any test module imports train.py.
+Fixtures shared by several modules live here."""
+
+import functools
+import http.server
+import os
+import random
+import shutil
+import tempfile
+import threading
+
+import pytest
+
+REAL_HOME = os.path.expanduser("~")
+TEST_HOME = tempfile.mkdtemp(prefix="autoresearch-test-home-")
+os.environ["HOME"] = TEST_HOME
+for name in ("AUTORESEARCH_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "IPYTHONDIR",
+             "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+    os.environ.pop(name, None)
+os.environ["XDG_CACHE_HOME"] = os.path.join(TEST_HOME, ".cache")
+os.environ["MPLCONFIGDIR"] = os.path.join(TEST_HOME, ".config", "matplotlib")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def shard_server(tmp_path):
+    """Generated FineWeb-style shards 0, 1 and the validation shard 1822, served on 127.0.0.1 as the hub does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from common import make_document
+
+    root = tmp_path / "server"
+    shard_dir = root / "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+    shard_dir.mkdir(parents=True)
+    rng = random.Random(1234)
+    for index in (0, 1, 1822):
+        docs = [make_document(rng) for _ in range(1200)]
+        pq.write_table(pa.table({"text": docs}), shard_dir / f"shard_{index:05d}.parquet", row_group_size=256)
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
