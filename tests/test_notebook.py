@@ -1,6 +1,7 @@
 """Run analysis.ipynb headless on generated results.tsv files and check what it prints and saves."""
 
 import json
+import os
 import random
 import re
 import struct
@@ -11,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "analysis.ipynb"
@@ -25,7 +27,8 @@ CASES = {
         ("a1b2c3d", "0.997900", "44.0", "keep", "baseline"),
         ("9a8b7c6", "0.995400", "44.0", "discard", "baseline (seed 43)"),  # the noise check: not a decision
         ("0123456", "0.993200", "44.2", "keep", "raise MATRIX_LR to 0.05"),
-        ("c3d4e5f", "1.005000", "44.0", "discard", "swap relu^2 for GELU in the MLP, which made things worse"),
+        ("c3d4e5f", "1.005000", "44.0", "discard",
+         "swap relu^2 for GELU in the MLP, which made things worse"),
         ("d4e5f6a", "0.000000", "0.0", "crash", "double the model width (OOM)"),
         ("e5f6a7b", "0.989100", "47.9", " Keep ", "depth 10 with a smaller device batch"),
         ("f6a7b8c", "0.000000", "0.0", "crash", "typo in the rotary code"),
@@ -49,17 +52,30 @@ def _write_tsv(path, rows):
 
 
 # The figure as drawn: the y limits, the axes' and every label's box in pixels (the text itself, not the box
-# padding or the leader line), from a cell appended after the notebook's own.
+# padding or the leader line), the title, the x ticks in view, and each scatter's points as heights in axes
+# fractions (0 bottom, 1 top) by legend label, from a cell appended after the notebook's own.
 FIGURE_PROBE = """
 import json
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
 from matplotlib.text import Text
 canvas = FigureCanvasAgg(fig)  # plt.show() closed the notebook's own canvas
 canvas.draw()  # places the annotations
 renderer = canvas.get_renderer()
+to_axes = ax.transAxes.inverted()
+scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+heights = {c.get_label(): [float(y) for _, y in to_axes.transform(c.get_offset_transform().transform(
+    c.get_offsets()))] for c in scatters}
+xlo, xhi = ax.get_xlim()
 print('FIGURE', json.dumps(dict(ylim=ax.get_ylim(), axes=ax.get_window_extent(renderer).bounds,
-                                labels=[Text.get_window_extent(t, renderer).bounds for t in ax.texts])))
+                                labels=[Text.get_window_extent(t, renderer).bounds for t in ax.texts],
+                                title=fig.get_suptitle(), heights=heights,
+                                xticks=[float(t) for t in ax.get_xticks() if xlo <= t <= xhi])))
 """
+
+
+def _figure(text):
+    return json.loads(re.search(r"^FIGURE (.*)$", text, re.MULTILINE).group(1))
 
 
 def _run_notebook(workdir, tsv, monkeypatch, probe=""):
@@ -78,6 +94,21 @@ def _run_notebook(workdir, tsv, monkeypatch, probe=""):
             if out.get("output_type") == "stream":
                 text.append(out["text"])
     return "".join(text)
+
+
+def _first_error(workdir, tsv, monkeypatch):
+    """Execute the notebook until a cell fails; return (its index among code cells, its error output, the
+    number of code cells run)."""
+    monkeypatch.setenv("RESULTS_TSV", str(tsv))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, kernel_name="python3", timeout=120,
+                            resources={"metadata": {"path": str(workdir)}})
+    with pytest.raises(CellExecutionError):
+        client.execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    failed = [k for k, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs)]
+    ran = sum(c.execution_count is not None for c in code)
+    return failed[0], next(o for o in code[failed[0]].outputs if o.output_type == "error"), ran
 
 
 def _png_size(path):
@@ -100,7 +131,8 @@ def test_notebook_is_clean():
     assert nb.metadata["kernelspec"]["name"] == "python3"
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, "commit the notebook with outputs cleared"
+            assert cell.outputs == [] and cell.execution_count is None, \
+                "commit the notebook with outputs cleared"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -121,9 +153,10 @@ def test_notebook_runs(case, tmp_path, monkeypatch):
     assert Path(probe.group(2)).resolve() == workdir.resolve()
     assert probe.group(3) == str(tsv)
 
-    # The plot is written to the working directory as a PNG of sensible size.
-    png = workdir / "progress.png"
-    assert png.is_file()
+    # The plot is written beside the results file (not into the working directory), as a PNG of sensible size.
+    png = tsv.parent / "progress.png"
+    assert png.is_file() and not (workdir / "progress.png").exists()
+    assert f"saved {png}\n" in text
     width, height = _png_size(png)
     assert 1000 <= width <= 4000 and 500 <= height <= 2500, (width, height)
 
@@ -161,10 +194,12 @@ def test_notebook_runs(case, tmp_path, monkeypatch):
 # -----------------------------------------------------------------------------
 # A realistic night: does the chart stay readable?
 
-IDEAS = ["raise MATRIX_LR to {}", "lower EMBEDDING_LR to {}", "WARMDOWN_RATIO {}", "depth {} with DEVICE_BATCH_SIZE 64",
+IDEAS = ["raise MATRIX_LR to {}", "lower EMBEDDING_LR to {}", "WARMDOWN_RATIO {}",
+         "depth {} with DEVICE_BATCH_SIZE 64",
          "swap relu^2 for SwiGLU in the MLP with the hidden size scaled to keep the parameter count the same",
-         "window pattern SSL", "muon momentum warmup over {} steps", "x0 lambda init {}", "softcap {} instead of 15",
-         "value embeddings on every layer", "GQA with {} kv heads", "rotary base {}00", "Adam beta2 {}"]
+         "window pattern SSL", "muon momentum warmup over {} steps", "x0 lambda init {}",
+         "softcap {} instead of 15", "value embeddings on every layer", "GQA with {} kv heads",
+         "rotary base {}00", "Adam beta2 {}"]
 
 
 def overnight_rows(seed=0, n=120):
@@ -184,16 +219,17 @@ def overnight_rows(seed=0, n=120):
             best -= rng.uniform(0.002, 0.006) if i < 15 else rng.uniform(0.0003, 0.0015)
             rows.append((best, "keep", idea))
         else:
-            rows.append((best + (rng.uniform(0.05, 0.4) if i in far else abs(rng.gauss(0, 0.004))), "discard", idea))
-    return [(f"{rng.getrandbits(28):07x}", f"{v:.6f}", "0.0" if s == "crash" else f"{rng.uniform(43, 48):.1f}", s, d)
-            for v, s, d in rows]
+            worse = rng.uniform(0.05, 0.4) if i in far else abs(rng.gauss(0, 0.004))
+            rows.append((best + worse, "discard", idea))
+    return [(f"{rng.getrandbits(28):07x}", f"{v:.6f}",
+             "0.0" if s == "crash" else f"{rng.uniform(43, 48):.1f}", s, d) for v, s, d in rows]
 
 
 def test_overnight_chart_fits_the_data_and_labels_do_not_overlap(tmp_path, monkeypatch):
     rows = overnight_rows()
     _write_tsv(tmp_path / "results.tsv", rows)
     text = _run_notebook(tmp_path, tmp_path / "results.tsv", monkeypatch, FIGURE_PROBE)
-    figure = json.loads(re.search(r"^FIGURE (.*)$", text, re.MULTILINE).group(1))
+    figure = _figure(text)
 
     width, height = _png_size(tmp_path / "progress.png")
     assert 1500 <= width <= 2500 and 900 <= height <= 2000, (width, height)
@@ -203,7 +239,7 @@ def test_overnight_chart_fits_the_data_and_labels_do_not_overlap(tmp_path, monke
     baseline, rerun, best = 0.9979, 0.9986, min(float(r[1]) for r in rows if r[3] == "keep")
     assert bottom < best and rerun < top
     assert (best - bottom) / (top - bottom) < 0.06 and (top - rerun) / (top - bottom) < 0.08
-    assert "4 run(s) scored too high to fit" in text  # the far-worse runs are marked on the edge instead
+    assert "4 runs scored too high to fit" in text  # the far-worse runs are marked on the edge instead
 
     # Every kept run has a label; no two labels overlap; all lie inside the axes
     labels = figure["labels"]
@@ -220,24 +256,108 @@ def test_overnight_chart_fits_the_data_and_labels_do_not_overlap(tmp_path, monke
     assert "keep rate after the baseline: 20/115 " in text
 
 
+def test_crashes_are_marked_on_the_top_edge_above_every_score_and_label(tmp_path, monkeypatch):
+    _write_tsv(tmp_path / "results.tsv", overnight_rows())
+    figure = _figure(_run_notebook(tmp_path, tmp_path / "results.tsv", monkeypatch, FIGURE_PROBE))
+    crashes = next(ys for label, ys in figure["heights"].items() if label.startswith("crash"))
+    assert len(crashes) == 3 and min(crashes) > 0.95  # in the top 5% of the axes, the worse end
+    ax0, ay0, aw, ah = figure["axes"]
+    label_tops = [(y + h - ay0) / ah for x, y, w, h in figure["labels"]]
+    assert max(figure["heights"]["kept"] + label_tops) < min(crashes)
+
+
+def test_one_run_reads_in_the_singular(tmp_path, monkeypatch):
+    _write_tsv(tmp_path / "results.tsv", CASES["baseline_crashed"])
+    text = _run_notebook(tmp_path, tmp_path / "results.tsv", monkeypatch, FIGURE_PROBE)
+    assert f"loaded 1 row from {tmp_path / 'results.tsv'}" in text
+    assert _figure(text)["title"] == "autoresearch: 1 experiment, 0 kept"
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_x_ticks_are_whole_run_numbers(n, tmp_path, monkeypatch):
+    _write_tsv(tmp_path / "results.tsv", CASES["with_crashes"][:n])
+    ticks = _figure(_run_notebook(tmp_path, tmp_path / "results.tsv", monkeypatch, FIGURE_PROBE))["xticks"]
+    assert ticks and all(t == int(t) and 0 <= t <= n - 1 for t in ticks), ticks
+
+
+# -----------------------------------------------------------------------------
+# A malformed results file stops the first code cell with one line
+
+
+def test_comma_separated_file_stops_with_one_line(tmp_path, monkeypatch):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text("\n".join(",".join(row) for row in [HEADER.split("\t")] + CASES["with_crashes"]) + "\n")
+    cell, error, ran = _first_error(tmp_path, tsv, monkeypatch)
+    assert cell == 0 and ran == 1
+    assert error.traceback == [f"ResultsFileError: {tsv} must be tab-separated: the five columns "
+                               "commit val_bpb memory_gb status description separated by tabs "
+                               "(its first line has no tab)"]
+
+
+def test_missing_columns_are_named_in_one_line(tmp_path, monkeypatch):
+    tsv = tmp_path / "results.tsv"
+    keep = [0, 1, 4]  # commit, val_bpb, description: no memory_gb, no status
+    rows = [HEADER.split("\t")] + CASES["with_crashes"]
+    tsv.write_text("\n".join("\t".join(row[k] for k in keep) for row in rows) + "\n")
+    cell, error, ran = _first_error(tmp_path, tsv, monkeypatch)
+    assert cell == 0 and ran == 1
+    assert error.traceback == [f"ResultsFileError: {tsv} has no memory_gb or status column: its first line "
+                               "must be the five columns commit val_bpb memory_gb status description "
+                               "separated by tabs"]
+
+
 # -----------------------------------------------------------------------------
 # README's commands for the notebook
 
 
+def _run_readme_headless_command(workdir):
+    """Run README's headless command in workdir, with its environment variables, as this venv's jupyter."""
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if "jupyter nbconvert" in ln)
+    words = line.split("  #")[0].split()
+    k = words.index("uv")
+    assert words[k:k + 4] == ["uv", "run", "jupyter", "nbconvert"] and "--stdout" in words, line
+    env = {key: value for key, value in os.environ.items() if key != "RESULTS_TSV"} | dict(
+        w.split("=", 1) for w in words[:k])
+    (workdir / "analysis.ipynb").write_bytes(NOTEBOOK.read_bytes())
+    jupyter = Path(sys.executable).parent / "jupyter"  # what uv run finds: this environment's
+    return subprocess.run([str(jupyter), *words[k + 3:]], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
 def test_readme_headless_command_prints_the_results(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    command = "uv run jupyter nbconvert --to markdown --no-input --execute --stdout analysis.ipynb"
-    assert command in readme
-    assert "uv run jupyter lab analysis.ipynb" in readme
-    rows = CASES["with_crashes"]
-    _write_tsv(tmp_path / "results.tsv", rows)
-    (tmp_path / "analysis.ipynb").write_bytes(NOTEBOOK.read_bytes())
-    # The same command inside this environment (uv run is the venv's jupyter)
-    jupyter = Path(sys.executable).parent / "jupyter"
-    out = subprocess.run([str(jupyter), *command.split()[3:]], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=180)
+    _write_tsv(tmp_path / "results.tsv", CASES["with_crashes"])
+    out = _run_readme_headless_command(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "total experiments: 8" in out.stdout and "best kept val_bpb: 0.989100" in out.stdout
-    assert (tmp_path / "progress.png").is_file()
+    # The chart is saved and its full path printed; the markdown links no file that does not exist
+    assert (tmp_path / "progress.png").is_file() and f"saved {tmp_path / 'progress.png'}" in out.stdout
+    links = re.findall(r"\]\(([^)]+)\)", out.stdout)
+    assert all((tmp_path / link).is_file() for link in links), links
+    assert "analysis_files/" not in out.stdout
+
+
+def test_the_chart_shows_inline_in_jupyter(tmp_path, monkeypatch):
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # as under jupyter lab: the kernel's inline backend
+    monkeypatch.setenv("RESULTS_TSV", str(tmp_path / "results.tsv"))
+    _write_tsv(tmp_path / "results.tsv", CASES["with_crashes"])
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
+    assert sum("image/png" in out.get("data", {}) for out in outputs) == 1
+
+
+def test_readme_headless_command_ends_with_the_one_line_for_a_bad_file(tmp_path):
+    (tmp_path / "results.tsv").write_text("commit,val_bpb,memory_gb,status,description\n"
+                                          "a1b2c3d,0.997900,44.0,keep,baseline\n")
+    out = _run_readme_headless_command(tmp_path)
+    assert out.returncode != 0 and "KeyError:" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ResultsFileError: results.tsv must be tab-separated"), out.stderr[-3000:]
+
+
+def test_readme_lab_command_works():
+    assert "uv run jupyter lab analysis.ipynb" in (ROOT / "README.md").read_text()
+    jupyter = Path(sys.executable).parent / "jupyter"
     lab = subprocess.run([str(jupyter), "lab", "--version"], capture_output=True, text=True, timeout=120)
     assert lab.returncode == 0 and re.fullmatch(r"4\.\d+\.\d+\s*", lab.stdout), lab.stdout + lab.stderr
