@@ -2,30 +2,57 @@
 One-time data preparation for autoresearch, plus the runtime utilities train.py imports.
 This file is frozen: the agent never edits it (it owns the data and the evaluation).
 
-    uv run prepare.py                  # 10 training shards + the validation shard, then the tokenizer
-    uv run prepare.py --num-shards -1  # all 1822 training shards
+    uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
+    uv run prepare.py --num-shards -1       # all of the data set's training shards (1822 for FineWeb-Edu)
+    uv run prepare.py --dataset tinystories # another data set (then set DATASET below to train on it)
 
 Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
 """
 
-import argparse
-import base64
-import bisect
-import collections
-import json
-import math
 import os
-import queue
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, wait
 
-import numpy as np
-import pyarrow.parquet as pq
-import requests
-import tiktoken
-import torch
+# ---------------------------------------------------------------------------
+# Before torch loads: train.py imports this file first, and torch reads these variables when it starts
+
+if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
+    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
+    sys.exit(2)  # before the slow imports: a flag must not start a run
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
+if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
+
+import argparse  # noqa: E402  (the standard library, then what `uv sync` installs)
+import base64  # noqa: E402
+import bisect  # noqa: E402
+import collections  # noqa: E402
+import contextlib  # noqa: E402
+import errno  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import queue  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor, wait  # noqa: E402
+
+try:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import requests
+    import tiktoken
+    import torch
+except ModuleNotFoundError as e:  # a Python without the project's packages
+    sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
+             "which uses the project's environment (`uv sync` makes it)")
 
 # ---------------------------------------------------------------------------
 # Constants (fixed: changing them changes what val_bpb means)
@@ -34,18 +61,36 @@ MAX_SEQ_LEN = 2048          # context length of training and evaluation
 TIME_BUDGET = 300           # seconds of training (wall clock, compilation excluded)
 EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
 
-CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
-DATA_DIR = os.path.join(CACHE_DIR, "data")
-TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
+# The data set and vocabulary: FineWeb-Edu at 8192 by default; "climbmix" is the original's (its published
+# runs are on it), "tinystories" suits small computers with a smaller VOCAB_SIZE. Each data set has a folder
+# of its own and each (data set, VOCAB_SIZE) a tokenizer of its own, so no setting overwrites another's.
+DATASET = "fineweb-edu"
+VOCAB_SIZE = 8192
+# Hub repo and pinned validation data (never trained on): a shard set trains on shards 0 ... N-1 and
+# validates on shard N, its last; TinyStories is one file: validation is its card's validation rows
+# 10,000-19,999, training rows 20,000 to the end (rows 0-9,999, its test rows, are left alone)
+DATASETS = {
+    "fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1822),
+    "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6542),
+    "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
+                        val=(10_000, 20_000), train=(20_000, None)),
+}
 
-DATASET_PATH = "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
-MAX_SHARD = 1822                                  # shards 0 ... 1822 exist
-VAL_SHARD = MAX_SHARD                             # the last one is pinned for validation
-VAL_FILENAME = f"shard_{VAL_SHARD:05d}.parquet"
+def cache_dirs(dataset):
+    return (os.path.join(CACHE_DIR, "data", dataset),
+            os.path.join(CACHE_DIR, "tokenizer", f"{dataset}-{VOCAB_SIZE}"))
+
+
+def shard_filename(index):
+    return f"shard_{index:05d}.parquet"
+
+
+DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
+MAX_SHARD = DATASETS[DATASET].get("shards", 1)    # its training shards: what --num-shards -1 fetches
+VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(MAX_SHARD)
 DOWNLOAD_ATTEMPTS = 5
 CHUNK_BYTES = 1 << 20                             # 1 MiB: Ctrl-C is seen between chunks
 
-VOCAB_SIZE = 8192
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
 # GPT-4 style split, but digits grouped by one or two (not three): better for a small vocabulary
@@ -56,30 +101,60 @@ ROUNDTRIP_TEXT = ("Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\t"
                   "naïve café — 日本語のテキスト, Привет мир 🙂")
 
 
-def shard_filename(index):
-    return f"shard_{index:05d}.parquet"
-
-
-def base_url():
+def base_url(dataset=None):
+    dataset = dataset or DATASET
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     if not endpoint.startswith(("http://", "https://")):  # requests would fail only after all the retries
         sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, "
                  "e.g. HF_ENDPOINT=https://hf-mirror.com")
-    return f"{endpoint.rstrip('/')}/{DATASET_PATH}"
+    return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset]['repo']}/resolve/main"
+
+
+def split_parts(split, data_dir=None, dataset=None):
+    """A split's documents as (file, first row, end row or None), in sorted file order: `val` is the pinned
+    validation data, `train` the rest. Raises FileNotFoundError, saying what to run, if there are none."""
+    dataset = dataset or DATASET
+    spec, data_dir = DATASETS[dataset], data_dir or DATA_DIR
+    if "file" in spec:
+        path = os.path.join(data_dir, spec["file"])
+        parts = [(path, *spec[split])] if os.path.exists(path) else []
+    else:
+        names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+        val = shard_filename(spec["shards"])
+        parts = [(os.path.join(data_dir, n), 0, None) for n in names
+                 if n.endswith(".parquet") and (n == val) == (split == "val")]
+    if not parts:
+        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py"
+                                + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
+    return parts
+
 
 # ---------------------------------------------------------------------------
 # Download
 
 
-def check_shard(path):
+def check_shard(path, min_rows=0):
     """Raise if `path` is not a readable parquet file with a `text` column (reads only the footer)."""
-    schema = pq.ParquetFile(path).schema_arrow
-    if "text" not in schema.names:
-        raise ValueError(f"no 'text' column (columns: {schema.names})")
+    pf = pq.ParquetFile(path)
+    if "text" not in pf.schema_arrow.names:
+        raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
+    if pf.metadata.num_rows < min_rows:
+        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than the {min_rows:,} its validation rows need")
 
 
 class ShardMissing(RuntimeError):
     """The server answered that it does not have a shard: final, retrying cannot help."""
+
+
+class LocalWriteError(RuntimeError):
+    """The cache could not be written here (full disk, read-only, no permission): final, and not the network."""
+
+    def __init__(self, path, e):
+        super().__init__(f"cannot write {path}: {e.strerror or e}. Free space there (or set AUTORESEARCH_CACHE_DIR"
+                         " to a writable disk with room) and run prepare.py again")
+
+
+LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class Progress:
@@ -96,20 +171,20 @@ class Progress:
             now = time.time()
             if shard_done or now - self.last > 0.5:
                 mb, self.last = self.bytes / 1e6, now
-                print(f"\rdownloading: {self.done}/{self.total} shards, {mb:.1f} MB, "
+                print(f"\rdownloading: {self.done}/{self.total} files, {mb:.1f} MB, "
                       f"{mb / max(now - self.t0, 1e-9):.1f} MB/s   ", end="", flush=True)
 
 
-def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS):
-    """Download one shard into data_dir (if missing or corrupt); None if `stop` is set before it is done.
-    Raises ShardMissing at once on a 4xx answer, RuntimeError after `attempts` failures of any other kind."""
+def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS, min_rows=0):
+    """Download one file into data_dir (if missing or corrupt); None if `stop` is set before it is done. Raises
+    ShardMissing at once on a 4xx answer and LocalWriteError on a local write error, RuntimeError after
+    `attempts` failures of any other kind."""
     stop = stop or threading.Event()
     update = progress.update if progress else lambda nbytes=0, shard_done=False: None
-    name = shard_filename(index)
     path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
         try:
-            check_shard(path)
+            check_shard(path, min_rows)
             update(shard_done=True)
             return path
         except Exception as e:
@@ -123,23 +198,35 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):  # 408/429 mean "later"
                     raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code})")
                 r.raise_for_status()
-                expected, received = r.headers.get("Content-Length"), 0
+                expected, received, digest = r.headers.get("Content-Length"), 0, hashlib.sha256()
+                # the hub names an LFS file's sha256 in X-Linked-Etag (on its redirect): checked, and kept
+                hub = next((h.headers["X-Linked-Etag"].strip('"') for h in (*r.history, r)
+                            if "X-Linked-Etag" in h.headers), "")
                 with open(tmp, "wb") as f:
                     for chunk in r.raw.stream(CHUNK_BYTES, decode_content=False):
                         if stop.is_set():  # Ctrl-C, or another shard found the server unreachable
                             return None
                         f.write(chunk)
+                        digest.update(chunk)
                         received += len(chunk)
                         update(len(chunk))
             if expected is not None and received != int(expected):
                 raise IOError(f"truncated body: {received} of {expected} bytes")
-            check_shard(tmp)
+            if len(hub) == 64 and digest.hexdigest() != hub:
+                raise IOError(f"sha256 {digest.hexdigest()[:12]}... is not the hub's {hub[:12]}...")
+            check_shard(tmp, min_rows)
             os.replace(tmp, path)  # only a complete, verified file ever carries the final name
+            if len(hub) == 64:
+                with open(path + ".sha256", "w") as f:
+                    f.write(hub + "\n")
             update(shard_done=True)
             return path
         except ShardMissing:
             raise
         except Exception as e:  # network errors, 5xx, truncation, unreadable parquet: all retried
+            if getattr(e, "errno", None) in LOCAL_ERRNOS and not isinstance(e, requests.RequestException):
+                stop.set()  # a full or read-only disk fails every download alike
+                raise LocalWriteError(tmp, e) from None
             error = e
         finally:
             if os.path.exists(tmp):
@@ -149,19 +236,29 @@ def download_shard(index, data_dir, url_base, progress=None, stop=None, attempts
     raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
 
 
-def download_data(num_shards, workers, data_dir=None, stop=None):
-    """Download training shards 0..num_shards-1 plus the validation shard. Exits non-zero on failure."""
-    data_dir = data_dir or DATA_DIR
-    url_base = base_url()
-    os.makedirs(data_dir, exist_ok=True)
-    indices = list(range(num_shards)) + [VAL_SHARD]
-    progress = Progress(len(indices))
+def make_dirs(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # read-only, or no permission: one line, not a traceback
+        sys.exit(f"error: {LocalWriteError(path, e)}")
+
+
+def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
+    """Download the data set's first num_shards training shards (TinyStories: its one file) plus its validation
+    shard. Exits non-zero on failure, saying why."""
+    dataset = dataset or DATASET
+    spec, data_dir = DATASETS[dataset], data_dir or cache_dirs(dataset)[0]
+    url_base = base_url(dataset)
+    make_dirs(data_dir)
+    names = [spec["file"]] if "file" in spec else [shard_filename(i) for i in [*range(num_shards), spec["shards"]]]
+    min_rows = spec["val"][1] if "file" in spec else 0
+    progress = Progress(len(names))
     stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
-    futures = [pool.submit(download_shard, i, data_dir, url_base, progress, stop) for i in indices]
+    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop, min_rows=min_rows) for n in names]
 
     def ready():
-        return sum(os.path.exists(os.path.join(data_dir, shard_filename(i))) for i in indices)
+        return sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
 
     try:
         while wait(futures, timeout=0.5).not_done:  # not f.result(): it would not see Ctrl-C
@@ -176,45 +273,50 @@ def download_data(num_shards, workers, data_dir=None, stop=None):
     pool.shutdown()
     print()
     errors = [f.exception() for f in futures if f.exception()]
+    local = [e for e in errors if isinstance(e, LocalWriteError)]
     if errors:
-        print(*(f"error: download failed for {e}" for e in errors), sep="\n", file=sys.stderr)
-        print(f"error: {ready()} of {len(indices)} shards are ready in {data_dir} (from {url_base}). " + (
-            "The server does not have every shard asked for: "
-            "use a smaller --num-shards (or check HF_ENDPOINT)."
-            if any(isinstance(e, ShardMissing) for e in errors) else
-            ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
-            "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
-            "finished shards are kept."), file=sys.stderr)
+        print(*(f"error: {e}" if local else f"error: download failed for {e}" for e in local or errors),
+              sep="\n", file=sys.stderr)
+        print(f"error: {ready()} of {len(names)} files are ready in {data_dir}" + (
+            "." if local else f" (from {url_base}). " + (
+                "The server does not have every shard asked for: use a smaller --num-shards "
+                "(or check HF_ENDPOINT)." if any(isinstance(e, ShardMissing) for e in errors) else
+                ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
+                "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
+                "finished shards are kept.")), file=sys.stderr)
         sys.exit(1)
-    print(f"data: {ready()} of {len(indices)} shards ready in {data_dir}")
+    print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
 
 # ---------------------------------------------------------------------------
 # Tokenizer training
 
 
-def list_shards(split, data_dir=None):
-    """Parquet files of a split, in sorted name order: `val` is the pinned shard, `train` all the others."""
-    data_dir = data_dir or DATA_DIR
-    names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-    names = [n for n in names if n.endswith(".parquet") and (n == VAL_FILENAME) == (split == "val")]
-    if not names:
-        raise FileNotFoundError(f"no {split} shards in {data_dir}: run `uv run prepare.py` first")
-    return [os.path.join(data_dir, n) for n in names]
+def _split_texts(parts):
+    """One pass over the documents of a split's parts, in file, row-group and row order: lists of texts."""
+    for path, first, end in parts:
+        try:
+            pf, start = pq.ParquetFile(path), 0
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                lo, hi, start = max(first - start, 0), n if end is None else min(end - start, n), start + n
+                if lo < hi:  # row groups outside the part are not read at all
+                    yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
 
 
-def train_tokenizer(data_dir=None, tokenizer_dir=None):
+def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
 
     def texts():  # training documents in file and row order, each cut short, TOKENIZER_MAX_CHARS in all
         total = 0
-        for path in list_shards("train", data_dir):
-            for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-                for text in batch.column("text").to_pylist():
-                    yield text[:TOKENIZER_DOC_CHARS]
-                    total += min(len(text), TOKENIZER_DOC_CHARS)
-                    if total >= TOKENIZER_MAX_CHARS:
-                        return
+        for batch in _split_texts(split_parts("train", data_dir, dataset)):
+            for text in batch:
+                yield text[:TOKENIZER_DOC_CHARS]
+                total += min(len(text), TOKENIZER_DOC_CHARS)
+                if total >= TOKENIZER_MAX_CHARS:
+                    return
 
     t0, bpe = time.time(), rustbpe.Tokenizer()
     bpe.train_from_iterator(texts(), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
@@ -223,12 +325,15 @@ def train_tokenizer(data_dir=None, tokenizer_dir=None):
     # tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
     rank_text = "".join(f"{base64.b64encode(bytes(t)).decode()} {r}\n" for t, r in ranks)
     meta_text = json.dumps({"pattern": bpe.get_pattern(), "special_tokens": specials}, indent=1)
-    os.makedirs(tokenizer_dir, exist_ok=True)
+    make_dirs(tokenizer_dir)
     for name, text in [("tokenizer.tiktoken", rank_text), ("tokenizer.json", meta_text)]:
         path = os.path.join(tokenizer_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)  # never a half-written file under the final name
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)  # never a half-written file under the final name
+        except OSError as e:
+            sys.exit(f"error: {LocalWriteError(path, e)}")
     tokenizer = Tokenizer.from_directory(tokenizer_dir)
     if tokenizer.decode(tokenizer.encode(ROUNDTRIP_TEXT)) != ROUNDTRIP_TEXT:
         sys.exit(f"error: the trained tokenizer does not round-trip {ROUNDTRIP_TEXT!r}; "
@@ -265,7 +370,9 @@ class Tokenizer:
         dir = tokenizer_dir or dir
         rank_file, meta_file = os.path.join(dir, "tokenizer.tiktoken"), os.path.join(dir, "tokenizer.json")
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
-            raise FileNotFoundError(f"no tokenizer in {dir}: run `uv run prepare.py` first")
+            kept = sorted(os.listdir(os.path.dirname(dir))) if os.path.isdir(os.path.dirname(dir)) else []
+            raise FileNotFoundError(f"no tokenizer in {dir}: run `uv run prepare.py` first"
+                                    + (f" (the others stay as they are: {', '.join(kept)})" if kept else ""))
         n = VOCAB_SIZE - len(SPECIAL_TOKENS)
         try:  # a line cut short, not base64 or not a number: ValueError
             with open(rank_file) as f:
@@ -273,16 +380,21 @@ class Tokenizer:
                          for token, rank in (line.split() for line in f.read().splitlines() if line)}
         except ValueError as e:
             raise TokenizerError(rank_file, f"has a line that is not `<base64 token> <rank>` ({e})") from None
-        if sorted(ranks.values()) != list(range(n)):
-            raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({len(ranks)} tokens)")
         try:  # not JSON, no pattern (KeyError), a pattern tiktoken rejects, other special tokens
             with open(meta_file) as f:
                 meta = json.load(f)
+            m = len(ranks)  # whole and consistent, but of another size: say so, it is not damaged
+            if m != n and sorted(ranks.values()) == list(range(m)) and meta.get("special_tokens") == {
+                    name: m + i for i, name in enumerate(SPECIAL_TOKENS)}:
+                raise TokenizerError(dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, not VOCAB_SIZE = "
+                                          f"{VOCAB_SIZE}")
+            if sorted(ranks.values()) != list(range(n)):
+                raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
             if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
                 raise ValueError(f"special tokens are not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
             return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
                                          special_tokens=meta["special_tokens"]))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TokenizerError(meta_file, f"is damaged ({type(e).__name__}: {e})") from None
 
     def get_vocab_size(self):
@@ -307,6 +419,12 @@ def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
 
 
+# What one run's calls share: the progress throttle, the checkpoint, the memory seen at start, what the loaders
+# served (the run record keeps it)
+_run = dict(last_print=0.0, checkpoint=None, memory=None, evaluating=False, val_outside=0,
+            train=dict(batches=0, tokens=0, first=0.0, last=0.0, gaps=[]))
+
+
 def _default_device():
     mps = torch.backends.mps.is_available()
     return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
@@ -314,18 +432,12 @@ def _default_device():
 
 def _document_batches(split, batch_docs=128):
     """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
-    paths, epoch = list_shards(split), 1
-    try:
-        while True:
-            for path in paths:
-                pf = pq.ParquetFile(path)
-                for rg in range(pf.num_row_groups):
-                    texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
-                    for i in range(0, len(texts), batch_docs):
-                        yield texts[i:i + batch_docs], epoch
-            epoch += 1
-    except (OSError, ValueError) as e:
-        raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
+    parts, epoch = split_parts(split), 1
+    while True:
+        for texts in _split_texts(parts):
+            for i in range(0, len(texts), batch_docs):
+                yield texts[i:i + batch_docs], epoch
+        epoch += 1
 
 
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
@@ -392,14 +504,16 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     background thread. close() stops and joins the loader's threads."""
     assert split in ("train", "val"), split
     # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
-    paths = list_shards(split) + (list_shards("val") if split == "train" else [])
+    parts = split_parts(split) + (split_parts("val") if split == "train" else [])
     try:
-        for path in paths:
-            check_shard(path)  # the footer only: cheap
+        for path, _, end in parts:
+            check_shard(path, end or 0)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
     loader = _loader(tokenizer, B, T, split, buffer_size)
     next(loader)  # to its first yield: the packing thread starts now, while the caller builds its model
+    if split == "train":
+        print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
     return loader
 
 
@@ -421,6 +535,12 @@ def _loader(tokenizer, B, T, split, buffer_size):
                 raise host
             batch = host.to(device, non_blocking=cuda)  # on CPU the batch *is* the buffer: not reused
             free.put((host, torch.cuda.current_stream().record_event()) if cuda else (None, None))
+            if split == "train":  # what training was served, for the run record
+                now, served = time.monotonic(), _run["train"]
+                served["gaps"].append(now - served["last"]) if served["batches"] else served.update(first=now)
+                served.update(batches=served["batches"] + 1, tokens=served["tokens"] + B * T, last=now)
+            elif not _run["evaluating"]:
+                _run["val_outside"] += 1
             yield batch[0], batch[1], epoch
     finally:
         stop.set()
@@ -435,46 +555,486 @@ def evaluate_bpb(model, tokenizer, batch_size):
     device = _default_device()  # where the loader puts the batches
     token_bytes = tokenizer.token_bytes.to(device)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    total_nats = total_bytes = 0  # become tensors on the device: no host sync per batch
-    for _ in range(EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)):
-        x, y, _ = next(loader)
-        losses = model(x, y, reduction="none").reshape(-1)
-        nbytes = token_bytes[y.reshape(-1)]
-        counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
-        total_nats = total_nats + torch.where(counted, losses.float(), 0.0).sum().to(acc_dtype)
-        total_bytes = total_bytes + nbytes.sum()
-    loader.close()
-    return float(total_nats) / (math.log(2) * float(total_bytes))
+    total_nats = total_bytes = batches = 0  # the sums become tensors on the device: no host sync per batch
+    _run["evaluating"] = True
+    try:
+        for batches in range(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) + 1):
+            x, y, _ = next(loader)
+            losses = model(x, y, reduction="none").reshape(-1)
+            nbytes = token_bytes[y.reshape(-1)]
+            counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
+            total_nats = total_nats + torch.where(counted, losses.float(), 0.0).sum().to(acc_dtype)
+            total_bytes = total_bytes + nbytes.sum()
+    except BaseException:
+        if _run["checkpoint"]:  # a crash here loses no training
+            print(f"\nevaluation failed; the trained weights are saved at {_run['checkpoint']}")
+        raise
+    finally:
+        loader.close()
+        _run["evaluating"] = False
+    val_bpb = float(total_nats) / (math.log(2) * float(total_bytes))
+    _record(val_bpb, batches * batch_size * MAX_SEQ_LEN, tokenizer)  # the ledger keeps every score
+    return val_bpb
+
+# ---------------------------------------------------------------------------
+# Run harness: the checks and reports train.py calls, one line each. A train.py that calls none of them (one
+# written for the original) still runs, without them.
+
+# Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first: MFU's denominator
+GPU_BF16_PEAK_FLOPS = [
+    ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
+    ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
+    ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
+    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
+]
+# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers)
+# + tokens per micro step * (a * depth * width + b * vocab), fitted to this model's measured peaks (all
+# within 6 %). cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at
+# 32/64/128: 12.3/24.0/47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS;
+# 2 cores, torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB
+# Python, torch). MPS: as cpu.
+STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
+CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8)
+MAX_UNTIMED_SECONDS = 600   # refuse if warm-up plus evaluation alone take longer (the agent's 10 minutes)
+PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
+CHECKPOINT = os.path.join("checkpoints", "model.pt")
+SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the human, "
+                         "MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small computers'.")
+
+
+def gpu_peak_flops(name):
+    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
+
+
+def setup_device(seed):
+    """Seeds, matmul precision and the device's start-up line: (device, autocast context, synchronize, its bf16
+    peak in FLOP/s or None). bf16 autocast on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and slow."""
+    torch.manual_seed(seed)
+    torch.set_float32_matmul_precision("high")
+    device = _default_device()
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        name = torch.cuda.get_device_name()
+        peak = gpu_peak_flops(name)
+        print(f"device: cuda ({name})" + ("" if peak else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS (prepare."
+                                                         "py), so MFU reads n/a"))
+    else:
+        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's memory)"
+              if device.type == "mps" else
+              "device: cpu (no CUDA or MPS GPU: very slow; MFU reads 0, peak_vram_mb: peak resident memory)")
+    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
+    autocast = (contextlib.nullcontext() if device.type == "cpu"
+                else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
+    return device, autocast, sync, peak
+
+
+def check_batch(total_batch_size, device_batch_size):
+    """The gradient-accumulation steps, or an exit saying which setting to change."""
+    if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
+        sys.exit(f"DEVICE_BATCH_SIZE ({device_batch_size}) and TOTAL_BATCH_SIZE ({total_batch_size}) must be positive"
+                 " integers (write 2**12 or 4096, not 4096.0).")
+    per_micro_step = device_batch_size * MAX_SEQ_LEN
+    if total_batch_size % per_micro_step:
+        print(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN "
+              f"({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change DEVICE_BATCH_SIZE or "
+              "TOTAL_BATCH_SIZE in train.py so that it divides.")
+        sys.exit(1)
+    return total_batch_size // per_micro_step
+
+
+def or_exit(fn, *args):
+    """fn(*args), or an exit with prepare's one-line message if the data or the tokenizer is missing or damaged."""
+    try:
+        return fn(*args)
+    except (OSError, RuntimeError) as e:
+        sys.exit(str(e))
+
+
+def _step_memory(c, num_params, batch_size, device_type):
+    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
+    return fixed + 16 * num_params + batch_size * c.sequence_len * (a * c.n_layer * c.n_embd + b * c.vocab_size)
+
+
+def _fitting_batch_size(c, num_params, device_type, memory, total_batch_size, failed_at=None):
+    """Largest DEVICE_BATCH_SIZE below failed_at (a size that ran out of memory) that keeps TOTAL_BATCH_SIZE
+    divisible and is estimated to need at most 90 % of `memory` (10 % for the CUDA context, fragmentation;
+    no limit where memory is unknown), or None."""
+    fixed = _step_memory(c, num_params, 0, device_type)
+    per_sequence = _step_memory(c, num_params, 1, device_type) - fixed
+    if failed_at and memory:  # it needed more than `memory`: trust the larger of that and the estimate
+        per_sequence = max(per_sequence, (memory - fixed) / failed_at)
+    sizes = range(1, (failed_at or total_batch_size // c.sequence_len + 1))
+    return max((b for b in sizes if total_batch_size % (b * c.sequence_len) == 0
+                and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
+
+
+def _available_memory(device_type):
+    """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
+    if device_type == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    if device_type == "mps":
+        return torch.mps.recommended_max_memory()
+    try:
+        with open("/proc/meminfo") as f:  # Linux
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _untimed_seconds(flops_per_token, batch_size, total_batch_size, rate):
+    """Seconds of the 11 warm-up steps and of the evaluation (a forward: a third of the FLOPs), off CUDA."""
+    eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
+    per_token = flops_per_token / (CPU_EFFICIENCY * rate)
+    return 11 * total_batch_size * per_token, eval_tokens / 3 * per_token
+
+
+def preflight(model, tokenizer, batch_size, total_batch_size):
+    """Before the heavy work: has the model (on the meta device) a row for every token, will it fit in memory,
+    will its warm-up and evaluation finish in time off CUDA, is there room for its checkpoint? Stops on a CPU
+    or MPS (minutes of swapping, or an OOM kill, otherwise); on a GPU a warning (an edited model may need less)."""
+    c, device_type, vocab = model.config, _default_device().type, tokenizer.get_vocab_size()
+    num_params = sum(p.numel() for p in model.parameters())
+    rows = min([m.num_embeddings for name, m in model.named_modules() if name.endswith("wte")] + [c.vocab_size])
+    if rows < vocab:  # else token ids past its rows fail deep inside as "index out of range"
+        sys.exit(f"the model has {rows:,} token embeddings but the tokenizer has {vocab:,} tokens: build it with "
+                 "vocab_size=tokenizer.get_vocab_size().")
+    memory = _run["memory"] = _available_memory(device_type)
+    need = _step_memory(c, num_params, batch_size, device_type)
+    if memory and need > memory:
+        fit = _fitting_batch_size(c, num_params, device_type, memory, total_batch_size)
+        too_big = (f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {c.n_layer} needs about {need / 1e9:.1f} GB "
+                   f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}")
+        if device_type != "cuda":
+            sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
+        print(f"warning: {too_big}; if it runs out of memory, "
+              + (f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."))
+    if device_type != "cuda":  # the rate of fp32 1024 x 1024 matrix products here (FLOP/s), measured for 0.3 s
+        m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.time()
+        while time.time() - t0 < 0.3:
+            (m @ m).sum().item()
+            n += 1
+        warmup, evaluation = _untimed_seconds(model.estimate_flops(), batch_size, total_batch_size,
+                                              n * 2 * 1024 ** 3 / (time.time() - t0)) if n else (0, 0)
+        if warmup + evaluation > MAX_UNTIMED_SECONDS:
+            sys.exit(f"On this {device_type} the 11 untimed warm-up steps (11 x TOTAL_BATCH_SIZE = "
+                     f"{11 * total_batch_size:,} tokens: {warmup / 60:.0f} min) and the evaluation (EVAL_TOKENS = "
+                     f"{EVAL_TOKENS:,}: {evaluation / 60:.0f} min) would take about "
+                     f"{(warmup + evaluation) / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
+    folder = os.path.dirname(os.path.abspath(CHECKPOINT))
+    free = shutil.disk_usage(folder if os.path.isdir(folder) else ".").free
+    if free < 4 * num_params:  # fp32 weights: a checkpoint that cannot be written fails at the end of the run
+        print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about {4 * num_params / 1e6:.0f}"
+              " MB: the checkpoint will not be saved (the run still trains and evaluates)")
+
+
+def out_of_memory(e, model, batch_size, total_batch_size):
+    """Re-raise `e` unless it is running out of memory; then say which DEVICE_BATCH_SIZE should fit, and exit."""
+    if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
+        raise e
+    memory, c = _run["memory"], model.config
+    fit = _fitting_batch_size(c, sum(p.numel() for p in model.parameters()), _default_device().type, memory,
+                              total_batch_size, failed_at=batch_size)
+    if memory and not fit:
+        sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: lower DEPTH.")
+    fit = fit or 1
+    print(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, keeping "
+          f"TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = "
+          f"{total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
+    sys.exit(1)
+
+
+def cache_compiled_graphs():
+    """Let torch.compile's AOTAutograd cache keep train.py's graphs between runs: it refuses graphs that call
+    sdpa_kernel's helpers or a custom autograd.Function, and re-tracing them cost ~9.5 s of every warm start
+    (H100). Both are traced into the graph it hashes (the backends; the Function's forward and backward), so an
+    edit to them still compiles afresh (tested)."""
+    import torch._functorch.config
+    import torch._inductor.config
+    torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
+    for name in ("_backend_from_string", "_sdpa_kernel"):
+        torch._inductor.config.unsafe_marked_cacheable_functions["torch.nn.attention." + name] = "1"
+
+
+def print_progress(line, step, last):
+    """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
+    run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, and the last."""
+    if sys.stdout.isatty():
+        print(f"\r{line}    ", end="\n" if last else "", flush=True)
+    elif step <= 10 or last or time.time() - _run["last_print"] >= PROGRESS_EVERY:
+        print(line, flush=True)
+        _run["last_print"] = time.time()
+
+
+def save_checkpoint(model, path=CHECKPOINT):
+    """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so in
+    one line, leaves an earlier file whole, and the run goes on to its evaluation."""
+    tmp = path + ".tmp"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        _run["checkpoint"] = os.path.abspath(path)
+        print(f"saved weights: {path}")
+    except (OSError, RuntimeError) as e:  # torch.save: "PytorchStreamWriter failed writing file ..."
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        print(f"could not save the weights to {path} ({' '.join(str(e).split())[:120]})"
+              + ("; the earlier file is kept" if os.path.exists(path) else "") + "; evaluating anyway")
+
+
+def peak_memory_mb():
+    """MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory now; on a CPU peak RSS."""
+    device_type = _default_device().type
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    if device_type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    if sys.platform == "win32":  # native Windows: no getrusage
+        return 0.0
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+# ---------------------------------------------------------------------------
+# Run records: evaluate_bpb appends one to ledger.jsonl beside train.py for every evaluation, so that no score
+# is typed by hand; `--row` writes results.tsv's row from it, `--audit` checks results.tsv against it.
+
+LEDGER = "ledger.jsonl"     # one JSON record a line, each with the hash of the line before it: edits show
+TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not really train
+TOO_LONG = 1.5              # nor one whose batches took over 1.5 x TIME_BUDGET (+ 10 s): a clock that runs slow
+
+
+def _sha256(data=b"", path=None):
+    h = hashlib.sha256(data)
+    if path:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _git(folder, *args, raw=False):
+    try:
+        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60).stdout
+    except OSError:  # no git
+        out = b""
+    return out if raw else out.decode().strip()
+
+
+def _ledger():
+    """The ledger of this run: $AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from this folder (so
+    train.py's runs are recorded and a test suite that imports this file is not); else None."""
+    main = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.environ.get("AUTORESEARCH_LEDGER") or (os.path.join(here, LEDGER) if os.path.dirname(main) == here
+                                                     else None), main
+
+
+def _record(val_bpb, tokens_evaluated, tokenizer):
+    path, main = _ledger()
+    if not path:
+        return
+    folder, train = os.path.dirname(main), _run["train"]
+    val = split_parts("val")[0][0]
+    pinned = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
+    enc = tokenizer.enc
+    lines = open(path).read().splitlines() if os.path.exists(path) else []
+    record = dict(
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=_git(folder, "rev-parse", "--short", "HEAD"),
+        dirty=bool(_git(folder, "status", "--porcelain", "--untracked-files=no")), val_bpb=val_bpb,
+        eval_tokens=EVAL_TOKENS, tokens_evaluated=tokens_evaluated, dataset=DATASET, val_sha256=_sha256(path=val),
+        val_hub_sha256=pinned, tokenizer_sha256=_sha256(b"\0".join(enc.decode_single_token_bytes(i)
+                                                                   for i in range(enc.n_vocab))),
+        prepare_sha256=_sha256(path=__file__), train_sha256=_sha256(path=main), time_budget=TIME_BUDGET,
+        train_batches=train["batches"], train_tokens=train["tokens"], train_span_s=round(train["last"] - train["first"], 1),
+        train_busy_s=round(statistics.median(train["gaps"] or [0]) * train["batches"], 1),
+        val_batches_outside_evaluation=_run["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1),
+        prev=_sha256(lines[-1].encode()) if lines else "0" * 64)
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # the score still prints; without a record, its row cannot be written by --row
+        print(f"warning: no run record: {LocalWriteError(path, e)}")
+
+
+def write_row(status, description, commit=None, results="results.tsv"):
+    """Append results.tsv's row for a commit (default HEAD) from its latest record: no score typed by hand."""
+    folder = os.path.dirname(os.path.abspath(results))
+    commit = commit or _git(folder, "rev-parse", "--short", "HEAD")
+    records = [json.loads(line) for line in open(os.path.join(folder, LEDGER))] if os.path.exists(
+        os.path.join(folder, LEDGER)) else []
+    mine = [r for r in records if r["commit"].startswith(commit) or commit.startswith(r["commit"])]
+    if status == "crash":
+        values = "0.000000\t0.0"
+    elif not mine:
+        sys.exit(f"no record of an evaluation of {commit} in {os.path.join(folder, LEDGER)}: log it as crash if its "
+                 "run printed no val_bpb")
+    else:
+        values = f"{mine[-1]['val_bpb']:.6f}\t{mine[-1]['peak_vram_mb'] / 1024:.1f}"
+    new = not os.path.exists(results)
+    with open(results, "a") as f:
+        f.write(("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n" if new else "")
+                + f"{commit[:7]}\t{values}\t{status}\t{' '.join(description.split())}\n")
+    print(f"{commit[:7]}\t{values}\t{status}\t{' '.join(description.split())}")
+
+
+def audit(results="results.tsv"):
+    """One line per finding, naming the row's commit and the cause, then a verdict: 0 if every row is backed."""
+    folder = os.path.dirname(os.path.abspath(results))
+    rows = [line.split("\t") for line in open(results).read().splitlines()[1:] if line.strip()]
+    lines = open(os.path.join(folder, LEDGER)).read().splitlines() if os.path.exists(os.path.join(folder, LEDGER)) else []
+    findings, records, prev = [], [], "0" * 64
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            records.append({})
+        if records[-1].get("prev") != prev:
+            findings.append(f"ledger record {i + 1} ({records[-1].get('commit', '?')}): the chain breaks here: it, or "
+                            "the record before it, was edited, or records were deleted")
+        prev = _sha256(line.encode())
+
+    def backing(row):
+        ours = [r for r in records if r.get("commit") and (r["commit"].startswith(row[0]) or row[0].startswith(r["commit"]))]
+        return [r for r in ours if f"{r['val_bpb']:.6f}" == row[1]], ours
+
+    base = (backing(rows[0])[0] or [None])[-1] if rows else None
+    reference = _sha256(_git(folder, "show", f"{rows[0][0]}:prepare.py", raw=True)) if rows else None
+    for row in rows:
+        if len(row) != 5:
+            findings.append(f"{row[0]}: the row has {len(row)} tab-separated columns, not 5")
+            continue
+        commit, val, status = row[0], row[1], row[3]
+        if status == "crash" or float(val) == 0:
+            continue
+        matching, ours = backing(row)
+        if not matching:
+            findings.append(f"{commit}: val_bpb {val} has no record of an evaluation" + (
+                f" (recorded: {', '.join(format(r['val_bpb'], '.6f') for r in ours)}): a number typed or changed by hand"
+                if ours else ": a summary no evaluation wrote, or a row by hand"))
+            continue
+        r = matching[-1]
+        committed = _sha256(_git(folder, "show", f"{commit}:train.py", raw=True))
+        causes = [
+            r["prepare_sha256"] != reference and "it ran with a prepare.py other than the baseline's",
+            r["train_sha256"] != committed and r["dirty"] and "the train.py that ran is not the committed one",
+            base and r["val_sha256"] != base["val_sha256"] and "it was evaluated on other validation data",
+            base and (r["eval_tokens"], r["tokens_evaluated"]) != (base["eval_tokens"], base["tokens_evaluated"])
+            and f"it evaluated {r['tokens_evaluated']:,} tokens (EVAL_TOKENS {r['eval_tokens']:,}), the baseline "
+                f"{base['tokens_evaluated']:,}",
+            r["train_batches"] == 0 and "its training loader served no batches",
+            base and 0 < r["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
+            and f"it trained on {r['train_tokens']:,} tokens, under a tenth of the baseline's {base['train_tokens']:,}",
+            r["train_busy_s"] > TOO_LONG * r["time_budget"] + 10
+            and f"its training batches took {r['train_busy_s']:.0f} s, far past TIME_BUDGET = {r['time_budget']} s",
+            r["val_batches_outside_evaluation"] and "it read validation batches outside the evaluation",
+        ]
+        findings += [f"{commit}: {cause}" for cause in causes if cause]
+    print(*findings, sep="\n") if findings else None
+    if base:
+        pinned = base["val_hub_sha256"]
+        print(f"validation data: {base['dataset']}, sha256 {base['val_sha256'][:16]}..., "
+              + ("the hub's published digest" if pinned == base["val_sha256"] else
+                 "NOT the hub's digest" if pinned else "no hub digest recorded at download"))
+    print(f"audit: {len(findings)} finding(s) in {len(rows)} rows" if findings else
+          f"audit: all {len(rows)} rows are backed by run records")
+    return 1 if findings else 0
+
+
+def confirm(commit, results="results.tsv"):
+    """Rerun `commit` and the baseline with the other seed in temporary worktrees; does the gain beat the noise
+    floor measured at setup (the baseline's seed pair, at least 0.001)? Two full runs."""
+    folder = os.path.dirname(os.path.abspath(results))
+    rows = [line.split("\t") for line in open(results).read().splitlines()[1:] if line.strip()]
+    pair = [float(r[1]) for r in rows if r[4].startswith("baseline") and float(r[1]) > 0][:2]
+    floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, 0.001)
+    scores = {}
+    for c in (commit, rows[0][0]):
+        tree = tempfile.mkdtemp(prefix="autoresearch-confirm-")
+        _git(folder, "worktree", "add", "--detach", tree, c)
+        source = open(os.path.join(tree, "train.py")).read()
+        seed = 42 if "\nSEED = 43" in source else 43
+        open(os.path.join(tree, "train.py"), "w").write(re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source))
+        print(f"rerunning {c} with SEED = {seed} (a whole run) ...", flush=True)
+        with open(os.path.join(tree, "run.log"), "w") as log:
+            subprocess.run([sys.executable, "train.py"], cwd=tree, stdout=log, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, AUTORESEARCH_LEDGER=os.path.join(folder, LEDGER)))
+        sha = _sha256(path=os.path.join(tree, "train.py"))
+        done = [r for r in map(json.loads, open(os.path.join(folder, LEDGER))) if r["train_sha256"] == sha]
+        _git(folder, "worktree", "remove", "--force", tree)
+        if not done:
+            sys.exit(f"the rerun of {c} recorded no evaluation (see its run.log: it crashed)")
+        scores[c] = done[-1]["val_bpb"]
+    gain = scores[rows[0][0]] - scores[commit]
+    print(f"{commit}: {scores[commit]:.6f} against the baseline's {scores[rows[0][0]]:.6f} with the other seed: gain "
+          f"{gain:+.6f}, noise floor {floor:.6f}: " + ("the gain holds" if gain > floor else "the gain does not hold"))
+    return 0 if gain > floor else 1
 
 # ---------------------------------------------------------------------------
 # Main
 
 
+def move_old_layout():
+    """Caches made before data sets existed held FineWeb-Edu shards in data/ and the 8192 tokenizer in
+    tokenizer/: move them into their folders (a rename, nothing is copied or fetched again)."""
+    data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
+    for old, new, names in [(data, os.path.join(data, "fineweb-edu"), "shard_"),
+                            (tokenizer, os.path.join(tokenizer, "fineweb-edu-8192"), "tokenizer.")]:
+        moving = [n for n in (os.listdir(old) if os.path.isdir(old) else []) if n.startswith(names)]
+        if moving and not os.path.exists(new):
+            make_dirs(new)
+            for name in moving:
+                os.replace(os.path.join(old, name), os.path.join(new, name))
+            print(f"moved {len(moving)} files of the old layout from {old} to {new}")
+
+
 def main():
     parser = argparse.ArgumentParser(
-        description="Download FineWeb-Edu shards and train the tokenizer for autoresearch (run once).",
+        description="Download a data set and train the tokenizer for autoresearch (run once).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
         "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
         "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
+    parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
+                        help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
     parser.add_argument("--num-shards", type=int, default=10,
-                        help=f"training shards to download, -1 for all {MAX_SHARD} (default: 10); "
-                             "the validation shard is always added")
+                        help="training shards to download, -1 for all (FineWeb-Edu 1822, ClimbMix 6542; "
+                             "TinyStories is one file); the validation shard is always added (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
+    parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
+                        help="append results.tsv's row for --commit (default HEAD) from its run record")
+    parser.add_argument("--commit", help="with --row: the commit whose record to use (default HEAD)")
+    parser.add_argument("--audit", nargs="?", const="results.tsv", metavar="RESULTS",
+                        help="check every row of results.tsv (or RESULTS) against the run records")
+    parser.add_argument("--confirm", metavar="COMMIT",
+                        help="with --audit: rerun COMMIT and the baseline with the other seed (two runs)")
     args = parser.parse_args()
-    if args.num_shards != -1 and not 1 <= args.num_shards <= MAX_SHARD:
-        parser.error(f"--num-shards must be between 1 and {MAX_SHARD}, or -1 for all")
+    if args.row:
+        if args.row[0] not in ("keep", "discard", "crash"):
+            parser.error("--row STATUS must be keep, discard or crash")
+        return write_row(*args.row, commit=args.commit)
+    if args.audit or args.confirm:
+        results = args.audit or "results.tsv"
+        sys.exit(confirm(args.confirm, results) if args.confirm else audit(results))
+    shards = DATASETS[args.dataset].get("shards", 1)
+    if args.num_shards != -1 and not 1 <= args.num_shards <= shards and "shards" in DATASETS[args.dataset]:
+        parser.error(f"--num-shards must be between 1 and {shards} for {args.dataset}, or -1 for all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
     print(f"cache: {CACHE_DIR}")
-    download_data(MAX_SHARD if args.num_shards == -1 else args.num_shards, args.download_workers)
+    move_old_layout()
+    data_dir, tokenizer_dir = cache_dirs(args.dataset)
+    download_data(shards if args.num_shards == -1 else args.num_shards, args.download_workers, dataset=args.dataset)
     try:
-        Tokenizer.from_directory(TOKENIZER_DIR)
-        print(f"tokenizer: already trained in {TOKENIZER_DIR}")
+        Tokenizer.from_directory(tokenizer_dir)
+        print(f"tokenizer: already trained in {tokenizer_dir}")
     except FileNotFoundError as e:  # missing, or damaged (TokenizerError)
         if isinstance(e, TokenizerError):
             print(f"tokenizer: {e.problem}; training it again")
-        train_tokenizer()
-    print("ready: run `uv run train.py`")
+        train_tokenizer(data_dir, tokenizer_dir, args.dataset)
+    print("ready: run `uv run train.py`" if args.dataset == DATASET else
+          f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
 
 
 if __name__ == "__main__":

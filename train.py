@@ -2,33 +2,23 @@
 The coding agent edits this file; prepare.py (data, tokenizer, evaluation) stays frozen.
 Ends with a summary block whose val_bpb (bits per byte on the pinned validation shard) is the score."""
 
-import os
-import sys
-
-if __name__ == "__main__" and len(sys.argv) > 1:  # before the slow imports: a flag must not start a run
-    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
-    sys.exit(2)
-# Expandable segments: less fragmentation at high memory use (a setting under the old name is left alone)
-if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
-    os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.environ.get("AUTORESEARCH_CACHE_DIR")
-                      or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch"), "torch_compile"))
-
 import gc
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+
+# prepare.py first: it refuses arguments and sets the allocator and compile-cache variables before torch loads
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
+from prepare import (cache_compiled_graphs, check_batch, or_exit, out_of_memory, peak_memory_mb, preflight,
+                     print_progress, save_checkpoint, setup_device)
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
 
 # -----------------------------------------------------------------------------
 # Attention backend: Flash Attention 3 from the kernels hub; else cuDNN's sliding-window attention
@@ -87,17 +77,6 @@ def check_window_attention(fn, device, T=128, window=16, D=128):
         return None
     except Exception as e:  # no package, no cuDNN build for this GPU, an unsupported shape
         return short_error(e)
-
-def cache_compiled_graphs():
-    """Let torch.compile's AOTAutograd cache keep this model's graphs between runs: it refuses graphs that
-    call sdpa_kernel's helpers or a custom autograd.Function, and re-tracing them cost ~9.5 s of every warm
-    start (H100). Both are traced into the graph it hashes (the backends; the Function's forward and
-    backward), so an edit to them still compiles afresh (tested)."""
-    import torch._functorch.config
-    import torch._inductor.config
-    torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
-    for name in ("_backend_from_string", "_sdpa_kernel"):
-        torch._inductor.config.unsafe_marked_cacheable_functions["torch.nn.attention." + name] = "1"
 
 def window_mask(window, T, device, flex):
     """Sliding-window causal mask, built once per (window, T, device): key j is visible to query i iff
@@ -523,10 +502,9 @@ FINAL_LR_FRAC = 0.0         # LR multiplier reached at the end of warmdown
 DEPTH = 8                   # number of transformer layers
 DEVICE_BATCH_SIZE = 128     # sequences per micro step (lower it if out of memory)
 SEED = 42                   # weight init; program.md changes it (to 43) only to measure run-to-run noise
-PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 
 # -----------------------------------------------------------------------------
-# Schedules and GPU peak throughput
+# Schedules
 
 def get_lr_multiplier(progress):
     if progress < WARMUP_RATIO:
@@ -543,112 +521,12 @@ def get_muon_momentum(step):
 def get_weight_decay(progress):
     return WEIGHT_DECAY * (1 - progress)
 
-# Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first
-GPU_BF16_PEAK_FLOPS = [
-    ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
-    ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
-    ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
-    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
-]
-
-def gpu_peak_flops(name):
-    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
-
-# -----------------------------------------------------------------------------
-# Setup: will the run fit and finish? Estimates, checked before the heavy work
-
-# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers)
-# + tokens per micro step * (a * depth * width + b * vocab), fitted to this model's measured peaks (all
-# within 6 %). cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at
-# 32/64/128: 12.3/24.0/47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS;
-# 2 cores, torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB
-# Python, torch). MPS: as cpu.
-STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
-CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8)
-MAX_UNTIMED_SECONDS = 600   # refuse if warm-up plus evaluation alone take longer (the agent's 10 minutes)
-SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
-                         "human, MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small "
-                         "computers'.")
-
-def step_memory(config, num_params, batch_size, device_type):
-    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
-    per_token = a * config.n_layer * config.n_embd + b * config.vocab_size
-    return fixed + 16 * num_params + batch_size * config.sequence_len * per_token
-
-def fitting_batch_size(config, num_params, device_type, memory, failed_at=None):
-    """Largest DEVICE_BATCH_SIZE below failed_at (a size that ran out of memory) that keeps TOTAL_BATCH_SIZE
-    divisible and is estimated to need at most 90 % of `memory` (10 % for the CUDA context, fragmentation;
-    no limit where memory is unknown), or None."""
-    fixed = step_memory(config, num_params, 0, device_type)
-    per_sequence = step_memory(config, num_params, 1, device_type) - fixed
-    if failed_at and memory:  # it needed more than `memory`: trust the larger of that and the estimate
-        per_sequence = max(per_sequence, (memory - fixed) / failed_at)
-    sizes = range(1, (failed_at or TOTAL_BATCH_SIZE // config.sequence_len + 1))
-    return max((b for b in sizes if TOTAL_BATCH_SIZE % (b * config.sequence_len) == 0
-                and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
-
-def available_memory(device_type):
-    """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
-    if device_type == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    if device_type == "mps":
-        return torch.mps.recommended_max_memory()
-    try:
-        with open("/proc/meminfo") as f:  # Linux
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return None
-
-def prepare_eval_tokens():
-    """prepare.py's EVAL_TOKENS, read, not imported: train.py imports only the original's five names."""
-    return sys.modules[evaluate_bpb.__module__].EVAL_TOKENS
-
-def untimed_seconds(flops_per_token, batch_size, rate):
-    """Seconds of the 11 warm-up steps and the evaluation (forward: a third of the FLOPs), off CUDA."""
-    eval_tokens = prepare_eval_tokens() // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
-    return (11 * TOTAL_BATCH_SIZE + eval_tokens / 3) * flops_per_token / (CPU_EFFICIENCY * rate)
-
 def main():
     t_start = time.time()
-    torch.manual_seed(SEED)
-    mps = torch.backends.mps.is_available()
-    device_type = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    device, use_cuda, peak_flops = torch.device(device_type), device_type == "cuda", None
-    if use_cuda:
-        torch.cuda.manual_seed(SEED)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        gpu_name = torch.cuda.get_device_name()
-        peak_flops = gpu_peak_flops(gpu_name)
-        print(f"device: cuda ({gpu_name})"
-              + ("" if peak_flops else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS, so MFU reads n/a"))
-    elif device_type == "mps":
-        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's "
-              "memory)")
-    else:
-        print("device: cpu (no CUDA or MPS GPU: very slow; MFU reads 0, peak_vram_mb: peak resident memory)")
+    device, autocast_ctx, sync, peak_flops = setup_device(SEED)
     print(ATTENTION_BACKEND)
-    torch.set_float32_matmul_precision("high")
-    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device_type, lambda: None)
-    # bf16 autocast on GPUs; plain fp32 on CPUs (bf16 matmuls are emulated there and far slower)
-    autocast_ctx = (nullcontext() if device_type == "cpu"
-                    else torch.amp.autocast(device_type=device_type, dtype=torch.bfloat16))
-
-    if DEVICE_BATCH_SIZE < 1 or TOTAL_BATCH_SIZE < 1:
-        sys.exit(f"DEVICE_BATCH_SIZE ({DEVICE_BATCH_SIZE}) and TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) "
-                 "must be positive.")
-    tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
-    if TOTAL_BATCH_SIZE % tokens_per_fwdbwd != 0:
-        print(f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE:,}) must be a multiple of DEVICE_BATCH_SIZE * "
-              f"MAX_SEQ_LEN ({DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN} = {tokens_per_fwdbwd:,}); change "
-              f"DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
-        sys.exit(1)
-    grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
-
-    try:
-        tokenizer = Tokenizer.from_directory()
-    except FileNotFoundError as e:  # missing or damaged: prepare.py's one line says what to run
-        sys.exit(str(e))
+    grad_accum_steps = check_batch(TOTAL_BATCH_SIZE, DEVICE_BATCH_SIZE)
+    tokenizer = or_exit(Tokenizer.from_directory)
     vocab_size = tokenizer.get_vocab_size()
     print(f"Vocab size: {vocab_size:,}")
 
@@ -657,41 +535,17 @@ def main():
     config = GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=vocab_size, n_layer=DEPTH, n_head=num_heads,
                        n_kv_head=num_heads, n_embd=model_dim, window_pattern=WINDOW_PATTERN)
     print(f"model config: {asdict(config)}")
-    with torch.device("meta"):  # no memory or init work until the real device is known
+    with torch.device("meta"):  # no memory or init work until the checks below pass
         model = GPT(config)
-    num_params = model.num_scaling_params()["total"]
-    memory = available_memory(device_type)
-    need = step_memory(config, num_params, DEVICE_BATCH_SIZE, device_type)
-    if memory and need > memory:
-        fit = fitting_batch_size(config, num_params, device_type, memory)
-        too_big = (f"DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE} at DEPTH = {DEPTH} needs about {need / 1e9:.1f} "
-                   f"GB (estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}")
-        if not use_cuda:  # stop now, not after minutes of swapping or a silent kill by the OOM killer
-            sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
-        # On a GPU only a warning: an edited model (activation checkpointing, say) may need less than this
-        print(f"warning: {too_big}; if it runs out of memory, "
-              + (f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."))
-    if not use_cuda:  # the rate of fp32 1024 x 1024 matrix products here (FLOP/s), measured for 0.3 s
-        m, n, t0 = torch.randn(1024, 1024, device=device), 0, time.time()
-        while time.time() - t0 < 0.3:
-            m @ m
-            sync()
-            n += 1
-        rate = n * 2 * 1024 ** 3 / (time.time() - t0)  # 0 if none finished: no check
-        seconds = rate and untimed_seconds(model.estimate_flops(), DEVICE_BATCH_SIZE, rate)
-        if seconds > MAX_UNTIMED_SECONDS:
-            sys.exit(f"On this {device_type} the 11 untimed warm-up steps and the evaluation (EVAL_TOKENS = "
-                     f"{prepare_eval_tokens():,}) would take about {seconds / 60:.0f} min:\n"
-                     + SMALL_COMPUTER_ADVICE)
-    try:  # every shard checked now, the validation one included, not after the training budget
-        train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")  # packs meanwhile
-    except (OSError, RuntimeError) as e:
-        sys.exit(str(e))
+    preflight(model, tokenizer, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)  # memory, time, vocabulary, disk
+    # every shard checked now, the validation one included; it packs batches while the model is built
+    train_loader = or_exit(make_dataloader, tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
     model.to_empty(device=device)
     model.init_weights()
     print("parameter counts:")
     for key, value in model.num_scaling_params().items():
         print(f"  {key:24s}: {value:,}")
+    num_params = model.num_scaling_params()["total"]
     num_flops_per_token = model.estimate_flops()
     flops_per_step = num_flops_per_token * TOTAL_BATCH_SIZE
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
@@ -700,8 +554,8 @@ def main():
                                       matrix_lr=MATRIX_LR, weight_decay=WEIGHT_DECAY, adam_betas=ADAM_BETAS,
                                       scalar_lr=SCALAR_LR)
     raw_model = model
-    if use_cuda:
-        cache_compiled_graphs()
+    if device.type == "cuda":
+        cache_compiled_graphs()  # warm starts load every graph from torch.compile's cache
         model = torch.compile(model, dynamic=False)
 
     x, y, epoch = next(train_loader)
@@ -714,9 +568,6 @@ def main():
     t_start_training = time.time()
     smooth_train_loss = total_training_time = step0_seconds = 0.0
     step = timed_steps = 0
-    # A terminal gets one line rewritten in place; a file (run.log) gets plain lines, few enough for
-    # `tail -n 50 run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, the last
-    tty, last_print = sys.stdout.isatty(), 0.0
     try:
         while True:
             sync()
@@ -736,8 +587,7 @@ def main():
             optimizer.step()
             model.zero_grad(set_to_none=True)
             sync()
-            t1 = time.time()
-            dt = t1 - t0
+            dt = time.time() - t0
             train_loss_f = train_loss.item()  # one host read per step, after the sync: costs nothing extra
             if math.isnan(train_loss_f) or train_loss_f > 100:
                 print(f"\nFAIL: training loss is {train_loss_f} at step {step}")
@@ -752,14 +602,9 @@ def main():
             debiased_loss = smooth_train_loss / (1 - ema_beta ** (step + 1))
             mfu = f"{100 * flops_per_step / dt / peak_flops:.1f}%" if peak_flops else "n/a"
             remaining = max(0.0, TIME_BUDGET - total_training_time)
-            line = (f"step {step:05d} ({100 * progress:.1f}%) | loss: {debiased_loss:.6f} | lrm: {lrm:.2f} | "
-                    f"dt: {dt * 1000:.0f}ms | tok/sec: {int(TOTAL_BATCH_SIZE / dt):,} | mfu: {mfu} | "
-                    f"epoch: {epoch} | remaining: {remaining:.0f}s")
-            if tty:
-                print(f"\r{line}    ", end="", flush=True)
-            elif step <= 10 or t1 - last_print >= PROGRESS_EVERY or total_training_time >= TIME_BUDGET:
-                print(line, flush=True)
-                last_print = t1
+            print_progress(f"step {step:05d} ({100 * progress:.1f}%) | loss: {debiased_loss:.6f} | lrm: {lrm:.2f} | "
+                           f"dt: {dt * 1000:.0f}ms | tok/sec: {int(TOTAL_BATCH_SIZE / dt):,} | mfu: {mfu} | "
+                           f"epoch: {epoch} | remaining: {remaining:.0f}s", step, total_training_time >= TIME_BUDGET)
 
             # The collector's pauses cost ~500 ms each; nothing here makes reference cycles worth chasing
             if step == 0:
@@ -771,62 +616,32 @@ def main():
             step += 1
             if step > 10 and total_training_time >= TIME_BUDGET:
                 break
-    except Exception as e:  # out of memory gets a plain answer; anything else propagates as usual
-        if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
-            raise
-        fit = fitting_batch_size(config, num_params, device_type, memory, failed_at=DEVICE_BATCH_SIZE)
-        if memory and not fit:
-            sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
-                     "lower DEPTH.")
-        fit = fit or 1
-        print(f"\nOut of memory at DEVICE_BATCH_SIZE = {DEVICE_BATCH_SIZE}. Lower DEVICE_BATCH_SIZE in "
-              f"train.py, keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} "
-              f"with TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} gives {TOTAL_BATCH_SIZE // (fit * MAX_SEQ_LEN)} "
-              "micro steps per step.")
-        sys.exit(1)
-    if tty:
-        print()
+    except Exception as e:  # running out of memory gets a plain answer; anything else propagates as usual
+        out_of_memory(e, raw_model, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)
     train_loader.close()  # stop its packing thread before saving and evaluating
 
     # -------------------------------------------------------------------------
     # Save the weights (a failed evaluation must not lose the run), evaluate, summarise
 
-    checkpoint_path = os.path.join("checkpoints", "model.pt")
-    os.makedirs(os.path.dirname(checkpoint_path), exist_ok=True)
-    torch.save(raw_model.state_dict(), checkpoint_path)
-    print(f"saved weights: {checkpoint_path}")
+    save_checkpoint(raw_model)
     t_eval = time.time()
     model.eval()
     def compiled_losses(x, y, reduction):  # evaluate_bpb's no_grad would compile another graph (10 s cold)
         with torch.enable_grad():  # the training graph; its saved activations are freed at once
             return model(x, y, reduction=reduction).detach()
-    try:
-        with autocast_ctx:
-            val_bpb = evaluate_bpb(compiled_losses if use_cuda else model, tokenizer, DEVICE_BATCH_SIZE)
-    except BaseException:
-        print(f"\nevaluation failed; the trained weights are saved at {os.path.abspath(checkpoint_path)}")
-        raise
+    with autocast_ctx:
+        val_bpb = evaluate_bpb(compiled_losses if device.type == "cuda" else model, tokenizer, DEVICE_BATCH_SIZE)
     t_end = time.time()
 
     steady_state_mfu = (100 * flops_per_step * timed_steps / total_training_time / peak_flops
                         if peak_flops and total_training_time > 0 else 0.0)
-    # MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory at the end; on CPU peak RSS
-    peak_vram_mb = 0.0  # native Windows CPU: no getrusage there
-    if use_cuda:
-        peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20
-    elif device_type == "mps":
-        peak_vram_mb = torch.mps.driver_allocated_memory() / 2**20
-    elif sys.platform != "win32":
-        import resource
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-        peak_vram_mb = rss / (2**20 if sys.platform == "darwin" else 2**10)
     print(f"timing: startup {t_start_training - t_start:.1f}s, step 0"
-          f"{' (torch.compile)' if use_cuda else ''} {step0_seconds:.1f}s, eval {t_end - t_eval:.1f}s")
+          f"{' (torch.compile)' if device.type == 'cuda' else ''} {step0_seconds:.1f}s, eval {t_end - t_eval:.1f}s")
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {total_training_time:.1f}")
     print(f"total_seconds:    {t_end - t_start:.1f}")
-    print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
+    print(f"peak_vram_mb:     {peak_memory_mb():.1f}")
     print(f"mfu_percent:      {steady_state_mfu:.2f}")
     print(f"total_tokens_M:   {step * TOTAL_BATCH_SIZE / 1e6:.1f}")
     print(f"num_steps:        {step}")

@@ -12,6 +12,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import prepare  # noqa: E402
 import train  # noqa: E402
-from common import make_document, set_constant, write_byte_tokenizer  # noqa: E402
+from common import make_document, parse_summary, set_constant, write_byte_tokenizer  # noqa: E402
 
 
 def default_config(vocab_size=8192, seq_len=2048):
@@ -34,7 +35,8 @@ def default_config(vocab_size=8192, seq_len=2048):
 
 def byte_tokenizer(cache):
     """A valid tokenizer of prepare's size in the cache, written directly (no training)."""
-    return write_byte_tokenizer(cache / "tokenizer", prepare.VOCAB_SIZE, prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
+    return write_byte_tokenizer(cache / "tokenizer" / f"{prepare.DATASET}-{prepare.VOCAB_SIZE}", prepare.VOCAB_SIZE,
+                                prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
 
 
 def limit_memory():  # a run that tries to take the test machine's memory fails instead
@@ -150,17 +152,17 @@ def test_gpu_memory_estimate_matches_the_h100_measurements():
     config = default_config()
     params = 50_332_176
     for batch, measured_gb in ((32, 12.3), (64, 24.0), (128, 47.2)):  # max_memory_allocated on an H100
-        assert train.step_memory(config, params, batch, "cuda") / 1e9 == pytest.approx(measured_gb, rel=0.06)
+        assert prepare._step_memory(config, params, batch, "cuda") / 1e9 == pytest.approx(measured_gb, rel=0.06)
 
 
 def test_batch_size_advice_fits_the_gpu_at_the_first_try():
     config, params = default_config(), 50_332_176
-    assert train.fitting_batch_size(config, params, "cuda", 24e9) == 32  # 64 needed 24.0 GB
-    assert train.fitting_batch_size(config, params, "cuda", 85e9) == 128  # an 80 GB H100: the default fits
-    assert train.fitting_batch_size(config, params, "cuda", 24e9, failed_at=128) == 32
+    assert prepare._fitting_batch_size(config, params, "cuda", 24e9, 2**19) == 32  # 64 needed 24.0 GB
+    assert prepare._fitting_batch_size(config, params, "cuda", 85e9, 2**19) == 128  # an 80 GB H100: the default fits
+    assert prepare._fitting_batch_size(config, params, "cuda", 24e9, 2**19, failed_at=128) == 32
     # An estimate that was too low: 64 ran out of 24 GB although estimated to fit, so the advice halves it
-    assert train.fitting_batch_size(config, params, "cuda", 30e9, failed_at=64) == 32
-    assert train.fitting_batch_size(config, params, "cuda", 0.5e9) is None  # the weights alone do not fit
+    assert prepare._fitting_batch_size(config, params, "cuda", 30e9, 2**19, failed_at=64) == 32
+    assert prepare._fitting_batch_size(config, params, "cuda", 0.5e9, 2**19) is None  # the weights alone do not fit
 
 
 def test_default_run_is_refused_on_a_cpu_within_seconds(tmp_path):
@@ -182,7 +184,8 @@ def test_a_run_too_slow_for_the_cpu_is_refused(tmp_path):
     work = copy_with(tmp_path, dict(DEVICE_BATCH_SIZE=1))
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert re.search(r"On this cpu the 11 untimed warm-up steps and the evaluation \(EVAL_TOKENS = 20,971,520\) "
+    assert re.search(r"On this cpu the 11 untimed warm-up steps \(11 x TOTAL_BATCH_SIZE = 5,767,168 tokens: \d+ min\) "
+                     r"and the evaluation \(EVAL_TOKENS = 20,971,520: \d+ min\) "
                      r"would take about \d+ min", result.stderr)
 
 
@@ -207,7 +210,7 @@ def test_readme_recipe_fits_and_finishes_on_a_small_cpu(tmp_path):
     work = copy_with(tmp_path, values["train.py"], values["prepare.py"])
     # Estimates at the real vocabulary (8192) and the slowest matmul rate seen on the 2-core, 24 GB machine the
     # recipe was run on (37 GFLOP/s, while other jobs shared its cores)
-    code = """import json, torch, train
+    code = """import json, torch, train, prepare
 from prepare import MAX_SEQ_LEN, TIME_BUDGET
 width = -(-train.DEPTH * train.ASPECT_RATIO // train.HEAD_DIM) * train.HEAD_DIM
 config = train.GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=8192, n_layer=train.DEPTH, n_head=width // train.HEAD_DIM,
@@ -215,15 +218,16 @@ config = train.GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=8192, n_layer=trai
 with torch.device("meta"):
     model = train.GPT(config)
 n = model.num_scaling_params()["total"]
-print(json.dumps(dict(memory=train.step_memory(config, n, train.DEVICE_BATCH_SIZE, "cpu"), budget=TIME_BUDGET,
-                      untimed=train.untimed_seconds(model.estimate_flops(), train.DEVICE_BATCH_SIZE, 37e9))))
+untimed = prepare._untimed_seconds(model.estimate_flops(), train.DEVICE_BATCH_SIZE, train.TOTAL_BATCH_SIZE, 37e9)
+print(json.dumps(dict(memory=prepare._step_memory(config, n, train.DEVICE_BATCH_SIZE, "cpu"), budget=TIME_BUDGET,
+                      untimed=sum(untimed))))
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert result.returncode == 0, result.stderr[-2000:]
     estimate = json.loads(result.stdout.strip().splitlines()[-1])
     assert estimate["memory"] < 4e9  # a small laptop's worth
-    assert estimate["untimed"] < train.MAX_UNTIMED_SECONDS
+    assert estimate["untimed"] < prepare.MAX_UNTIMED_SECONDS
     assert estimate["budget"] + estimate["untimed"] < 9 * 60  # with prepare, about 10 minutes end to end
 
 # -----------------------------------------------------------------------------
@@ -235,7 +239,8 @@ def test_zero_batch_size_says_so(tmp_path):
     work = copy_with(tmp_path, dict(DEVICE_BATCH_SIZE=0))
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip() == "DEVICE_BATCH_SIZE (0) and TOTAL_BATCH_SIZE (524288) must be positive."
+    assert result.stderr.strip() == ("DEVICE_BATCH_SIZE (0) and TOTAL_BATCH_SIZE (524288) must be positive integers "
+                                     "(write 2**12 or 4096, not 4096.0).")
 
 
 def test_corrupt_tokenizer_gives_one_line(tmp_path):
@@ -281,22 +286,86 @@ def test_muon_leaves_parameters_without_a_gradient_alone():
 # The training loader is closed before saving and evaluating
 
 
-def test_training_loader_thread_ends_before_evaluation(tmp_path):
+def tiny_run(tmp_path):
+    """A cache with two small shards and a byte tokenizer, and copies of the scripts shrunk to a 1 s run."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     byte_tokenizer(tmp_path)
-    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "fineweb-edu").mkdir(parents=True)
     rng = random.Random(5)
     for index in (0, 1822):
         docs = [make_document(rng) for _ in range(300)]
-        pq.write_table(pa.table({"text": docs}), tmp_path / "data" / prepare.shard_filename(index))
-    work = copy_with(tmp_path, dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256),
+        pq.write_table(pa.table({"text": docs}), tmp_path / "data" / "fineweb-edu" / prepare.shard_filename(index))
+    return copy_with(tmp_path, dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256),
                      dict(MAX_SEQ_LEN=64, TIME_BUDGET=1, EVAL_TOKENS=4 * 64))
+
+
+def test_training_loader_thread_ends_before_evaluation(tmp_path):
+    work = tiny_run(tmp_path)
     source = (work / "train.py").read_text()
-    anchor = '    checkpoint_path = os.path.join("checkpoints", "model.pt")\n'
+    anchor = "    save_checkpoint(raw_model)\n"
     check = ('    import threading\n    [t.join(10) for t in threading.enumerate() if t.name == "dataloader-train"]\n'
              '    print("train loader alive:", any(t.name == "dataloader-train" for t in threading.enumerate()))\n')
+    assert anchor in source
     (work / "train.py").write_text(source.replace(anchor, check + anchor))
     result = run_train(work, tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "train loader alive: False" in result.stdout
+
+
+def test_a_failed_checkpoint_save_keeps_the_old_file_and_still_evaluates(tmp_path):
+    """torch.save fails (here: its temporary name is taken by a folder): one line says so, the earlier
+    checkpoints/model.pt is left whole, and the run still prints its val_bpb."""
+    work = tiny_run(tmp_path)
+    (work / "checkpoints" / "model.pt.tmp").mkdir(parents=True)
+    (work / "checkpoints" / "model.pt").write_bytes(b"the previous run's weights")
+    result = run_train(work, tmp_path, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("could not save"))
+    assert re.fullmatch(r"could not save the weights to checkpoints/model.pt \(.+\); the earlier file is kept; "
+                        r"evaluating anyway", line), line
+    assert (work / "checkpoints" / "model.pt").read_bytes() == b"the previous run's weights"
+    assert 0 < parse_summary(result.stdout)["val_bpb"] < 20
+
+
+def test_a_disk_without_room_for_the_checkpoint_is_named_before_training(monkeypatch, capsys):
+    import collections
+    config = default_config()
+    with torch.device("meta"):
+        model = train.GPT(config)
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: collections.namedtuple("u", "total used free")(
+        1e12, 1e12 - 50e6, 50e6))
+    monkeypatch.setattr(prepare, "_available_memory", lambda device_type: None)  # no memory check here
+    monkeypatch.setattr(prepare, "MAX_UNTIMED_SECONDS", 1e9)  # nor the time check
+    prepare.preflight(model, types.SimpleNamespace(get_vocab_size=lambda: 8192), 128, 2**19)
+    assert capsys.readouterr().out.strip() == (
+        "warning: 50 MB free for checkpoints/model.pt, its weights need about 201 MB: the checkpoint will not be "
+        "saved (the run still trains and evaluates)")
+
+
+def test_a_model_with_fewer_embeddings_than_the_vocabulary_gets_one_line(tmp_path):
+    byte_tokenizer(tmp_path)
+    work = copy_with(tmp_path)
+    source = (work / "train.py").read_text()
+    assert "vocab_size=vocab_size, n_layer=DEPTH" in source
+    (work / "train.py").write_text(source.replace("vocab_size=vocab_size, n_layer=DEPTH", "vocab_size=4096, n_layer=DEPTH"))
+    result = run_train(work, tmp_path, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("the model has 4,096 token embeddings but the tokenizer has 8,192 tokens: build "
+                                     "it with vocab_size=tokenizer.get_vocab_size().")
+
+
+def test_a_float_batch_size_is_refused_in_one_line(tmp_path):
+    byte_tokenizer(tmp_path)
+    result = run_train(copy_with(tmp_path, dict(TOTAL_BATCH_SIZE="4096.0")), tmp_path, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("DEVICE_BATCH_SIZE (128) and TOTAL_BATCH_SIZE (4096.0) must be positive "
+                                     "integers (write 2**12 or 4096, not 4096.0).")
+
+
+def test_a_python_without_the_packages_is_told_to_use_uv_run(tmp_path):
+    # -S: no site-packages, as with a system python3 outside the project's environment
+    result = subprocess.run([sys.executable, "-S", "train.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.fullmatch(r"\w+ is not installed for \S+: run `uv run train.py`, which uses the project's environment "
+                        r"\(`uv sync` makes it\)", result.stderr.strip()), result.stderr

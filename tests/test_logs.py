@@ -36,10 +36,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def work(tmp_path_factory):
     """A directory with tiny copies of prepare.py and train.py, a cache with 3 shards and a 512-token tokenizer."""
     root = tmp_path_factory.mktemp("logs")
-    data = root / "cache" / "data"
+    data = root / "cache" / "data" / "fineweb-edu"
     data.mkdir(parents=True)
     rng = random.Random(7)
-    for index in (0, 1, prepare.VAL_SHARD):
+    for index in (0, 1, prepare.MAX_SHARD):
         docs = [make_document(rng) for _ in range(600)]
         pq.write_table(pa.table({"text": docs}), data / prepare.shard_filename(index), row_group_size=256)
     # TIME_BUDGET stays 300 s: the fast clock makes it short
@@ -47,7 +47,7 @@ def work(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("prepare_512", root / "prepare.py")  # the copy's VOCAB_SIZE
     shrunk_prepare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shrunk_prepare)
-    shrunk_prepare.train_tokenizer(data_dir=str(data), tokenizer_dir=str(root / "cache" / "tokenizer"))
+    shrunk_prepare.train_tokenizer(data_dir=str(data), tokenizer_dir=str(root / "cache" / "tokenizer" / "fineweb-edu-512"))
     shrunk_copy(ROOT / "train.py", root / "train.py", DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=2,
                 TOTAL_BATCH_SIZE=2 * 2 * 128)
     (root / "fast_clock.py").write_text(FAST_CLOCK)

@@ -1,6 +1,7 @@
 """prepare.py: downloads against a real loopback server, the tokenizer, the dataloader and evaluate_bpb."""
 import base64
 import collections
+import errno
 import json
 import math
 import os
@@ -22,6 +23,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import prepare  # noqa: E402
+
+DATA, TOKENIZER = "data/fineweb-edu", "tokenizer/fineweb-edu-8192"  # the default data set's folders in the cache
 
 # ---------------------------------------------------------------------------
 # Generated data and a loopback shard server
@@ -63,7 +66,7 @@ class ShardServer:
     """Serves a folder like the hub: GET .../resolve/main/<name>. Can answer 503 or cut bodies short at first."""
 
     def __init__(self, folder, fail_first=0, truncate_first=0, stall=()):
-        self.requests = collections.Counter()
+        self.requests, self.paths = collections.Counter(), []
         self.closed = threading.Event()
         server = self
 
@@ -72,6 +75,7 @@ class ShardServer:
                 name = self.path.rsplit("/", 1)[-1]
                 path = os.path.join(folder, name)
                 server.requests[name] += 1
+                server.paths.append(self.path)
                 n = server.requests[name]
                 if not os.path.exists(path):
                     return self.send_error(404)
@@ -139,7 +143,7 @@ def test_download_fetches_each_shard_intact(monkeypatch, corpus, tmp_path):
 
 def test_download_retries_503_with_backoff(monkeypatch, corpus, tmp_path, no_sleep):
     server = serve(monkeypatch, corpus, fail_first=2)
-    prepare.download_shard(0, str(tmp_path), prepare.base_url(), stop=no_sleep)
+    prepare.download_shard("shard_00000.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 3
     assert no_sleep.waits == [2, 4]  # 2**attempt seconds between attempts
@@ -148,14 +152,14 @@ def test_download_retries_503_with_backoff(monkeypatch, corpus, tmp_path, no_sle
 
 def test_truncated_body_is_retried_and_never_kept(monkeypatch, corpus, tmp_path, no_sleep):
     server = serve(monkeypatch, corpus, truncate_first=1)
-    prepare.download_shard(1, str(tmp_path), prepare.base_url(), stop=no_sleep)
+    prepare.download_shard("shard_00001.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     assert server.requests["shard_00001.parquet"] == 2
     assert (tmp_path / "shard_00001.parquet").read_bytes() == (corpus / "shard_00001.parquet").read_bytes()
     server.close()
     # a server that always truncates: all 5 attempts fail and no file, final or partial, is left
     server = serve(monkeypatch, corpus, truncate_first=100)
     with pytest.raises(RuntimeError, match=r"shard_00000.parquet: failed 5 attempts.*(IncompleteRead|truncated)"):
-        prepare.download_shard(0, str(tmp_path), prepare.base_url(), stop=no_sleep)
+        prepare.download_shard("shard_00000.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 5
     assert sorted(os.listdir(tmp_path)) == ["shard_00001.parquet"]
@@ -186,7 +190,7 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     err = capsys.readouterr().err
     assert "shard_00001.parquet: failed 5 attempts" in err and "ConnectionError" in err
     assert prepare.VAL_FILENAME not in err and "unreachable" in err
-    assert "1 of 3 shards are ready" in err and "HF_ENDPOINT" in err
+    assert "1 of 3 files are ready" in err and "HF_ENDPOINT" in err
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet"]
     assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
 
@@ -214,13 +218,13 @@ def prepared(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tok(prepared):
-    return prepare.Tokenizer.from_directory(str(prepared[0] / "tokenizer"))
+    return prepare.Tokenizer.from_directory(str(prepared[0] / TOKENIZER))
 
 
 @pytest.fixture
 def data_dir(prepared, monkeypatch):
-    monkeypatch.setattr(prepare, "DATA_DIR", str(prepared[0] / "data"))
-    return prepared[0] / "data"
+    monkeypatch.setattr(prepare, "DATA_DIR", str(prepared[0] / DATA))
+    return prepared[0] / DATA
 
 
 def test_prepare_runs_once_and_a_second_run_redoes_nothing(prepared):
@@ -263,7 +267,7 @@ def test_token_bytes_counts_raw_bytes(tok):
 
 
 def test_stored_tokenizer_is_not_a_pickle(prepared, monkeypatch):
-    tdir = prepared[0] / "tokenizer"
+    tdir = prepared[0] / TOKENIZER
     assert sorted(os.listdir(tdir)) == ["tokenizer.json", "tokenizer.tiktoken"]
     meta = json.loads((tdir / "tokenizer.json").read_text())
     assert meta["pattern"] == prepare.SPLIT_PATTERN and meta["special_tokens"]["<|reserved_3|>"] == 8191
@@ -317,7 +321,7 @@ def reference_batches(tok, B, T, paths, buffer_size):
 
 @pytest.mark.parametrize("B,T,buffer_size", [(4, 64, 20), (8, 256, 1000), (2, 1024, 5)])
 def test_loader_matches_reference_packing(tok, data_dir, B, T, buffer_size):
-    paths = prepare.list_shards("train")
+    paths = [path for path, _, _ in prepare.split_parts("train")]
     loader = prepare.make_dataloader(tok, B, T, "train", buffer_size=buffer_size)
     ref = reference_batches(tok, B, T, paths, buffer_size)
     for _ in range(12):
@@ -396,7 +400,7 @@ def test_shard_the_server_does_not_have_fails_at_once(monkeypatch, corpus, tmp_p
     assert server.requests["shard_00002.parquet"] == 1 and no_sleep.waits == []  # no retries, no backoff
     err = capsys.readouterr().err
     assert "shard_00002.parquet: the server does not have it (HTTP 404" in err
-    assert "3 of 4 shards are ready" in err and "smaller --num-shards" in err
+    assert "3 of 4 files are ready" in err and "smaller --num-shards" in err
 
 
 def test_hf_endpoint_without_scheme_fails_before_any_request(monkeypatch, tmp_path):
@@ -427,7 +431,7 @@ def test_progress_counts_shards_already_on_disk(monkeypatch, corpus, tmp_path, c
     prepare.download_data(2, 2, data_dir=str(tmp_path))
     server.close()
     out = capsys.readouterr().out
-    assert out.split("\r")[-1].startswith("downloading: 3/3 shards") and "data: 3 of 3 shards ready" in out
+    assert out.split("\r")[-1].startswith("downloading: 3/3 files") and "data: 3 of 3 files ready" in out
 
 
 def test_download_stops_between_chunks(monkeypatch, tmp_path, no_sleep):
@@ -439,7 +443,7 @@ def test_download_stops_between_chunks(monkeypatch, tmp_path, no_sleep):
     class StopAfterFirstChunk:
         def update(self, nbytes=0, shard_done=False):
             no_sleep.set()
-    path = prepare.download_shard(0, str(tmp_path / "out"), prepare.base_url(), StopAfterFirstChunk(), no_sleep)
+    path = prepare.download_shard("shard_00000.parquet", str(tmp_path / "out"), prepare.base_url(), StopAfterFirstChunk(), no_sleep)
     server.close()
     assert path is None and os.listdir(tmp_path / "out") == [] and server.requests["shard_00000.parquet"] == 1
 
@@ -449,7 +453,7 @@ def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_pa
     env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path), HF_ENDPOINT=server.url)
     proc = subprocess.Popen([sys.executable, "prepare.py", "--num-shards", "2", "--download-workers", "3"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    done = tmp_path / "data" / "shard_00000.parquet"
+    done = tmp_path / DATA / "shard_00000.parquet"
     deadline = time.time() + 120  # interpreter and torch start-up on a loaded machine
     while not (done.exists() and len(server.requests) == 3) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -464,8 +468,8 @@ def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_pa
     elapsed = time.time() - t0
     assert proc.returncode == 130 and elapsed < 10, (elapsed, err)
     assert "Traceback" not in err and err.strip().splitlines() == [
-        f"interrupted: kept the 1 complete shards in {tmp_path / 'data'}; run prepare.py again to fetch the rest"]
-    assert [n for n in os.listdir(tmp_path / "data") if not n.endswith(".tmp")] == ["shard_00000.parquet"]
+        f"interrupted: kept the 1 complete shards in {tmp_path / DATA}; run prepare.py again to fetch the rest"]
+    assert [n for n in os.listdir(tmp_path / DATA) if not n.endswith(".tmp")] == ["shard_00000.parquet"]
     assert done.read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
 
 
@@ -488,7 +492,7 @@ def damage(tdir, how):
 @pytest.mark.parametrize("how", ["ranks cut mid-line", "ranks cut at a line end", "json is not json",
                                  "json has no pattern", "json special tokens wrong"])
 def test_damaged_tokenizer_raises_one_line_error(prepared, tmp_path, how):
-    shutil.copytree(prepared[0] / "tokenizer", tmp_path / "tok")
+    shutil.copytree(prepared[0] / TOKENIZER, tmp_path / "tok")
     bad_file = damage(tmp_path / "tok", how)
     with pytest.raises(prepare.TokenizerError) as info:
         prepare.Tokenizer.from_directory(str(tmp_path / "tok"))
@@ -498,23 +502,23 @@ def test_damaged_tokenizer_raises_one_line_error(prepared, tmp_path, how):
 
 
 def test_prepare_trains_a_damaged_tokenizer_again(prepared, tmp_path, monkeypatch, capsys):
-    shutil.copytree(prepared[0] / "data", tmp_path / "data")
-    shutil.copytree(prepared[0] / "tokenizer", tmp_path / "tokenizer")
-    damage(tmp_path / "tokenizer", "ranks cut at a line end")
+    shutil.copytree(prepared[0] / DATA, tmp_path / DATA)
+    shutil.copytree(prepared[0] / TOKENIZER, tmp_path / TOKENIZER)
+    damage(tmp_path / TOKENIZER, "ranks cut at a line end")
     monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(tmp_path / "tokenizer"))
+    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path / DATA))
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(tmp_path / TOKENIZER))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # every shard is on disk: nothing is requested
     monkeypatch.setattr(sys, "argv", ["prepare.py", "--num-shards", "2"])
     prepare.main()
     out = capsys.readouterr().out
     assert "does not hold each rank 0..8187 once (4000 tokens); training it again" in out
     assert "tokenizer: vocab 8192 trained" in out
-    assert prepare.Tokenizer.from_directory(str(tmp_path / "tokenizer")).get_vocab_size() == 8192
+    assert prepare.Tokenizer.from_directory(str(tmp_path / TOKENIZER)).get_vocab_size() == 8192
 
 
 def test_original_keyword_and_get_token_bytes(prepared, tok, monkeypatch):
-    tdir = str(prepared[0] / "tokenizer")
+    tdir = str(prepared[0] / TOKENIZER)
     assert prepare.Tokenizer.from_directory(tokenizer_dir=tdir).encode("hello") == tok.encode("hello")
     monkeypatch.setattr(prepare, "TOKENIZER_DIR", tdir)
     token_bytes = prepare.get_token_bytes("cpu")
@@ -561,3 +565,165 @@ def test_the_loader_packs_from_the_call_and_closes_before_its_first_batch(tok, d
     assert "dataloader-train" in [t.name for t in set(threading.enumerate()) - before]
     loader.close()
     assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+# ---------------------------------------------------------------------------
+# Data sets: each fetched from its own repo into its own folder, validation data never trained on, tokenizers of
+# different settings side by side; local write errors named at once
+
+
+def marked_docs(rng, n, marker):
+    return [f"{marker} " + " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randint(3, 30)))
+            for _ in range(n)]
+
+
+def lay_out(dataset, folder, rng):
+    """Files as the data set's repo holds them, with TRAIN / VALIDATION / TEST markers on every document."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = prepare.DATASETS[dataset]
+    if "file" in spec:  # one file: test rows, then the pinned validation rows, then training rows
+        docs = marked_docs(rng, 10_000, "TEST") + marked_docs(rng, 10_000, "VALIDATION") + marked_docs(rng, 3000, "TRAIN")
+        write_shard(folder / spec["file"], docs, row_group_size=1024)  # row groups cross the split's edges
+        return [spec["file"]]
+    names = [prepare.shard_filename(i) for i in sorted({0, 1, 1822, spec["shards"]})]  # climbmix trains on 1822
+    for name in names:
+        write_shard(folder / name, marked_docs(rng, 300, "VALIDATION" if name == names[-1] else "TRAIN"))
+    return names
+
+
+@pytest.mark.parametrize("dataset", ["fineweb-edu", "climbmix", "tinystories"])
+def test_each_data_set_downloads_its_files_from_its_repo_into_its_folder(dataset, tmp_path, monkeypatch):
+    names = lay_out(dataset, tmp_path / "server", random.Random(1))
+    server = serve(monkeypatch, tmp_path / "server")
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path / "cache"))
+    prepare.download_data(2, 2, dataset=dataset)
+    server.close()
+    repo = prepare.DATASETS[dataset]["repo"]
+    expected = names if dataset == "tinystories" else names[:2] + names[-1:]  # 2 training shards, the validation one
+    assert sorted(server.paths) == sorted(f"/datasets/{repo}/resolve/main/{n}" for n in expected)
+    assert sorted(os.listdir(tmp_path / "cache" / "data" / dataset)) == sorted(expected)
+
+
+@pytest.mark.parametrize("dataset", ["fineweb-edu", "climbmix", "tinystories"])
+def test_validation_data_is_never_in_a_training_batch(dataset, tok, tmp_path, monkeypatch):
+    lay_out(dataset, tmp_path, random.Random(2))
+    monkeypatch.setattr(prepare, "DATASET", dataset)
+    monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path))
+    for split, marker in (("train", "TRAIN"), ("val", "VALIDATION")):
+        loader = prepare.make_dataloader(tok, 8, 256, split, buffer_size=100)
+        seen = collections.Counter()
+        for _ in range(40):  # well past one pass over the validation rows of each layout
+            x, _, epoch = next(loader)
+            for row in x.tolist():
+                seen.update(doc.split(" ", 1)[0] for doc in tok.decode(row).split("<|reserved_0|>")[1:] if doc)
+        loader.close()
+        whole = {k: v for k, v in seen.items() if k in ("TRAIN", "VALIDATION", "TEST")}
+        assert set(whole) == {marker}, (split, seen.most_common(5))
+    if dataset == "tinystories":  # the pinned rows are exactly the card's validation rows 10,000-19,999
+        texts = [t for batch in prepare._split_texts(prepare.split_parts("val")) for t in batch]
+        assert len(texts) == 10_000 and all(t.startswith("VALIDATION") for t in texts)
+
+
+def test_tokenizers_of_two_settings_live_side_by_side(prepared, corpus, tmp_path):
+    """prepare.py with VOCAB_SIZE = 512 trains its own tokenizer beside the 8192 one and leaves that one alone;
+    each loads with its own setting, and the wrong setting says which sizes differ."""
+    cache = tmp_path / "cache"
+    shutil.copytree(prepared[0], cache)
+    big = cache / TOKENIZER
+    before = {p.name: p.read_bytes() for p in big.iterdir()}
+    (tmp_path / "prepare.py").write_text(open(os.path.join(ROOT, "prepare.py")).read().replace(
+        "\nVOCAB_SIZE = 8192\n", "\nVOCAB_SIZE = 512\n"))
+    server = ShardServer(corpus)
+    run = subprocess.run([sys.executable, "prepare.py", "--num-shards", "2"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache),
+                                                          HF_ENDPOINT=server.url))
+    server.close()
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "tokenizer: vocab 512 trained" in run.stdout and sum(server.requests.values()) == 0  # data was there
+    assert sorted(os.listdir(cache / "tokenizer")) == ["fineweb-edu-512", "fineweb-edu-8192"]
+    assert {p.name: p.read_bytes() for p in big.iterdir()} == before
+    assert prepare.Tokenizer.from_directory(str(big)).get_vocab_size() == 8192
+    with pytest.raises(prepare.TokenizerError, match=r"fineweb-edu-512 holds a tokenizer of 512 tokens, not "
+                                                     r"VOCAB_SIZE = 8192: run `uv run prepare.py`"):
+        prepare.Tokenizer.from_directory(str(cache / "tokenizer" / "fineweb-edu-512"))
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer in .*fineweb-edu-4096: run `uv run prepare.py` first "
+                                                r"\(the others stay as they are: fineweb-edu-512, fineweb-edu-8192\)"):
+        prepare.Tokenizer.from_directory(str(cache / "tokenizer" / "fineweb-edu-4096"))
+
+
+def test_old_cache_layout_moves_into_the_data_sets_folders(prepared, tmp_path, monkeypatch, capsys):
+    """A cache from before data sets (shards in data/, the 8192 tokenizer in tokenizer/) is moved, not fetched."""
+    for sub in ("data", "tokenizer"):
+        (tmp_path / sub).mkdir()
+        for f in (prepared[0] / (DATA if sub == "data" else TOKENIZER)).iterdir():
+            shutil.copy(f, tmp_path / sub / f.name)
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
+    prepare.move_old_layout()
+    assert sorted(os.listdir(tmp_path / "data")) == ["fineweb-edu"]
+    assert sorted(os.listdir(tmp_path / TOKENIZER)) == ["tokenizer.json", "tokenizer.tiktoken"]
+    assert prepare.Tokenizer.from_directory(str(tmp_path / TOKENIZER)).get_vocab_size() == 8192
+    assert "moved 3 files of the old layout" in capsys.readouterr().out
+
+
+def test_num_shards_is_checked_against_the_data_sets_count(monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(prepare, "download_data", lambda n, workers, dataset: asked.append((dataset, n)) or sys.exit(0))
+    for argv, expected in ((["--num-shards", "-1"], ("fineweb-edu", 1822)),
+                           (["--dataset", "climbmix", "--num-shards", "-1"], ("climbmix", 6542)),
+                           (["--dataset", "climbmix", "--num-shards", "2000"], ("climbmix", 2000))):
+        monkeypatch.setattr(sys, "argv", ["prepare.py", *argv])
+        with pytest.raises(SystemExit):
+            prepare.main()
+        assert asked.pop() == expected
+    for bad in ("0", "1823"):
+        monkeypatch.setattr(sys, "argv", ["prepare.py", "--num-shards", bad])
+        with pytest.raises(SystemExit) as info:
+            prepare.main()
+        assert info.value.code == 2 and asked == []
+        assert "--num-shards must be between 1 and 1822 for fineweb-edu, or -1 for all" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_named_at_once_not_blamed_on_the_network(monkeypatch, corpus, tmp_path, no_sleep, capsys):
+    server = serve(monkeypatch, corpus)
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k))
+                        if mode == "wb" else real_open(path, mode, *a, **k), raising=False)
+    with pytest.raises(SystemExit) as info:
+        prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
+    server.close()
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and no_sleep.waits == [] and sum(server.requests.values()) == 1  # no retry
+    assert f"error: cannot write {tmp_path / 'shard_00000.parquet.tmp'}: No space left on device. Free space" in err
+    assert "network" not in err and os.listdir(tmp_path) == []
+
+
+def test_a_read_only_cache_is_named_in_one_line(monkeypatch, tmp_path):
+    def read_only(path, exist_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(prepare.os, "makedirs", read_only)
+    monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: pytest.fail("requested"))
+    with pytest.raises(SystemExit) as info:
+        prepare.download_data(2, 2, data_dir=str(tmp_path / "data"))
+    assert info.value.code == (f"error: cannot write {tmp_path / 'data'}: Read-only file system. Free space there "
+                               "(or set AUTORESEARCH_CACHE_DIR to a writable disk with room) and run prepare.py again")
+
+
+def test_gpu_peak_table():
+    assert prepare.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989.5e12
+    assert prepare.gpu_peak_flops("NVIDIA H200") == 989.5e12
+    assert prepare.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert prepare.gpu_peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
+    assert prepare.gpu_peak_flops("Some Future Accelerator") is None

@@ -36,21 +36,15 @@ def _code_blocks(markdown):
     return re.findall(r"^```[^\n]*\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
 
 
-def _printed_label(source, label):
-    """The string literal that starts with `label:` in train.py, up to the value's placeholder."""
-    match = re.search(rf"""print\(\s*f?["']({re.escape(label)}:\s*)\{{""", source)
-    return match.group(1) if match else None
-
-
-def test_grep_fields_are_printed_by_train():
-    program, train = _read("program.md"), _read("train.py")
+def test_program_greps_the_summary_fields():
+    """program.md's grep reads two labels of the spec's summary block (that train.py prints them is checked by
+    the end-to-end runs, which parse the block)."""
+    program = _read("program.md")
     greps = [g for g in re.findall(r'grep "([^"]*)" run\.log', program) if "val_bpb" in g]
     assert greps, "program.md shows no grep command for val_bpb on run.log"
     for pattern in greps:
         fields = re.findall(r"\^(\w+):", pattern)
-        assert fields == ["val_bpb", "peak_vram_mb"], pattern
-        for field in fields:
-            assert _printed_label(train, field), f"train.py does not print a line starting with {field}:"
+        assert fields == ["val_bpb", "peak_vram_mb"] and set(fields) <= set(LABELS), pattern
     assert 'grep "^val_bpb:\\|^peak_vram_mb:" run.log' in program
 
 
@@ -58,16 +52,6 @@ def test_summary_block_in_program_matches_spec():
     program = _read("program.md")
     blocks = [b.rstrip("\n") for b in _code_blocks(program)]
     assert SUMMARY in blocks, "program.md must show the summary block exactly as the spec gives it"
-
-
-def test_train_prints_every_summary_label_aligned():
-    train = _read("train.py")
-    assert re.search(r"""print\(\s*["']---["']\s*\)""", train), "train.py must print the '---' separator"
-    for label in LABELS:
-        literal = _printed_label(train, label)
-        assert literal, f"train.py does not print the summary label {label}:"
-        # Values start in the same column as in the spec (after 'training_seconds: ').
-        assert len(literal) == len("training_seconds: "), f"{label}: is not aligned ({literal!r})"
 
 
 def test_tsv_header_and_example():
@@ -115,31 +99,16 @@ def test_workflow_essentials():
     assert len(program.splitlines()) <= 150, "program.md should stay short enough to read in two minutes"
 
 
-def test_names_program_uses_exist_in_train():
-    train = _read("train.py")
-    for name in ["DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE"]:
-        assert re.search(rf"^{name}\s*=", train, re.MULTILINE), f"train.py has no module constant {name}"
-    assert "checkpoints" in train and "model.pt" in train, "train.py should save checkpoints/model.pt"
-    assert "evaluate_bpb" in train
-
-
-def test_backend_line_program_tells_the_agent_to_grep():
-    program, train = _read("program.md"), _read("train.py")
-    if 'grep "^attention:" run.log' in program:
-        assert re.search(r"""f?["']attention: """, train), "train.py must print the backend as 'attention: ...'"
-
-
 def _example_rows(program):
     block = next(b for b in _code_blocks(program) if b.startswith(HEADER + "\n") and b.count("\n") > 1)
     return [line.split("\t") for line in block.strip("\n").splitlines()[1:]]
 
 
 def test_baseline_runs_twice_without_a_commit_and_sets_the_noise_floor():
-    program, train = _read("program.md"), _read("train.py")
+    program = _read("program.md")
     setup = program[program.index("## Setup"):program.index("## Rules")]
     assert 'git commit -m "baseline (seed 43)" train.py' in setup and "SEED = 43" in setup
     assert "git reset --keep HEAD~1" in setup and "at least 0.001" in setup
-    assert re.search(r"^SEED = 42 ", train, re.MULTILINE), "train.py needs the SEED constant program.md edits"
     # The notebook computes the same floor from the same rows
     notebook = _read("analysis.ipynb")
     assert "NOISE_MIN = 0.001" in notebook and "(seed \\\\d+\\\\)$" in notebook
@@ -396,7 +365,7 @@ def test_candidate_row_is_written_after_its_confirming_rerun():
     loop = _section(program, "LOOP FOREVER", "**Running train.py.**")
     steps = re.findall(r"^\d+\. (.*?)(?=^\d+\. |\Z)", loop, re.MULTILINE | re.DOTALL)
     rerun = next((k for k, step in enumerate(steps) if "seed rerun" in step), None)
-    row = next((k for k, step in enumerate(steps) if re.search(r"\badd\b.*\brow\b", step, re.I | re.S)), None)
+    row = next((k for k, step in enumerate(steps) if re.search(r"\b(add|write)\b.*\brow\b", step, re.I | re.S)), None)
     assert rerun is not None and row is not None, "the loop must say when to rerun and when to log"
     assert rerun < row, "the confirming rerun decides the status: it comes before the candidate's row"
     log = " ".join(steps[row].split())
