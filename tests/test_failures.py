@@ -110,6 +110,7 @@ print(json.dumps(dict(cache=dict(counters["aot_autograd"]), grad=model.lm_head.w
                       cudnn=dict(common.kernel_calls))))
 """
 
+@pytest.mark.slow
 def test_compile_cache_serves_warm_runs_and_never_a_stale_model(tmp_path):
     """Real Inductor on CPU, one process per run, one cache: a second run loads the model's graph (the loss's
     autograd.Function and the sdpa_kernel context would make the AOTAutograd cache bypass it), with the windowed
@@ -369,3 +370,25 @@ def test_a_python_without_the_packages_is_told_to_use_uv_run(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert re.fullmatch(r"\w+ is not installed for \S+: run `uv run train.py`, which uses the project's environment "
                         r"\(`uv sync` makes it\)", result.stderr.strip()), result.stderr
+
+
+@pytest.mark.parametrize("missing", ["tokenizer", "data"])
+def test_a_missing_tokenizer_or_data_set_is_one_line_saying_what_to_run(tmp_path, missing):
+    if missing == "data":
+        byte_tokenizer(tmp_path)
+    work = copy_with(tmp_path, dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256),
+                     dict(MAX_SEQ_LEN=64, TIME_BUDGET=1, EVAL_TOKENS=4 * 64))
+    result = run_train(work, tmp_path, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    folder = tmp_path / ("tokenizer/fineweb-edu-8192" if missing == "tokenizer" else "data/fineweb-edu")
+    assert result.stderr.strip() == (f"no tokenizer in {folder}: run `uv run prepare.py` first" if missing == "tokenizer"
+                                     else f"no fineweb-edu train data in {folder}: run `uv run prepare.py` first")
+
+
+def test_the_suite_writes_only_to_temporary_folders():
+    """conftest.py points HOME, and so every cache a test or an imported script makes, into a temporary folder."""
+    import conftest
+    assert os.path.expanduser("~") == conftest.TEST_HOME != conftest.REAL_HOME
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(conftest.TEST_HOME, ".cache", "autoresearch",
+                                                                 "torch_compile")
+    assert prepare.CACHE_DIR.startswith(conftest.TEST_HOME)

@@ -75,6 +75,7 @@ def step0_loss(text):
     return re.search(r"step 00000 \(0\.0%\) \| loss: (\d+\.\d+)", text).group(1)
 
 
+@pytest.mark.contract
 def test_run_log_has_a_few_plain_progress_lines(run_log):
     assert "\r" not in run_log
     lines = run_log.split("\n")  # as `tail` counts lines (splitlines() would also split at "\r")

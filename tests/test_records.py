@@ -18,6 +18,8 @@ from common import ROOT, make_document, parse_summary, set_constant, write_byte_
 
 import prepare
 
+pytestmark = pytest.mark.slow  # the night's runs take about 2 minutes
+
 GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
                GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
 ZERO_LR = dict(EMBEDDING_LR=0, UNEMBEDDING_LR=0, MATRIX_LR=0, SCALAR_LR=0)
@@ -123,7 +125,7 @@ def night(tmp_path_factory):
             os.replace(repo / "r.tsv", repo / "results.tsv")
         n.git("reset", "-q", "--hard", kept)
 
-    evaluation = "        val_bpb = evaluate_bpb(compiled_losses if device.type == \"cuda\" else model, tokenizer, DEVICE_BATCH_SIZE)"
+    evaluation = "        val_bpb = evaluate_bpb(compiled_losses if use_cuda else model, tokenizer, DEVICE_BATCH_SIZE)"
     cheat("fake summary", lambda: n.replace("train.py", "fake summary", evaluation, "        val_bpb = 0.5"), True)
     cheat("wrapped evaluation", lambda: n.replace("train.py", "wrapped evaluation", evaluation, evaluation + " - 0.3"),
           True)

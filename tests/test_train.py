@@ -33,6 +33,7 @@ def build(config, device="cpu"):
 # Defaults, parameter count, FLOPs
 
 
+@pytest.mark.baseline
 def test_hyperparameter_defaults_are_the_specs():
     expected = dict(ASPECT_RATIO=64, HEAD_DIM=128, WINDOW_PATTERN="SSSL", TOTAL_BATCH_SIZE=2**19, EMBEDDING_LR=0.6,
                     UNEMBEDDING_LR=0.004, MATRIX_LR=0.04, SCALAR_LR=0.5, WEIGHT_DECAY=0.2, ADAM_BETAS=(0.8, 0.95),
@@ -41,6 +42,7 @@ def test_hyperparameter_defaults_are_the_specs():
         assert getattr(train, name) == value, name
 
 
+@pytest.mark.baseline
 def test_default_model_has_50_3M_params_and_the_spec_flops():
     width = math.ceil(train.DEPTH * train.ASPECT_RATIO / train.HEAD_DIM) * train.HEAD_DIM
     heads = width // train.HEAD_DIM
@@ -427,6 +429,7 @@ def test_model_and_optimizer_updates_compile_without_graph_breaks():
 # -----------------------------------------------------------------------------
 # End to end: prepare.py (real download path over local HTTP) then train.py, both shrunk by rewriting constants
 
+@pytest.mark.contract
 def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     work = tmp_path / "work"
     work.mkdir()
@@ -494,6 +497,7 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     assert (work / "checkpoints" / "model.pt").stat().st_size > 0
 
 
+@pytest.mark.contract
 def test_train_imports_the_originals_five_names_then_only_callable_helpers():
     """The spec's interface: the original's five names, imported the original's way, and besides them only
     prepare.py's harness helpers (functions), so that the harness stays out of the agent's file."""
@@ -550,6 +554,7 @@ def dataset_server(tmp_path):
     server.server_close()
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("dataset", ["climbmix", "tinystories"])
 def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_path, dataset_server):
     """DATASET set in prepare.py is all it takes: train.py is the same file, and a train.py written for the
