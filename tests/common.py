@@ -3,16 +3,42 @@ summary block's parser, a tokenizer written without training, and cuDNN's attent
 
 import base64
 import collections
+import contextlib
+import functools
+import http.server
 import json
 import math
+import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+# git with no user or system configuration (no signing, no hooks), with an identity for commits
+GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
+               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+
+
+@contextlib.contextmanager
+def serve_folder(root):
+    """Serve a folder on 127.0.0.1 the way the hub serves a data set's files; yields the endpoint's URL."""
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
 
 WORDS = ("the of and to in is was for on that with as by at from his her an which are were this be had it not "
          "but or have they first one their its new after who all also two has been other when there into more "

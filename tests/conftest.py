@@ -2,13 +2,10 @@
 IPython's, matplotlib's) point into one made for this session, before any test module imports train.py.
 Fixtures shared by several modules live here."""
 
-import functools
-import http.server
 import os
 import random
 import shutil
 import tempfile
-import threading
 
 import pytest
 
@@ -31,7 +28,7 @@ def shard_server(tmp_path):
     """Generated FineWeb-style shards 0, 1 and the validation shard 1822, served on 127.0.0.1 as the hub does."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from common import make_document
+    from common import make_document, serve_folder
 
     root = tmp_path / "server"
     shard_dir = root / "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
@@ -41,12 +38,5 @@ def shard_server(tmp_path):
         docs = [make_document(rng) for _ in range(1200)]
         pq.write_table(pa.table({"text": docs}), shard_dir / f"shard_{index:05d}.parquet", row_group_size=256)
 
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_folder(root) as url:
+        yield url

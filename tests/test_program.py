@@ -3,10 +3,10 @@
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from common import GIT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -172,12 +172,6 @@ def test_off_gpu_memory_and_leftover_weights_are_explained():
     program = _read("program.md")
     assert "peak resident memory" in program and "MPS" in program
     assert "after a reset, the discarded run's" in program
-
-
-# git run with no user or system configuration (no signing, no hooks), with an identity for commits
-GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="test@example.com")
 
 
 def _git(cwd, *args):

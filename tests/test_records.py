@@ -14,14 +14,12 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from common import ROOT, make_document, parse_summary, set_constant, write_byte_tokenizer
+from common import GIT_ENV, ROOT, make_document, parse_summary, set_constant, write_byte_tokenizer
 
 import prepare
 
 pytestmark = pytest.mark.slow  # the night's runs take about 2 minutes
 
-GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
 ZERO_LR = dict(EMBEDDING_LR=0, UNEMBEDDING_LR=0, MATRIX_LR=0, SCALAR_LR=0)
 
 

@@ -521,14 +521,11 @@ def test_train_imports_the_originals_five_names_then_only_callable_helpers():
 @pytest.fixture
 def dataset_server(tmp_path):
     """ClimbMix's shards (0, 1 and validation 6542) and TinyStories' one file, in their hub layouts, on 127.0.0.1."""
-    import functools
-    import http.server
     import random
-    import threading
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from common import make_document
+    from common import make_document, serve_folder
 
     rng, root = random.Random(99), tmp_path / "server"
     climbmix = root / "datasets/karpathy/climbmix-400b-shuffle/resolve/main"
@@ -543,15 +540,8 @@ def dataset_server(tmp_path):
     docs += [make_document(rng) for _ in range(3000)]  # varied enough to learn 508 merges from
     pq.write_table(pa.table({"text": docs}), stories / "tinystories_gpt4_clean.parquet", row_group_size=1024)
 
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_folder(root) as url:
+        yield url
 
 
 @pytest.mark.contract

@@ -12,12 +12,8 @@ import subprocess
 import sys
 
 import torch
-from common import ROOT, parse_summary, shrunk_copy
+from common import GIT_ENV, ROOT, parse_summary, shrunk_copy
 
-# git run with no user or system configuration (no signing, no hooks), with an identity for commits
-GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="test@example.com")
 
 
 def git(cwd, *args):
