@@ -2,6 +2,7 @@
 import base64
 import collections
 import errno
+import hashlib
 import json
 import math
 import os
@@ -65,7 +66,7 @@ def corpus(tmp_path_factory):
 class ShardServer:
     """Serves a folder like the hub: GET .../resolve/main/<name>. Can answer 503 or cut bodies short at first."""
 
-    def __init__(self, folder, fail_first=0, truncate_first=0, stall=()):
+    def __init__(self, folder, fail_first=0, truncate_first=0, stall=(), digests=None):
         self.requests, self.paths = collections.Counter(), []
         self.closed = threading.Event()
         server = self
@@ -84,6 +85,8 @@ class ShardServer:
                 data = open(path, "rb").read()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
+                if digests is not None:  # as the hub names an LFS file's sha256
+                    self.send_header("X-Linked-Etag", f'"{digests.get(name) or hashlib.sha256(data).hexdigest()}"')
                 self.end_headers()
                 if name in stall:  # half the body, then nothing until the server closes
                     self.wfile.write(data[: len(data) // 2])
@@ -727,3 +730,16 @@ def test_gpu_peak_table():
     assert prepare.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert prepare.gpu_peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
     assert prepare.gpu_peak_flops("Some Future Accelerator") is None
+
+
+def test_a_download_is_checked_against_the_hubs_sha256_and_the_digest_kept(monkeypatch, corpus, tmp_path, no_sleep):
+    server = serve(monkeypatch, corpus, digests={"shard_00001.parquet": "0" * 64})  # the hub's digest, and a bad one
+    prepare.download_shard("shard_00000.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
+    good = hashlib.sha256((corpus / "shard_00000.parquet").read_bytes()).hexdigest()
+    assert (tmp_path / "shard_00000.parquet.sha256").read_text() == good + "\n"
+    with pytest.raises(RuntimeError, match=r"shard_00001.parquet: failed 5 attempts, last error: OSError: sha256 "
+                                           r"\w{12}\.\.\. is not the hub's 000000000000\.\.\."):
+        prepare.download_shard("shard_00001.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
+    server.close()
+    assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet", "shard_00000.parquet.sha256"]
+    assert [p for p, _, _ in prepare.split_parts("train", str(tmp_path))] == [str(tmp_path / "shard_00000.parquet")]
