@@ -1,5 +1,4 @@
-"""
-One-time data preparation for autoresearch, plus the runtime utilities train.py imports.
+"""One-time data preparation for autoresearch, plus the runtime utilities train.py imports.
 This file is frozen: the agent never edits it (it owns the data and the evaluation).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
@@ -9,8 +8,26 @@ This file is frozen: the agent never edits it (it owns the data and the evaluati
 Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
 """
 
+import argparse
+import base64
+import bisect
+import collections
+import contextlib
+import errno
+import hashlib
+import json
+import math
 import os
+import queue
+import re
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 # ---------------------------------------------------------------------------
 # Before torch loads: train.py imports this file first, and torch reads these variables when it starts
@@ -24,25 +41,6 @@ if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
-
-import argparse  # noqa: E402  (the standard library, then what `uv sync` installs)
-import base64  # noqa: E402
-import bisect  # noqa: E402
-import collections  # noqa: E402
-import contextlib  # noqa: E402
-import errno  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import queue  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor, wait  # noqa: E402
 
 try:
     import numpy as np
@@ -69,21 +67,17 @@ VOCAB_SIZE = 8192
 # Hub repo and pinned validation data (never trained on): a shard set trains on shards 0 ... N-1 and
 # validates on shard N, its last; TinyStories is one file: validation is its card's validation rows
 # 10,000-19,999, training rows 20,000 to the end (rows 0-9,999, its test rows, are left alone)
-DATASETS = {
-    "fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1822),
-    "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6542),
-    "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
-                        val=(10_000, 20_000), train=(20_000, None)),
-}
+DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1822),
+            "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6542),
+            "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
+                                val=(10_000, 20_000), train=(20_000, None))}
 
 def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
             os.path.join(CACHE_DIR, "tokenizer", f"{dataset}-{VOCAB_SIZE}"))
 
-
 def shard_filename(index):
     return f"shard_{index:05d}.parquet"
-
 
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 MAX_SHARD = DATASETS[DATASET].get("shards", 1)    # its training shards: what --num-shards -1 fetches
@@ -100,15 +94,12 @@ TOKENIZER_MAX_CHARS, TOKENIZER_DOC_CHARS = 1_000_000_000, 10_000  # BPE trains o
 ROUNDTRIP_TEXT = ("Hello world! 12,345 apples cost $6.78 (a 9% rise)...\n\t"
                   "naïve café — 日本語のテキスト, Привет мир 🙂")
 
-
 def base_url(dataset=None):
-    dataset = dataset or DATASET
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     if not endpoint.startswith(("http://", "https://")):  # requests would fail only after all the retries
         sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, "
                  "e.g. HF_ENDPOINT=https://hf-mirror.com")
-    return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset]['repo']}/resolve/main"
-
+    return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
 def split_parts(split, data_dir=None, dataset=None):
     """A split's documents as (file, first row, end row or None), in sorted file order: `val` is the pinned
@@ -128,10 +119,8 @@ def split_parts(split, data_dir=None, dataset=None):
                                 + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
     return parts
 
-
 # ---------------------------------------------------------------------------
 # Download
-
 
 def check_shard(path, min_rows=0):
     """Raise if `path` is not a readable parquet file with a `text` column (reads only the footer)."""
@@ -139,27 +128,22 @@ def check_shard(path, min_rows=0):
     if "text" not in pf.schema_arrow.names:
         raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
     if pf.metadata.num_rows < min_rows:
-        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than the {min_rows:,} its validation rows need")
-
+        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than the {min_rows:,} its validation rows "
+                         "need")
 
 class ShardMissing(RuntimeError):
     """The server answered that it does not have a shard: final, retrying cannot help."""
 
-
 class LocalWriteError(RuntimeError):
-    """The cache could not be written here (full disk, read-only, no permission): final, and not the network."""
-
+    """The cache could not be written (full disk, read-only, no permission): final, and not the network."""
     def __init__(self, path, e):
-        super().__init__(f"cannot write {path}: {e.strerror or e}. Free space there (or set AUTORESEARCH_CACHE_DIR"
-                         " to a writable disk with room) and run prepare.py again")
-
+        super().__init__(f"cannot write {path}: {e.strerror or e}. Free space there (or set "
+                         "AUTORESEARCH_CACHE_DIR to a writable disk with room) and run prepare.py again")
 
 LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
-
 class Progress:
     """One line of download progress, rewritten in place (throttled; one thread at a time)."""
-
     def __init__(self, total):
         self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
         self.lock = threading.Lock()
@@ -174,11 +158,10 @@ class Progress:
                 print(f"\rdownloading: {self.done}/{self.total} files, {mb:.1f} MB, "
                       f"{mb / max(now - self.t0, 1e-9):.1f} MB/s   ", end="", flush=True)
 
-
-def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS, min_rows=0):
-    """Download one file into data_dir (if missing or corrupt); None if `stop` is set before it is done. Raises
-    ShardMissing at once on a 4xx answer and LocalWriteError on a local write error, RuntimeError after
-    `attempts` failures of any other kind."""
+def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS,
+                   min_rows=0):
+    """Download one file into data_dir (if missing or corrupt); None if `stop` is set first. Raises
+    ShardMissing at once on a 4xx, LocalWriteError on a local write error, RuntimeError after `attempts`."""
     stop = stop or threading.Event()
     update = progress.update if progress else lambda nbytes=0, shard_done=False: None
     path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
@@ -235,27 +218,26 @@ def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=
         stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
     raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
 
-
 def make_dirs(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:  # read-only, or no permission: one line, not a traceback
         sys.exit(f"error: {LocalWriteError(path, e)}")
 
-
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
-    """Download the data set's first num_shards training shards (TinyStories: its one file) plus its validation
-    shard. Exits non-zero on failure, saying why."""
+    """The first num_shards training shards (TinyStories: its one file) and the validation shard, or exit."""
     dataset = dataset or DATASET
     spec, data_dir = DATASETS[dataset], data_dir or cache_dirs(dataset)[0]
     url_base = base_url(dataset)
     make_dirs(data_dir)
-    names = [spec["file"]] if "file" in spec else [shard_filename(i) for i in [*range(num_shards), spec["shards"]]]
+    names = ([spec["file"]] if "file" in spec else
+             [shard_filename(i) for i in [*range(num_shards), spec["shards"]]])
     min_rows = spec["val"][1] if "file" in spec else 0
     progress = Progress(len(names))
     stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
-    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop, min_rows=min_rows) for n in names]
+    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop, min_rows=min_rows)
+               for n in names]
 
     def ready():
         return sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
@@ -281,15 +263,14 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
             "." if local else f" (from {url_base}). " + (
                 "The server does not have every shard asked for: use a smaller --num-shards "
                 "(or check HF_ENDPOINT)." if any(isinstance(e, ShardMissing) for e in errors) else
-                ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "") +
-                "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
+                ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "")
+                + "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
                 "finished shards are kept.")), file=sys.stderr)
         sys.exit(1)
     print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
 
 # ---------------------------------------------------------------------------
 # Tokenizer training
-
 
 def _split_texts(parts):
     """One pass over the documents of a split's parts, in file, row-group and row order: lists of texts."""
@@ -302,8 +283,8 @@ def _split_texts(parts):
                 if lo < hi:  # row groups outside the part are not read at all
                     yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
         except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from e
-
+            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") \
+                from e
 
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
@@ -344,18 +325,14 @@ def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
 # ---------------------------------------------------------------------------
 # Runtime utilities (imported by train.py)
 
-
 class TokenizerError(FileNotFoundError):
     """A damaged saved tokenizer: a FileNotFoundError like a missing one (one `except` for both), one line."""
-
     def __init__(self, path, problem):
         self.problem = f"{path} {problem}"
         super().__init__(f"{self.problem}: run `uv run prepare.py` to train the tokenizer again")
 
-
 class Tokenizer:
     """A tiktoken Encoding (the BPE learned above) with the BOS token and byte counts for bits-per-byte."""
-
     def __init__(self, enc):
         self.enc = enc
         self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
@@ -386,8 +363,8 @@ class Tokenizer:
             m = len(ranks)  # whole and consistent, but of another size: say so, it is not damaged
             if m != n and sorted(ranks.values()) == list(range(m)) and meta.get("special_tokens") == {
                     name: m + i for i, name in enumerate(SPECIAL_TOKENS)}:
-                raise TokenizerError(dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, not VOCAB_SIZE = "
-                                          f"{VOCAB_SIZE}")
+                raise TokenizerError(dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
+                                          f"not VOCAB_SIZE = {VOCAB_SIZE}")
             if sorted(ranks.values()) != list(range(n)):
                 raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
             if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
@@ -414,21 +391,17 @@ class Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
-
 def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
 
-
-# What one run's calls share: the progress throttle, the checkpoint, the memory seen at start, what the loaders
-# served (the run record keeps it)
+# What one run's calls share: the progress throttle, the checkpoint, the memory seen at start, what the
+# loaders served (the run record keeps it)
 _run = dict(last_print=0.0, checkpoint=None, memory=None, evaluating=False, val_outside=0,
             train=dict(batches=0, tokens=0, first=0.0, last=0.0, gaps=[]))
-
 
 def _default_device():
     mps = torch.backends.mps.is_available()
     return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-
 
 def _document_batches(split, batch_docs=128):
     """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
@@ -438,7 +411,6 @@ def _document_batches(split, batch_docs=128):
             for i in range(0, len(texts), batch_docs):
                 yield texts[i:i + batch_docs], epoch
         epoch += 1
-
 
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
     """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
@@ -498,7 +470,6 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     finally:  # wait for the encodes in flight: no loader thread may still be in native code at exit
         pool.shutdown(wait=True, cancel_futures=True)
 
-
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device, packed ahead by a
     background thread. close() stops and joins the loader's threads."""
@@ -516,12 +487,10 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
         print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
     return loader
 
-
 def _loader(tokenizer, B, T, split, buffer_size):
     device = _default_device()
     cuda = device.type == "cuda"
-    stop = threading.Event()
-    ready, free = queue.Queue(), queue.Queue()
+    stop, ready, free = threading.Event(), queue.Queue(), queue.Queue()
     for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
         free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
     thread = threading.Thread(target=_pack_batches, daemon=True, name=f"dataloader-{split}",
@@ -546,7 +515,6 @@ def _loader(tokenizer, B, T, split, buffer_size):
         stop.set()
         free.put((None, None))
         thread.join(timeout=30)  # it stops at its next batch: well under a second (30: a generous bound)
-
 
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
@@ -598,28 +566,26 @@ CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on t
 MAX_UNTIMED_SECONDS = 600   # refuse if warm-up plus evaluation alone take longer (the agent's 10 minutes)
 PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 CHECKPOINT = os.path.join("checkpoints", "model.pt")
-SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the human, "
-                         "MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small computers'.")
-
+SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
+                         "human, MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small "
+                         "computers'.")
 
 def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
 
-
 def setup_device(seed):
-    """Seeds, matmul precision and the device's start-up line: (device, autocast context, synchronize, its bf16
-    peak in FLOP/s or None). bf16 autocast on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and slow."""
+    """Seeds, matmul precision and the device's start-up line: (device, autocast, synchronize, bf16 peak
+    FLOP/s or None). bf16 autocast on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and slow."""
     torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
-    device = _default_device()
-    peak = None
+    device, peak = _default_device(), None
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name()
         peak = gpu_peak_flops(name)
-        print(f"device: cuda ({name})" + ("" if peak else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS (prepare."
-                                                         "py), so MFU reads n/a"))
+        print(f"device: cuda ({name})" + ("" if peak else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS "
+                                                         "(prepare.py), so MFU reads n/a"))
     else:
         print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's memory)"
               if device.type == "mps" else
@@ -629,38 +595,34 @@ def setup_device(seed):
                 else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
     return device, autocast, sync, peak
 
-
 def check_batch(total_batch_size, device_batch_size):
     """The gradient-accumulation steps, or an exit saying which setting to change."""
     if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
-        sys.exit(f"DEVICE_BATCH_SIZE ({device_batch_size}) and TOTAL_BATCH_SIZE ({total_batch_size}) must be positive"
-                 " integers (write 2**12 or 4096, not 4096.0).")
+        sys.exit(f"DEVICE_BATCH_SIZE ({device_batch_size}) and TOTAL_BATCH_SIZE ({total_batch_size}) must be "
+                 "positive integers (write 2**12 or 4096, not 4096.0).")
     per_micro_step = device_batch_size * MAX_SEQ_LEN
     if total_batch_size % per_micro_step:
-        print(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN "
-              f"({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change DEVICE_BATCH_SIZE or "
-              "TOTAL_BATCH_SIZE in train.py so that it divides.")
+        print(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * "
+              f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
+              "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
         sys.exit(1)
     return total_batch_size // per_micro_step
 
-
 def or_exit(fn, *args):
-    """fn(*args), or an exit with prepare's one-line message if the data or the tokenizer is missing or damaged."""
+    """fn(*args), or exit with prepare's one-line message if the data or tokenizer is missing or damaged."""
     try:
         return fn(*args)
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
 
-
 def _step_memory(c, num_params, batch_size, device_type):
     fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
-    return fixed + 16 * num_params + batch_size * c.sequence_len * (a * c.n_layer * c.n_embd + b * c.vocab_size)
-
+    per_token = a * c.n_layer * c.n_embd + b * c.vocab_size
+    return fixed + 16 * num_params + batch_size * c.sequence_len * per_token
 
 def _fitting_batch_size(c, num_params, device_type, memory, total_batch_size, failed_at=None):
-    """Largest DEVICE_BATCH_SIZE below failed_at (a size that ran out of memory) that keeps TOTAL_BATCH_SIZE
-    divisible and is estimated to need at most 90 % of `memory` (10 % for the CUDA context, fragmentation;
-    no limit where memory is unknown), or None."""
+    """Largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) dividing TOTAL_BATCH_SIZE that needs
+    at most 90 % of `memory` (10 % for the CUDA context, fragmentation; any if unknown), or None."""
     fixed = _step_memory(c, num_params, 0, device_type)
     per_sequence = _step_memory(c, num_params, 1, device_type) - fixed
     if failed_at and memory:  # it needed more than `memory`: trust the larger of that and the estimate
@@ -668,7 +630,6 @@ def _fitting_batch_size(c, num_params, device_type, memory, total_batch_size, fa
     sizes = range(1, (failed_at or total_batch_size // c.sequence_len + 1))
     return max((b for b in sizes if total_batch_size % (b * c.sequence_len) == 0
                 and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
-
 
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
@@ -682,24 +643,23 @@ def _available_memory(device_type):
     except (OSError, StopIteration):
         return None
 
-
 def _untimed_seconds(flops_per_token, batch_size, total_batch_size, rate):
     """Seconds of the 11 warm-up steps and of the evaluation (a forward: a third of the FLOPs), off CUDA."""
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     per_token = flops_per_token / (CPU_EFFICIENCY * rate)
     return 11 * total_batch_size * per_token, eval_tokens / 3 * per_token
 
-
 def preflight(model, tokenizer, batch_size, total_batch_size):
-    """Before the heavy work: has the model (on the meta device) a row for every token, will it fit in memory,
-    will its warm-up and evaluation finish in time off CUDA, is there room for its checkpoint? Stops on a CPU
-    or MPS (minutes of swapping, or an OOM kill, otherwise); on a GPU a warning (an edited model may need less)."""
+    """Before the heavy work (model on the meta device): a row for every token? memory? warm-up and evaluation
+    in time off CUDA? room for the checkpoint? Stops on a CPU or MPS (else swapping or an OOM kill); on a GPU
+    a warning (an edited model may need less)."""
     c, device_type, vocab = model.config, _default_device().type, tokenizer.get_vocab_size()
     num_params = sum(p.numel() for p in model.parameters())
-    rows = min([m.num_embeddings for name, m in model.named_modules() if name.endswith("wte")] + [c.vocab_size])
+    rows = min([m.num_embeddings for name, m in model.named_modules() if name.endswith("wte")]
+               + [c.vocab_size])
     if rows < vocab:  # else token ids past its rows fail deep inside as "index out of range"
-        sys.exit(f"the model has {rows:,} token embeddings but the tokenizer has {vocab:,} tokens: build it with "
-                 "vocab_size=tokenizer.get_vocab_size().")
+        sys.exit(f"the model has {rows:,} token embeddings but the tokenizer has {vocab:,} tokens: build it "
+                 "with vocab_size=tokenizer.get_vocab_size().")
     memory = _run["memory"] = _available_memory(device_type)
     need = _step_memory(c, num_params, batch_size, device_type)
     if memory and need > memory:
@@ -710,7 +670,7 @@ def preflight(model, tokenizer, batch_size, total_batch_size):
             sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
         print(f"warning: {too_big}; if it runs out of memory, "
               + (f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."))
-    if device_type != "cuda":  # the rate of fp32 1024 x 1024 matrix products here (FLOP/s), measured for 0.3 s
+    if device_type != "cuda":  # the rate of fp32 1024 x 1024 matmuls here (FLOP/s), measured for 0.3 s
         m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.time()
         while time.time() - t0 < 0.3:
             (m @ m).sum().item()
@@ -719,43 +679,42 @@ def preflight(model, tokenizer, batch_size, total_batch_size):
                                               n * 2 * 1024 ** 3 / (time.time() - t0)) if n else (0, 0)
         if warmup + evaluation > MAX_UNTIMED_SECONDS:
             sys.exit(f"On this {device_type} the 11 untimed warm-up steps (11 x TOTAL_BATCH_SIZE = "
-                     f"{11 * total_batch_size:,} tokens: {warmup / 60:.0f} min) and the evaluation (EVAL_TOKENS = "
-                     f"{EVAL_TOKENS:,}: {evaluation / 60:.0f} min) would take about "
+                     f"{11 * total_batch_size:,} tokens: {warmup / 60:.0f} min) and the evaluation "
+                     f"(EVAL_TOKENS = {EVAL_TOKENS:,}: {evaluation / 60:.0f} min) would take about "
                      f"{(warmup + evaluation) / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
     folder = os.path.dirname(os.path.abspath(CHECKPOINT))
     free = shutil.disk_usage(folder if os.path.isdir(folder) else ".").free
     if free < 4 * num_params:  # fp32 weights: a checkpoint that cannot be written fails at the end of the run
-        print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about {4 * num_params / 1e6:.0f}"
-              " MB: the checkpoint will not be saved (the run still trains and evaluates)")
-
+        print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about "
+              f"{4 * num_params / 1e6:.0f} MB: the checkpoint will not be saved (the run still trains and "
+              "evaluates)")
 
 def out_of_memory(e, model, batch_size, total_batch_size):
-    """Re-raise `e` unless it is running out of memory; then say which DEVICE_BATCH_SIZE should fit, and exit."""
+    """Re-raise `e` unless it is out of memory; then say which DEVICE_BATCH_SIZE should fit, and exit."""
     if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
         raise e
     memory, c = _run["memory"], model.config
     fit = _fitting_batch_size(c, sum(p.numel() for p in model.parameters()), _default_device().type, memory,
                               total_batch_size, failed_at=batch_size)
     if memory and not fit:
-        sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: lower DEPTH.")
+        sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
+                 "lower DEPTH.")
     fit = fit or 1
-    print(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, keeping "
-          f"TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = "
-          f"{total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
+    print(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, "
+          f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
+          f"TOTAL_BATCH_SIZE = {total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro "
+          "steps per step.")
     sys.exit(1)
 
-
 def cache_compiled_graphs():
-    """Let torch.compile's AOTAutograd cache keep train.py's graphs between runs: it refuses graphs that call
-    sdpa_kernel's helpers or a custom autograd.Function, and re-tracing them cost ~9.5 s of every warm start
-    (H100). Both are traced into the graph it hashes (the backends; the Function's forward and backward), so an
-    edit to them still compiles afresh (tested)."""
+    """Let AOTAutograd's cache keep train.py's graphs, which it refuses by default: they call sdpa_kernel's
+    helpers and a custom autograd.Function (re-tracing cost ~9.5 s of each warm start, H100). Both are traced
+    into the graph it hashes (the backends, the Function's forward and backward): edits recompile (tested)."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
     for name in ("_backend_from_string", "_sdpa_kernel"):
         torch._inductor.config.unsafe_marked_cacheable_functions["torch.nn.attention." + name] = "1"
-
 
 def print_progress(line, step, last):
     """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
@@ -766,10 +725,9 @@ def print_progress(line, step, last):
         print(line, flush=True)
         _run["last_print"] = time.time()
 
-
 def save_checkpoint(model, path=CHECKPOINT):
-    """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so in
-    one line, leaves an earlier file whole, and the run goes on to its evaluation."""
+    """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
+    in one line, leaves an earlier file whole, and the run goes on to its evaluation."""
     tmp = path + ".tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -782,7 +740,6 @@ def save_checkpoint(model, path=CHECKPOINT):
             os.remove(tmp)
         print(f"could not save the weights to {path} ({' '.join(str(e).split())[:120]})"
               + ("; the earlier file is kept" if os.path.exists(path) else "") + "; evaluating anyway")
-
 
 def peak_memory_mb():
     """MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory now; on a CPU peak RSS."""
@@ -798,13 +755,12 @@ def peak_memory_mb():
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 # ---------------------------------------------------------------------------
-# Run records: evaluate_bpb appends one to ledger.jsonl beside train.py for every evaluation, so that no score
-# is typed by hand; `--row` writes results.tsv's row from it, `--audit` checks results.tsv against it.
+# Run records: evaluate_bpb appends one to ledger.jsonl beside train.py for every evaluation, so that no
+# score is typed by hand; `--row` writes results.tsv's row from it, `--audit` checks results.tsv against it.
 
 LEDGER = "ledger.jsonl"     # one JSON record a line, each with the hash of the line before it: edits show
-TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not really train
-TOO_LONG = 1.5              # nor one whose batches took over 1.5 x TIME_BUDGET (+ 10 s): a clock that runs slow
-
+TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
+TOO_LONG = 1.5              # nor one whose batches took over 1.5 x TIME_BUDGET (+ 10 s): a slow clock
 
 def _sha256(data=b"", path=None):
     h = hashlib.sha256(data)
@@ -814,7 +770,6 @@ def _sha256(data=b"", path=None):
                 h.update(chunk)
     return h.hexdigest()
 
-
 def _git(folder, *args, raw=False):
     try:
         out = subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60).stdout
@@ -822,15 +777,13 @@ def _git(folder, *args, raw=False):
         out = b""
     return out if raw else out.decode().strip()
 
-
 def _ledger():
     """The ledger of this run: $AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from this folder (so
     train.py's runs are recorded and a test suite that imports this file is not); else None."""
     main = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
     here = os.path.dirname(os.path.abspath(__file__))
-    return os.environ.get("AUTORESEARCH_LEDGER") or (os.path.join(here, LEDGER) if os.path.dirname(main) == here
-                                                     else None), main
-
+    beside = os.path.join(here, LEDGER) if os.path.dirname(main) == here else None
+    return os.environ.get("AUTORESEARCH_LEDGER") or beside, main
 
 def _record(val_bpb, tokens_evaluated, tokenizer):
     path, main = _ledger()
@@ -842,13 +795,15 @@ def _record(val_bpb, tokens_evaluated, tokenizer):
     enc = tokenizer.enc
     lines = open(path).read().splitlines() if os.path.exists(path) else []
     record = dict(
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=_git(folder, "rev-parse", "--short", "HEAD"),
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        commit=_git(folder, "rev-parse", "--short", "HEAD"),
         dirty=bool(_git(folder, "status", "--porcelain", "--untracked-files=no")), val_bpb=val_bpb,
-        eval_tokens=EVAL_TOKENS, tokens_evaluated=tokens_evaluated, dataset=DATASET, val_sha256=_sha256(path=val),
-        val_hub_sha256=pinned, tokenizer_sha256=_sha256(b"\0".join(enc.decode_single_token_bytes(i)
-                                                                   for i in range(enc.n_vocab))),
+        eval_tokens=EVAL_TOKENS, tokens_evaluated=tokens_evaluated, dataset=DATASET,
+        val_sha256=_sha256(path=val), val_hub_sha256=pinned,
+        tokenizer_sha256=_sha256(b"\0".join(enc.decode_single_token_bytes(i) for i in range(enc.n_vocab))),
         prepare_sha256=_sha256(path=__file__), train_sha256=_sha256(path=main), time_budget=TIME_BUDGET,
-        train_batches=train["batches"], train_tokens=train["tokens"], train_span_s=round(train["last"] - train["first"], 1),
+        train_batches=train["batches"], train_tokens=train["tokens"],
+        train_span_s=round(train["last"] - train["first"], 1),
         train_busy_s=round(statistics.median(train["gaps"] or [0]) * train["batches"], 1),
         val_batches_outside_evaluation=_run["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1),
         prev=_sha256(lines[-1].encode()) if lines else "0" * 64)
@@ -858,33 +813,31 @@ def _record(val_bpb, tokens_evaluated, tokenizer):
     except OSError as e:  # the score still prints; without a record, its row cannot be written by --row
         print(f"warning: no run record: {LocalWriteError(path, e)}")
 
-
 def write_row(status, description, commit=None, results="results.tsv"):
     """Append results.tsv's row for a commit (default HEAD) from its latest record: no score typed by hand."""
     folder = os.path.dirname(os.path.abspath(results))
-    commit = commit or _git(folder, "rev-parse", "--short", "HEAD")
-    records = [json.loads(line) for line in open(os.path.join(folder, LEDGER))] if os.path.exists(
-        os.path.join(folder, LEDGER)) else []
+    commit, ledger = commit or _git(folder, "rev-parse", "--short", "HEAD"), os.path.join(folder, LEDGER)
+    records = [json.loads(line) for line in open(ledger)] if os.path.exists(ledger) else []
     mine = [r for r in records if r["commit"].startswith(commit) or commit.startswith(r["commit"])]
     if status == "crash":
         values = "0.000000\t0.0"
     elif not mine:
-        sys.exit(f"no record of an evaluation of {commit} in {os.path.join(folder, LEDGER)}: log it as crash if its "
-                 "run printed no val_bpb")
+        sys.exit(f"no record of an evaluation of {commit} in {ledger}: log it as crash if its run printed no "
+                 "val_bpb")
     else:
         values = f"{mine[-1]['val_bpb']:.6f}\t{mine[-1]['peak_vram_mb'] / 1024:.1f}"
+    row = f"{commit[:7]}\t{values}\t{status}\t{' '.join(description.split())}"
     new = not os.path.exists(results)
     with open(results, "a") as f:
-        f.write(("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n" if new else "")
-                + f"{commit[:7]}\t{values}\t{status}\t{' '.join(description.split())}\n")
-    print(f"{commit[:7]}\t{values}\t{status}\t{' '.join(description.split())}")
-
+        f.write(("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n" if new else "") + row + "\n")
+    print(row)
 
 def audit(results="results.tsv"):
-    """One line per finding, naming the row's commit and the cause, then a verdict: 0 if every row is backed."""
+    """A line per finding, naming the row's commit and the cause, then a verdict: 0 if every row is backed."""
     folder = os.path.dirname(os.path.abspath(results))
     rows = [line.split("\t") for line in open(results).read().splitlines()[1:] if line.strip()]
-    lines = open(os.path.join(folder, LEDGER)).read().splitlines() if os.path.exists(os.path.join(folder, LEDGER)) else []
+    ledger = os.path.join(folder, LEDGER)
+    lines = open(ledger).read().splitlines() if os.path.exists(ledger) else []
     findings, records, prev = [], [], "0" * 64
     for i, line in enumerate(lines):
         try:
@@ -892,12 +845,13 @@ def audit(results="results.tsv"):
         except ValueError:
             records.append({})
         if records[-1].get("prev") != prev:
-            findings.append(f"ledger record {i + 1} ({records[-1].get('commit', '?')}): the chain breaks here: it, or "
-                            "the record before it, was edited, or records were deleted")
+            findings.append(f"ledger record {i + 1} ({records[-1].get('commit', '?')}): the chain breaks "
+                            "here: it, or the record before it, was edited, or records were deleted")
         prev = _sha256(line.encode())
 
     def backing(row):
-        ours = [r for r in records if r.get("commit") and (r["commit"].startswith(row[0]) or row[0].startswith(r["commit"]))]
+        ours = [r for r in records
+                if r.get("commit") and (r["commit"].startswith(row[0]) or row[0].startswith(r["commit"]))]
         return [r for r in ours if f"{r['val_bpb']:.6f}" == row[1]], ours
 
     base = (backing(rows[0])[0] or [None])[-1] if rows else None
@@ -911,24 +865,29 @@ def audit(results="results.tsv"):
             continue
         matching, ours = backing(row)
         if not matching:
-            findings.append(f"{commit}: val_bpb {val} has no record of an evaluation" + (
-                f" (recorded: {', '.join(format(r['val_bpb'], '.6f') for r in ours)}): a number typed or changed by hand"
-                if ours else ": a summary no evaluation wrote, or a row by hand"))
+            recorded = ", ".join(format(r["val_bpb"], ".6f") for r in ours)
+            findings.append(f"{commit}: val_bpb {val} has no record of an evaluation"
+                            + (f" (recorded: {recorded}): a number typed or changed by hand" if ours else
+                               ": a summary no evaluation wrote, or a row by hand"))
             continue
         r = matching[-1]
         committed = _sha256(_git(folder, "show", f"{commit}:train.py", raw=True))
         causes = [
             r["prepare_sha256"] != reference and "it ran with a prepare.py other than the baseline's",
-            r["train_sha256"] != committed and r["dirty"] and "the train.py that ran is not the committed one",
+            r["train_sha256"] != committed and r["dirty"]
+            and "the train.py that ran is not the committed one",
             base and r["val_sha256"] != base["val_sha256"] and "it was evaluated on other validation data",
-            base and (r["eval_tokens"], r["tokens_evaluated"]) != (base["eval_tokens"], base["tokens_evaluated"])
-            and f"it evaluated {r['tokens_evaluated']:,} tokens (EVAL_TOKENS {r['eval_tokens']:,}), the baseline "
-                f"{base['tokens_evaluated']:,}",
+            base and (r["eval_tokens"], r["tokens_evaluated"])
+            != (base["eval_tokens"], base["tokens_evaluated"])
+            and f"it evaluated {r['tokens_evaluated']:,} tokens (EVAL_TOKENS {r['eval_tokens']:,}), the "
+                f"baseline {base['tokens_evaluated']:,}",
             r["train_batches"] == 0 and "its training loader served no batches",
             base and 0 < r["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
-            and f"it trained on {r['train_tokens']:,} tokens, under a tenth of the baseline's {base['train_tokens']:,}",
+            and f"it trained on {r['train_tokens']:,} tokens, under a tenth of the baseline's "
+                f"{base['train_tokens']:,}",
             r["train_busy_s"] > TOO_LONG * r["time_budget"] + 10
-            and f"its training batches took {r['train_busy_s']:.0f} s, far past TIME_BUDGET = {r['time_budget']} s",
+            and f"its training batches took {r['train_busy_s']:.0f} s, far past TIME_BUDGET = "
+                f"{r['time_budget']} s",
             r["val_batches_outside_evaluation"] and "it read validation batches outside the evaluation",
         ]
         findings += [f"{commit}: {cause}" for cause in causes if cause]
@@ -942,16 +901,15 @@ def audit(results="results.tsv"):
           f"audit: all {len(rows)} rows are backed by run records")
     return 1 if findings else 0
 
-
 def confirm(commit, results="results.tsv"):
-    """Rerun `commit` and the baseline with the other seed in temporary worktrees; does the gain beat the noise
-    floor measured at setup (the baseline's seed pair, at least 0.001)? Two full runs."""
+    """Rerun `commit` and the baseline with the other seed in temporary worktrees; does the gain beat the
+    noise floor measured at setup (the baseline's seed pair, at least 0.001)? Two full runs."""
     folder = os.path.dirname(os.path.abspath(results))
     rows = [line.split("\t") for line in open(results).read().splitlines()[1:] if line.strip()]
     pair = [float(r[1]) for r in rows if r[4].startswith("baseline") and float(r[1]) > 0][:2]
     floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, 0.001)
-    scores = {}
-    for c in (commit, rows[0][0]):
+    scores, baseline = {}, rows[0][0]
+    for c in (commit, baseline):
         tree = tempfile.mkdtemp(prefix="autoresearch-confirm-")
         _git(folder, "worktree", "add", "--detach", tree, c)
         source = open(os.path.join(tree, "train.py")).read()
@@ -967,14 +925,14 @@ def confirm(commit, results="results.tsv"):
         if not done:
             sys.exit(f"the rerun of {c} recorded no evaluation (see its run.log: it crashed)")
         scores[c] = done[-1]["val_bpb"]
-    gain = scores[rows[0][0]] - scores[commit]
-    print(f"{commit}: {scores[commit]:.6f} against the baseline's {scores[rows[0][0]]:.6f} with the other seed: gain "
-          f"{gain:+.6f}, noise floor {floor:.6f}: " + ("the gain holds" if gain > floor else "the gain does not hold"))
+    gain = scores[baseline] - scores[commit]
+    print(f"{commit}: {scores[commit]:.6f} against the baseline's {scores[baseline]:.6f} with the other "
+          f"seed: gain {gain:+.6f}, noise floor {floor:.6f}: "
+          + ("the gain holds" if gain > floor else "the gain does not hold"))
     return 0 if gain > floor else 1
 
 # ---------------------------------------------------------------------------
 # Main
-
 
 def move_old_layout():
     """Caches made before data sets existed held FineWeb-Edu shards in data/ and the 8192 tokenizer in
@@ -988,7 +946,6 @@ def move_old_layout():
             for name in moving:
                 os.replace(os.path.join(old, name), os.path.join(new, name))
             print(f"moved {len(moving)} files of the old layout from {old} to {new}")
-
 
 def main():
     parser = argparse.ArgumentParser(
@@ -1025,7 +982,8 @@ def main():
     print(f"cache: {CACHE_DIR}")
     move_old_layout()
     data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    download_data(shards if args.num_shards == -1 else args.num_shards, args.download_workers, dataset=args.dataset)
+    download_data(shards if args.num_shards == -1 else args.num_shards, args.download_workers,
+                  dataset=args.dataset)
     try:
         Tokenizer.from_directory(tokenizer_dir)
         print(f"tokenizer: already trained in {tokenizer_dir}")
@@ -1035,7 +993,6 @@ def main():
         train_tokenizer(data_dir, tokenizer_dir, args.dataset)
     print("ready: run `uv run train.py`" if args.dataset == DATASET else
           f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
-
 
 if __name__ == "__main__":
     main()
