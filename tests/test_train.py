@@ -4,6 +4,8 @@ Offline and on CPU. The end-to-end test serves generated parquet shards over HTT
 prepare.py and train.py with shrunken constants (the originals are not touched) and checks the summary block.
 """
 
+import hashlib
+import json
 import math
 import re
 import os
@@ -576,3 +578,7 @@ def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_
     assert 0 < parse_summary(out)["val_bpb"] < 20
     original = run("original_train.py")
     assert 0 < float(original.split("val_bpb:")[1].split()[0]) < 20
+    # and the frozen evaluator recorded its score, with what the frozen loader served it
+    record = json.loads((work / "ledger.jsonl").read_text().splitlines()[-1])
+    assert record["train_sha256"] == hashlib.sha256((work / "original_train.py").read_bytes()).hexdigest()
+    assert f"{record['val_bpb']:.6f}" == original.split("val_bpb:")[1].split()[0] and record["train_batches"] > 0
