@@ -576,9 +576,9 @@ def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_
     repo = {"climbmix": "karpathy/climbmix-400b-shuffle", "tinystories": "karpathy/tinystories-gpt4-clean"}[dataset]
     assert f"data: {dataset} ({repo}), vocabulary 512\n" in out
     assert 0 < parse_summary(out)["val_bpb"] < 20
-    original = run("original_train.py")
-    assert 0 < float(original.split("val_bpb:")[1].split()[0]) < 20
+    printed = run("original_train.py").split("val_bpb:")[1].split()[0]
+    assert 0 < float(printed) < 20
     # and the frozen evaluator recorded its score, with what the frozen loader served it
     record = json.loads((work / "ledger.jsonl").read_text().splitlines()[-1])
     assert record["train_sha256"] == hashlib.sha256((work / "original_train.py").read_bytes()).hexdigest()
-    assert f"{record['val_bpb']:.6f}" == original.split("val_bpb:")[1].split()[0] and record["train_batches"] > 0
+    assert f"{record['val_bpb']:.6f}" == printed and record["train_batches"] > 0
