@@ -14,17 +14,18 @@ import bisect
 import collections
 import contextlib
 import errno
+import fcntl
 import hashlib
+import hmac
 import json
 import math
 import os
 import queue
-import re
+import secrets
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -58,6 +59,7 @@ except ModuleNotFoundError as e:  # a Python without the project's packages
 MAX_SEQ_LEN = 2048          # context length of training and evaluation
 TIME_BUDGET = 300           # seconds of training (wall clock, compilation excluded)
 EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
+LN2 = math.log(2)           # nats per bit, taken when this file loads
 
 # The data set and vocabulary: FineWeb-Edu at 8192 by default; "climbmix" is the original's (its published
 # runs are on it), "tinystories" suits small computers with a smaller VOCAB_SIZE. Each data set has a folder
@@ -396,8 +398,7 @@ def get_token_bytes(device="cpu"):  # the original's helper
 
 # What one run's calls share: the progress throttle, the checkpoint, the memory seen at start, what the
 # loaders served (the run record keeps it)
-_run = dict(last_print=0.0, checkpoint=None, memory=None, evaluating=False, val_outside=0,
-            train=dict(batches=0, tokens=0, first=0.0, last=0.0, gaps=[]))
+_run = dict(last_print=0.0, checkpoint=None, memory=None)
 
 def _default_device():
     mps = torch.backends.mps.is_available()
@@ -481,13 +482,14 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
             check_shard(path, end or 0)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
-    loader = _loader(tokenizer, B, T, split, buffer_size)
+    loader = _loader(tokenizer, B, T, split, buffer_size, counted=True)
     next(loader)  # to its first yield: the packing thread starts now, while the caller builds its model
     if split == "train":
         print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
     return loader
 
-def _loader(tokenizer, B, T, split, buffer_size):
+def _loader(tokenizer, B, T, split, buffer_size, counted=False):
+    """make_dataloader's generator; `counted`: note what it serves in _served (the evaluation's is not)."""
     device = _default_device()
     cuda = device.type == "cuda"
     stop, ready, free = threading.Event(), queue.Queue(), queue.Queue()
@@ -504,45 +506,136 @@ def _loader(tokenizer, B, T, split, buffer_size):
                 raise host
             batch = host.to(device, non_blocking=cuda)  # on CPU the batch *is* the buffer: not reused
             free.put((host, torch.cuda.current_stream().record_event()) if cuda else (None, None))
-            if split == "train":  # what training was served, for the run record
-                now, served = time.monotonic(), _run["train"]
-                served["gaps"].append(now - served["last"]) if served["batches"] else served.update(first=now)
-                served.update(batches=served["batches"] + 1, tokens=served["tokens"] + B * T, last=now)
-            elif not _run["evaluating"]:
-                _run["val_outside"] += 1
+            if counted and split == "train":  # when training drew each batch, for the run record
+                _served["train_times"].append(time.monotonic())
+                _served["train_tokens"] += B * T
+            elif counted:
+                _served["val_outside"] += 1
             yield batch[0], batch[1], epoch
     finally:
         stop.set()
         free.put((None, None))
         thread.join(timeout=30)  # it stops at its next batch: well under a second (30: a generous bound)
 
+# What the training loader served, and validation batches read through make_dataloader (outside the
+# evaluation, which reads its own): written by the loader, read by the run record
+_served = dict(train_times=[], train_tokens=0, val_outside=0)
+CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
+LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
+
+def _fingerprint(model):
+    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that trains
+    on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    acc = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
+    sums = [torch.stack((t.to(acc).sum(), t.to(acc).square().sum())) for t in (*model.parameters(),
+                                                                                  *model.buffers())]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0)
+
+def _losses(logits, targets):
+    """Cross entropy in nats per target, from logits (B, T, V >= vocabulary), in float32, chunk by chunk."""
+    logits, targets = logits.flatten(0, 1), targets.flatten()
+    rows = max(1, LOSS_CHUNK // logits.size(-1))
+    return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
+                      for lg, tg in zip(logits.split(rows), targets.split(rows))])
+
+def _causality_probe(model, x, logits):
+    """The largest change of a logit at a position <= t_b when the tokens after t_b change (row b; t_b drawn at
+    random, the new tokens taken from the next row: real text). A causal model's logits do not move."""
+    B, T = x.shape
+    gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
+    cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
+    after = torch.arange(T, device=x.device)[None] > cut
+    donor = x.roll(1, 0) if B > 1 else x.roll(T // 2, 1)
+    changed = model(torch.where(after, donor, x))
+    rows = max(1, LOSS_CHUNK // (T * logits.size(-1)))
+    moved = torch.cat([(a.float() - b.float()).abs().amax(-1)
+                       for a, b in zip(changed.split(rows), logits.split(rows))])
+    return moved[~after].max().item()
+
 @torch.no_grad()
-def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the pinned validation shard: vocabulary-independent, comparable across tokenizers."""
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val")
-    device = _default_device()  # where the loader puts the batches
+def score(model, tokenizer, batch_size, split="val"):
+    """(bits per byte, tokens scored, causality probe) of `model` (idx -> logits) on a split, computed here:
+    the cross entropy of its logits, the targets' byte counts from `tokenizer`; one batch, drawn at random,
+    is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
+    device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
-    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    total_nats = total_bytes = batches = 0  # the sums become tensors on the device: no host sync per batch
-    _run["evaluating"] = True
+    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
+    probe_at, probe = secrets.randbelow(steps), None
+    loader = _loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)
+    next(loader)
+    total_nats = total_bytes = 0  # sums on the device: no host sync per batch
     try:
-        for batches in range(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) + 1):
+        for step in range(steps):
             x, y, _ = next(loader)
-            losses = model(x, y, reduction="none").reshape(-1)
-            nbytes = token_bytes[y.reshape(-1)]
-            counted = nbytes > 0  # special tokens (BOS) stand for no bytes and are not scored
-            total_nats = total_nats + torch.where(counted, losses.float(), 0.0).sum().to(acc_dtype)
-            total_bytes = total_bytes + nbytes.sum()
+            logits = model(x)
+            if not (torch.is_tensor(logits) and logits.dim() == 3 and logits.shape[:2] == x.shape
+                    and logits.size(-1) >= len(token_bytes)):
+                shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+                raise ValueError(f"model(x) returned {shape} for x of {tuple(x.shape)}: the evaluation "
+                                 f"needs logits (B, T, >= {len(token_bytes)}) from model(x) without targets")
+            nbytes = token_bytes[y.flatten()]
+            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(acc)
+            total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
+            if step == probe_at:
+                probe = _causality_probe(model, x, logits)
+    finally:
+        loader.close()
+    return float(total_nats) / (LN2 * float(total_bytes)), steps * batch_size * MAX_SEQ_LEN, probe
+
+def evaluate_bpb(model, tokenizer, batch_size):
+    """Bits per byte on the pinned validation data: vocabulary-independent, comparable across tokenizers.
+    The model only gives logits (model(x), no targets); the loss, the byte counts and the batches are made
+    here, with the tokenizer read afresh from disk (`tokenizer` is taken for the original's signature). A
+    model that sees the future, or whose weights change while it is scored, is rejected. Each evaluation
+    appends a run record to ledger.jsonl."""
+    own = Tokenizer.from_directory(TOKENIZER_DIR)
+    before = _fingerprint(model)
+    try:
+        val_bpb, tokens, probe = score(model, own, batch_size)
     except BaseException:
         if _run["checkpoint"]:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_run['checkpoint']}")
         raise
-    finally:
-        loader.close()
-        _run["evaluating"] = False
-    val_bpb = float(total_nats) / (math.log(2) * float(total_bytes))
-    _record(val_bpb, batches * batch_size * MAX_SEQ_LEN, tokenizer)  # the ledger keeps every score
+    after = _fingerprint(model)
+    rejected = None
+    if probe > CAUSAL_TOLERANCE:
+        rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
+                    "tokens after t changed (it sees the future)")
+    elif before is not None and not torch.equal(before, after):
+        rejected = "the model's weights or buffers changed while it was scored (it learned from the evaluation)"
+    _record(val_bpb, tokens, own, probe, rejected, batch_size)
+    if rejected:
+        sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
+    if os.environ.get("AUTORESEARCH_EXPORT"):  # audit.py --confirm scores this file in a clean process
+        export_model(model, batch_size, os.environ["AUTORESEARCH_EXPORT"])
     return val_bpb
+
+def export_model(model, batch_size, path):
+    """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
+    clean scorer: it holds only tensor operations, none of train.py's code. A failure writes its reason."""
+    module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model
+    device = _default_device()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, idx):
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type != "cpu"):
+                return self.inner(idx).float()
+
+    try:
+        x = torch.zeros((batch_size, MAX_SEQ_LEN), dtype=torch.int64, device=device)
+        with torch.autocast(device.type, enabled=False):
+            program = torch.export.export(Logits(module), (x,), strict=False)
+        torch.export.save(program, path)
+    except Exception as e:  # not an nn.Module, or an operation export cannot trace
+        with open(path + ".failed", "w") as f:
+            f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
 
 # ---------------------------------------------------------------------------
 # Run harness: the checks and reports train.py calls, one line each. A train.py that calls none of them (one
@@ -755,12 +848,11 @@ def peak_memory_mb():
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 # ---------------------------------------------------------------------------
-# Run records: evaluate_bpb appends one to ledger.jsonl beside train.py for every evaluation, so that no
-# score is typed by hand; `--row` writes results.tsv's row from it, `--audit` checks results.tsv against it.
+# Run record: evaluate_bpb appends one to ledger.jsonl for every evaluation, so that no score is typed by
+# hand. audit.py writes results.tsv's rows from the records and audits them.
 
-LEDGER = "ledger.jsonl"     # one JSON record a line, each with the hash of the line before it: edits show
-TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
-TOO_LONG = 1.5              # nor one whose batches took over 1.5 x TIME_BUDGET (+ 10 s): a slow clock
+LEDGER = "ledger.jsonl"  # beside train.py; each record holds an HMAC of the line before it (key: below)
+LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # outside the repository; made at the first record
 
 def _sha256(data=b"", path=None):
     h = hashlib.sha256(data)
@@ -770,166 +862,83 @@ def _sha256(data=b"", path=None):
                 h.update(chunk)
     return h.hexdigest()
 
-def _git(folder, *args, raw=False):
+def _git(folder, *args):
     try:
-        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60).stdout
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60).stdout.decode().strip()
     except OSError:  # no git
-        out = b""
-    return out if raw else out.decode().strip()
+        return ""
 
-def _ledger():
-    """The ledger of this run: $AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from this folder (so
-    train.py's runs are recorded and a test suite that imports this file is not); else None."""
-    main = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
+def ledger_key():
+    """The ledger's HMAC key (32 random bytes, made once, readable by this account only)."""
+    if not os.path.exists(LEDGER_KEY):
+        make_dirs(CACHE_DIR)
+        with contextlib.suppress(FileExistsError), os.fdopen(os.open(LEDGER_KEY, os.O_WRONLY | os.O_CREAT
+                                                                      | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))
+    with open(LEDGER_KEY) as f:
+        return bytes.fromhex(f.read().strip())
+
+def chain_mac(key, line):
+    """The `prev` of the record after `line` (None: the first record)."""
+    return hmac.new(key, b"" if line is None else line.encode(), "sha256").hexdigest()
+
+def _record_path():
+    """$AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from this folder (train.py's runs are recorded,
+    a test suite that imports this file is not); else None. Also the script that runs."""
+    script = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
     here = os.path.dirname(os.path.abspath(__file__))
-    beside = os.path.join(here, LEDGER) if os.path.dirname(main) == here else None
-    return os.environ.get("AUTORESEARCH_LEDGER") or beside, main
+    beside = os.path.join(here, LEDGER) if os.path.dirname(script) == here else None
+    return os.environ.get("AUTORESEARCH_LEDGER") or beside, script
 
-def _record(val_bpb, tokens_evaluated, tokenizer):
-    path, main = _ledger()
+def _train_seconds():
+    """Seconds from the first batch after the 11 warm-up steps to the last batch training drew (the batches
+    per step from train.py's TOTAL_BATCH_SIZE, 1 if it has none), and the median step."""
+    times, tokens = _served["train_times"], _served["train_tokens"]
+    total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
+    per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
+    warm = 11 * per_step
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    step = statistics.median(gaps) * per_step if gaps else 0.0
+    return (times[-1] - times[warm] if len(times) > warm else 0.0), step
+
+def _record(val_bpb, tokens_evaluated, tokenizer, probe, rejected, batch_size):
+    path, script = _record_path()
     if not path:
         return
-    folder, train = os.path.dirname(main), _run["train"]
+    folder = os.path.dirname(script)
+    commit = _git(folder, "rev-parse", "HEAD")
+    if not commit:  # a row names a commit: a record without one could stand for any
+        print(f"warning: no run record: {folder} has no git commit (commit train.py first)", file=sys.stderr)
+        return
     val = split_parts("val")[0][0]
-    pinned = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
+    hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
     enc = tokenizer.enc
-    lines = open(path).read().splitlines() if os.path.exists(path) else []
+    timed, step = _train_seconds()
     record = dict(
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        commit=_git(folder, "rev-parse", "--short", "HEAD"),
-        dirty=bool(_git(folder, "status", "--porcelain", "--untracked-files=no")), val_bpb=val_bpb,
-        eval_tokens=EVAL_TOKENS, tokens_evaluated=tokens_evaluated, dataset=DATASET,
-        val_sha256=_sha256(path=val), val_hub_sha256=pinned,
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
+        dirty=bool(_git(folder, "status", "--porcelain", "--untracked-files=no")),
+        tag=os.environ.get("AUTORESEARCH_TAG", ""), script=script, val_bpb=val_bpb, rejected=rejected,
+        batch_size=batch_size, tokens_evaluated=tokens_evaluated, causal_probe=probe, dataset=DATASET,
+        val_sha256=_sha256(path=val), val_hub_sha256=hub,
         tokenizer_sha256=_sha256(b"\0".join(enc.decode_single_token_bytes(i) for i in range(enc.n_vocab))),
-        prepare_sha256=_sha256(path=__file__), train_sha256=_sha256(path=main), time_budget=TIME_BUDGET,
-        train_batches=train["batches"], train_tokens=train["tokens"],
-        train_span_s=round(train["last"] - train["first"], 1),
-        train_busy_s=round(statistics.median(train["gaps"] or [0]) * train["batches"], 1),
-        val_batches_outside_evaluation=_run["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1),
-        prev=_sha256(lines[-1].encode()) if lines else "0" * 64)
+        prepare_sha256=_sha256(path=__file__), train_sha256=_sha256(path=script),
+        train_batches=len(_served["train_times"]), train_tokens=_served["train_tokens"],
+        train_timed_s=round(timed, 1), train_step_s=round(step, 2),
+        val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
     try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as e:  # the score still prints; without a record, its row cannot be written by --row
-        print(f"warning: no run record: {LocalWriteError(path, e)}")
-
-def write_row(status, description, commit=None, results="results.tsv"):
-    """Append results.tsv's row for a commit (default HEAD) from its latest record: no score typed by hand."""
-    folder = os.path.dirname(os.path.abspath(results))
-    commit, ledger = commit or _git(folder, "rev-parse", "--short", "HEAD"), os.path.join(folder, LEDGER)
-    records = [json.loads(line) for line in open(ledger)] if os.path.exists(ledger) else []
-    mine = [r for r in records if r["commit"].startswith(commit) or commit.startswith(r["commit"])]
-    if status == "crash":
-        values = "0.000000\t0.0"
-    elif not mine:
-        sys.exit(f"no record of an evaluation of {commit} in {ledger}: log it as crash if its run printed no "
-                 "val_bpb")
-    else:
-        values = f"{mine[-1]['val_bpb']:.6f}\t{mine[-1]['peak_vram_mb'] / 1024:.1f}"
-    row = f"{commit[:7]}\t{values}\t{status}\t{' '.join(description.split())}"
-    new = not os.path.exists(results)
-    with open(results, "a") as f:
-        f.write(("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n" if new else "") + row + "\n")
-    print(row)
-
-def audit(results="results.tsv"):
-    """A line per finding, naming the row's commit and the cause, then a verdict: 0 if every row is backed."""
-    folder = os.path.dirname(os.path.abspath(results))
-    rows = [line.split("\t") for line in open(results).read().splitlines()[1:] if line.strip()]
-    ledger = os.path.join(folder, LEDGER)
-    lines = open(ledger).read().splitlines() if os.path.exists(ledger) else []
-    findings, records, prev = [], [], "0" * 64
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            records.append({})
-        if records[-1].get("prev") != prev:
-            findings.append(f"ledger record {i + 1} ({records[-1].get('commit', '?')}): the chain breaks "
-                            "here: it, or the record before it, was edited, or records were deleted")
-        prev = _sha256(line.encode())
-
-    def backing(row):
-        ours = [r for r in records
-                if r.get("commit") and (r["commit"].startswith(row[0]) or row[0].startswith(r["commit"]))]
-        return [r for r in ours if f"{r['val_bpb']:.6f}" == row[1]], ours
-
-    base = (backing(rows[0])[0] or [None])[-1] if rows else None
-    reference = _sha256(_git(folder, "show", f"{rows[0][0]}:prepare.py", raw=True)) if rows else None
-    for row in rows:
-        if len(row) != 5:
-            findings.append(f"{row[0]}: the row has {len(row)} tab-separated columns, not 5")
-            continue
-        commit, val, status = row[0], row[1], row[3]
-        if status == "crash" or float(val) == 0:
-            continue
-        matching, ours = backing(row)
-        if not matching:
-            recorded = ", ".join(format(r["val_bpb"], ".6f") for r in ours)
-            findings.append(f"{commit}: val_bpb {val} has no record of an evaluation"
-                            + (f" (recorded: {recorded}): a number typed or changed by hand" if ours else
-                               ": a summary no evaluation wrote, or a row by hand"))
-            continue
-        r = matching[-1]
-        committed = _sha256(_git(folder, "show", f"{commit}:train.py", raw=True))
-        causes = [
-            r["prepare_sha256"] != reference and "it ran with a prepare.py other than the baseline's",
-            r["train_sha256"] != committed and r["dirty"]
-            and "the train.py that ran is not the committed one",
-            base and r["val_sha256"] != base["val_sha256"] and "it was evaluated on other validation data",
-            base and (r["eval_tokens"], r["tokens_evaluated"])
-            != (base["eval_tokens"], base["tokens_evaluated"])
-            and f"it evaluated {r['tokens_evaluated']:,} tokens (EVAL_TOKENS {r['eval_tokens']:,}), the "
-                f"baseline {base['tokens_evaluated']:,}",
-            r["train_batches"] == 0 and "its training loader served no batches",
-            base and 0 < r["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
-            and f"it trained on {r['train_tokens']:,} tokens, under a tenth of the baseline's "
-                f"{base['train_tokens']:,}",
-            r["train_busy_s"] > TOO_LONG * r["time_budget"] + 10
-            and f"its training batches took {r['train_busy_s']:.0f} s, far past TIME_BUDGET = "
-                f"{r['time_budget']} s",
-            r["val_batches_outside_evaluation"] and "it read validation batches outside the evaluation",
-        ]
-        findings += [f"{commit}: {cause}" for cause in causes if cause]
-    print(*findings, sep="\n") if findings else None
-    if base:
-        pinned = base["val_hub_sha256"]
-        print(f"validation data: {base['dataset']}, sha256 {base['val_sha256'][:16]}..., "
-              + ("the hub's published digest" if pinned == base["val_sha256"] else
-                 "NOT the hub's digest" if pinned else "no hub digest recorded at download"))
-    print(f"audit: {len(findings)} finding(s) in {len(rows)} rows" if findings else
-          f"audit: all {len(rows)} rows are backed by run records")
-    return 1 if findings else 0
-
-def confirm(commit, results="results.tsv"):
-    """Rerun `commit` and the baseline with the other seed in temporary worktrees; does the gain beat the
-    noise floor measured at setup (the baseline's seed pair, at least 0.001)? Two full runs."""
-    folder = os.path.dirname(os.path.abspath(results))
-    rows = [line.split("\t") for line in open(results).read().splitlines()[1:] if line.strip()]
-    pair = [float(r[1]) for r in rows if r[4].startswith("baseline") and float(r[1]) > 0][:2]
-    floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, 0.001)
-    scores, baseline = {}, rows[0][0]
-    for c in (commit, baseline):
-        tree = tempfile.mkdtemp(prefix="autoresearch-confirm-")
-        _git(folder, "worktree", "add", "--detach", tree, c)
-        source = open(os.path.join(tree, "train.py")).read()
-        seed = 42 if "\nSEED = 43" in source else 43
-        open(os.path.join(tree, "train.py"), "w").write(re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source))
-        print(f"rerunning {c} with SEED = {seed} (a whole run) ...", flush=True)
-        with open(os.path.join(tree, "run.log"), "w") as log:
-            subprocess.run([sys.executable, "train.py"], cwd=tree, stdout=log, stderr=subprocess.STDOUT,
-                           env=dict(os.environ, AUTORESEARCH_LEDGER=os.path.join(folder, LEDGER)))
-        sha = _sha256(path=os.path.join(tree, "train.py"))
-        done = [r for r in map(json.loads, open(os.path.join(folder, LEDGER))) if r["train_sha256"] == sha]
-        _git(folder, "worktree", "remove", "--force", tree)
-        if not done:
-            sys.exit(f"the rerun of {c} recorded no evaluation (see its run.log: it crashed)")
-        scores[c] = done[-1]["val_bpb"]
-    gain = scores[baseline] - scores[commit]
-    print(f"{commit}: {scores[commit]:.6f} against the baseline's {scores[baseline]:.6f} with the other "
-          f"seed: gain {gain:+.6f}, noise floor {floor:.6f}: "
-          + ("the gain holds" if gain > floor else "the gain does not hold"))
-    return 0 if gain > floor else 1
+        key = ledger_key()
+        with open(path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # concurrent runs append one after the other (freed at close)
+            f.seek(0)
+            lines = f.read().decode(errors="replace").split("\n")
+            last = next((line for line in reversed(lines) if line.strip()), None)
+            text = json.dumps(dict(record, prev=chain_mac(key, last))) + "\n"
+            # a line cut short by a crash stays a line of its own: the new record starts on a fresh line
+            f.write(((b"\n" if lines[-1] else b"") + text.encode()))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # the score still prints; without a record, its row cannot be written by audit.py
+        print(f"warning: no run record: {LocalWriteError(path, e)}", file=sys.stderr)
 
 # ---------------------------------------------------------------------------
 # Main
@@ -948,6 +957,9 @@ def move_old_layout():
             print(f"moved {len(moving)} files of the old layout from {old} to {new}")
 
 def main():
+    moved = [a for a in sys.argv[1:] if a.split("=")[0] in ("--row", "--commit", "--audit", "--confirm")]
+    if moved:  # these lived here before audit.py
+        sys.exit(f"{moved[0].split('=')[0]} moved to audit.py: uv run audit.py --help")
     parser = argparse.ArgumentParser(
         description="Download a data set and train the tokenizer for autoresearch (run once).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
@@ -959,21 +971,7 @@ def main():
                         help="training shards to download, -1 for all (FineWeb-Edu 1822, ClimbMix 6542; "
                              "TinyStories is one file); the validation shard is always added (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
-    parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
-                        help="append results.tsv's row for --commit (default HEAD) from its run record")
-    parser.add_argument("--commit", help="with --row: the commit whose record to use (default HEAD)")
-    parser.add_argument("--audit", nargs="?", const="results.tsv", metavar="RESULTS",
-                        help="check every row of results.tsv (or RESULTS) against the run records")
-    parser.add_argument("--confirm", metavar="COMMIT",
-                        help="with --audit: rerun COMMIT and the baseline with the other seed (two runs)")
     args = parser.parse_args()
-    if args.row:
-        if args.row[0] not in ("keep", "discard", "crash"):
-            parser.error("--row STATUS must be keep, discard or crash")
-        return write_row(*args.row, commit=args.commit)
-    if args.audit or args.confirm:
-        results = args.audit or "results.tsv"
-        sys.exit(confirm(args.confirm, results) if args.confirm else audit(results))
     shards = DATASETS[args.dataset].get("shards", 1)
     if args.num_shards != -1 and not 1 <= args.num_shards <= shards and "shards" in DATASETS[args.dataset]:
         parser.error(f"--num-shards must be between 1 and {shards} for {args.dataset}, or -1 for all")
