@@ -624,11 +624,8 @@ def main():
     save_checkpoint(raw_model)
     t_eval = time.time()
     model.eval()
-    def compiled_losses(x, y, reduction):  # evaluate_bpb's no_grad would compile another graph (10 s cold)
-        with torch.enable_grad():  # the training graph; its saved activations are freed at once
-            return model(x, y, reduction=reduction).detach()
-    with autocast_ctx:
-        val_bpb = evaluate_bpb(compiled_losses if use_cuda else model, tokenizer, DEVICE_BATCH_SIZE)
+    with autocast_ctx:  # evaluate_bpb scores the logits of model(x) itself
+        val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)
     t_end = time.time()
 
     steady_state_mfu = (100 * flops_per_step * timed_steps / total_training_time / peak_flops

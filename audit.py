@@ -1,0 +1,581 @@
+"""Run records' tools for autoresearch. This file is frozen: the agent never edits it.
+
+    uv run audit.py --row STATUS "description" [--commit C]   # results.tsv's row from the run's record
+    uv run audit.py [RESULTS]                                  # check every row of results.tsv (the night)
+    uv run audit.py --confirm COMMIT [RESULTS]                 # rerun the baseline and COMMIT cleanly
+
+Every evaluation appends a record to ledger.jsonl (prepare.py's evaluate_bpb): the row is written from it, and
+the audit checks each row against its record, the frozen files and train.py's source. --confirm reruns in
+fresh worktrees and environments and scores the trained models in a process that runs none of train.py's
+code. Exit 0 when everything holds, else 1 with one line per finding naming the commit.
+"""
+
+import argparse
+import ast
+import contextlib
+import hashlib
+import hmac
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+# ---------------------------------------------------------------------------
+# Constants
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEDGER = "ledger.jsonl"     # prepare.py's name for it
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
+LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # prepare.py's: the HMAC key of the record chain
+HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+STATUSES = ("keep", "discard", "crash")
+TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
+TOO_LONG = 1.5              # nor one whose timed batches span over 1.5 x TIME_BUDGET + 10 s + one step
+LOG_SLACK_S = 120           # run.log ends seconds after its record: newer by more, it is another run's
+MIN_FLOOR = 0.001           # the smallest noise floor (program.md)
+CLEAN_MATCH = 0.002         # a run's own score and the clean scorer's differ by bf16 noise only (~1e-4)
+SEEDS = (42, 43)            # a confirm reruns with the seed the row did not use
+TAG = "confirm"             # records of a confirm's reruns: never a row's
+# What train.py may take from prepare.py: the original's five names and the harness helpers
+PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb", "cache_compiled_graphs",
+          "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight", "print_progress",
+          "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE", "DATASET"}
+CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.")
+BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars", "breakpoint"}
+BANNED_MODULES = {"importlib", "inspect", "ctypes", "builtins", "subprocess", "pyarrow", "tiktoken", "rustbpe",
+                  "requests", "urllib", "socket", "http", "multiprocessing", "signal", "pickle", "marshal",
+                  "fcntl", "hmac", "shutil", "sysconfig", "site", "audit"}
+BANNED_ATTRS = {"__globals__", "__code__", "__dict__", "__closure__", "__builtins__", "__defaults__",
+                "__kwdefaults__", "__subclasses__", "f_globals", "f_locals", "f_back", "_getframe", "settrace",
+                "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "system", "popen",
+                "putenv", "modules"}
+HARNESS_STRINGS = ("ledger", ".jsonl", "prepare.py", "audit.py", "results.tsv", ".cache", ".parquet",
+                   ".tiktoken", "AUTORESEARCH_", "run.log")
+
+def fail(message):
+    """Bad input: one line, exit 1."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+def git(folder, *args):
+    try:
+        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.decode(errors="replace").strip() if out.returncode == 0 else ""
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+def committed(folder, commit, path):
+    """The bytes of `path` at `commit` (b"" if it has none)."""
+    try:
+        out = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=folder, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return b""
+    return out.stdout if out.returncode == 0 else b""
+
+def resolve(folder, commit):
+    """The full hash of a commit given by at least 7 hex digits, or exit saying why."""
+    if not re.fullmatch(r"[0-9a-fA-F]{7,40}", commit or ""):
+        fail(f"{commit!r} is not a commit: give at least 7 hex digits of its hash")
+    full = git(folder, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    if not full:
+        fail(f"{commit} is not a commit of {folder} (or more than one commit starts with it)")
+    return full
+
+OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+             ast.FloorDiv: lambda a, b: a // b, ast.Pow: lambda a, b: a ** b}
+
+def frozen_constants(source):
+    """The module-level numbers of a prepare.py's source (literals and their arithmetic, nothing run)."""
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
+            return OPERATORS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not a number")
+
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = value(node.value)
+            except (ValueError, ZeroDivisionError, OverflowError):
+                pass
+    return values
+
+# ---------------------------------------------------------------------------
+# Records and rows: read tolerantly, written whole
+
+def read_ledger(folder):
+    """(records, findings): every line's record ({} where a line is damaged) and what is wrong with the
+    chain: each record's `prev` is the HMAC of the line before it, under the key kept outside the repo."""
+    path = os.path.join(folder, LEDGER)
+    if not os.path.exists(path):
+        return [], []
+    with open(path, "rb") as f:
+        lines = [line for line in f.read().decode(errors="replace").split("\n") if line.strip()]
+    key = open(LEDGER_KEY).read().strip() if os.path.exists(LEDGER_KEY) else None
+    records, findings, previous = [], [], None
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            assert isinstance(record, dict)
+        except (ValueError, AssertionError):
+            record = {}
+            where = "the last line" if i == len(lines) - 1 else f"line {i + 1}"
+            findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while it was "
+                            "written?): it is ignored")
+        if key and record and record.get("prev") != hmac.new(
+                bytes.fromhex(key), b"" if previous is None else previous.encode(), "sha256").hexdigest():
+            findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks here: "
+                            "it, or the record before it, was edited, or records were deleted")
+        records.append(record)
+        previous = line
+    if records and not key:
+        findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
+    return records, findings
+
+def read_rows(results):
+    """results.tsv's rows (lists of 5 strings), or exit with one line."""
+    if not os.path.exists(results):
+        fail(f"{results} does not exist: program.md's setup creates it with the header row")
+    lines = open(results, encoding="utf-8", errors="replace").read().splitlines()
+    if not lines or lines[0].strip() != HEADER:
+        fail(f"{results} does not start with the header row {HEADER!r} (tab-separated)")
+    return [line.split("\t") for line in lines[1:] if line.strip()]
+
+def usable(row):
+    """A row with a score: five columns, a number above 0, not a crash."""
+    try:
+        return len(row) == 5 and row[3] != "crash" and float(row[1]) > 0
+    except ValueError:
+        return False
+
+def evaluations(records, full):
+    """The records of the agent's own evaluations of commit `full` (not a confirm's), oldest first."""
+    return [r for r in records if r.get("commit") == full and not r.get("tag")]
+
+def write_row(status, description, commit=None, results="results.tsv"):
+    """Append results.tsv's row for `commit` (default HEAD) from its run's record: no score typed by hand."""
+    folder = os.path.dirname(os.path.abspath(results))
+    if status not in STATUSES:
+        fail(f"--row STATUS must be one of {', '.join(STATUSES)}, not {status!r}")
+    description = " ".join(description.split())
+    if not description:
+        fail("--row needs a description of what the run tried")
+    if commit is None and not git(folder, "rev-parse", "--verify", "--quiet", "HEAD"):
+        fail(f"{folder} has no commit: commit train.py, run it, then write its row")
+    full = resolve(folder, commit) if commit else git(folder, "rev-parse", "HEAD")
+    values = "0.000000\t0.0"
+    if status != "crash":
+        mine = evaluations(read_ledger(folder)[0], full)
+        if not mine:
+            fail(f"no record of an evaluation of {full[:7]} in {os.path.join(folder, LEDGER)}: if its run printed "
+                 "no val_bpb, its status is crash")
+        record = mine[0]  # its first evaluation: a second run of the same commit is not a new draw
+        made = time.mktime(time.strptime(record["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        if made < int(git(folder, "log", "-1", "--format=%ct", full) or 0):
+            fail(f"the record of {full[:7]} ({record['time']}) is older than the commit: run it again")
+        log = os.path.join(folder, "run.log")
+        if commit is None and os.path.exists(log) and os.path.getmtime(log) > made + LOG_SLACK_S:
+            fail(f"run.log is newer than {full[:7]}'s latest record ({record['time']}): the latest run "
+                 "recorded no evaluation here (a crash: log it as crash)")
+        if record.get("rejected"):
+            fail(f"the evaluation of {full[:7]} was rejected ({record['rejected']}): log it as crash")
+        if record.get("dirty") and record.get("train_sha256") != sha256(committed(folder, full, "train.py")):
+            fail(f"{full[:7]}'s run was of an uncommitted train.py: commit it, run it again, then write the row")
+        values = f"{record['val_bpb']:.6f}\t{record['peak_vram_mb'] / 1024:.1f}"
+    row = f"{full[:7]}\t{values}\t{status}\t{description}\n"
+    new = not os.path.exists(results) or os.path.getsize(results) == 0
+    with open(results, "a+", encoding="utf-8") as f:
+        f.seek(0)
+        text = f.read()
+        if not new and not text.startswith(HEADER):
+            fail(f"{results} does not start with the header row {HEADER!r}")
+        f.write((HEADER + "\n" if new else "") + ("\n" if text and not text.endswith("\n") else "") + row)
+    print(row, end="")
+    return 0
+
+# ---------------------------------------------------------------------------
+# train.py read as source: what no research edit needs (a single edit that games the score shows here)
+
+def source_findings(source):
+    """One line per construct of train.py that reaches into the harness, the evaluation or the records."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        return [f"train.py does not parse (line {e.lineno})"]
+    modules, from_prepare, found = set(), set(), []
+
+    def say(node, what):
+        found.append(f"train.py line {node.lineno}: {what}")
+
+    def dotted(node):
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+        n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                modules.add(alias.asname or top)
+                if top in BANNED_MODULES:
+                    say(node, f"imports {alias.name}")
+        elif isinstance(node, ast.ImportFrom):
+            top = (node.module or "").split(".")[0]
+            if top in BANNED_MODULES:
+                say(node, f"imports from {node.module}")
+            for alias in node.names:
+                if top == "prepare":
+                    from_prepare.add(alias.asname or alias.name)
+                    if alias.name not in PUBLIC:
+                        say(node, f"takes {alias.name} from prepare.py, which is not train.py's to use")
+                else:
+                    modules.add(alias.asname or alias.name)  # a module or a class: neither is train.py's to patch
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)) and node.id in from_prepare:
+            say(node, f"rebinds {node.id}, a name of prepare.py")
+        elif isinstance(node, ast.arg) and node.arg in from_prepare:
+            say(node, f"rebinds {node.arg}, a name of prepare.py")
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in from_prepare:
+            say(node, f"rebinds {node.name}, a name of prepare.py")
+        elif isinstance(node, ast.Attribute):
+            name = dotted(node)
+            root = name.split(".")[0] if name else None
+            if node.attr in BANNED_ATTRS and not (node.attr == "modules" and root not in ("sys",)):
+                say(node, f"uses .{node.attr}")
+            elif root == "prepare" and node.attr not in PUBLIC and isinstance(node.value, ast.Name):
+                say(node, f"uses prepare.{node.attr}, which is not train.py's to use")
+            elif (isinstance(node.ctx, (ast.Store, ast.Del)) and root in modules
+                  and not (name + ".").startswith(CONFIG)):
+                say(node, f"assigns {name}: it patches a module")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BANNED_CALLS:
+            say(node, f"calls {node.func.id}()")
+        elif isinstance(node, ast.Call) and dotted(node.func) in ("make_dataloader", "prepare.make_dataloader"):
+            split = node.args[3] if len(node.args) > 3 else next(
+                (k.value for k in node.keywords if k.arg == "split"), None)
+            if not (isinstance(split, ast.Constant) and split.value == "train"):
+                say(node, "makes a loader of a split other than \"train\" (validation data is the evaluation's)")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            hit = next((s for s in HARNESS_STRINGS if s in node.value), None)
+            if hit:
+                say(node, f"names {hit!r}, a file or setting of the harness")
+    return found
+
+# ---------------------------------------------------------------------------
+# The audit: every row against its record, the frozen files and the baseline's record
+
+def unowned_files(site):
+    """Files in a site-packages folder that no installed distribution lists (a planted .pth hook, say)."""
+    owned = set()
+    for dist in importlib.metadata.distributions(path=[site]):
+        for f in dist.files or []:
+            owned.add(os.path.normpath(os.path.join(site, f)))
+    found = []
+    for folder, dirs, files in os.walk(site):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.normpath(os.path.join(folder, name))
+            if path not in owned and not name.endswith(".pyc") and name not in ("_virtualenv.pth",
+                                                                                   "_virtualenv.py"):
+                found.append(os.path.relpath(path, site))
+    return found
+
+def check_run(record, base, frozen, folder, commit, expect_train=None):
+    """What is wrong with one evaluation's record, against the baseline's record and the frozen constants."""
+    budget = frozen.get("TIME_BUDGET", 300)
+    causes = [
+        record.get("rejected") and f"its evaluation was rejected: {record['rejected']}",
+        record["prepare_sha256"] != sha256(committed(folder, base["commit"], "prepare.py"))
+        and "it ran with a prepare.py other than the baseline's",
+        record["train_sha256"] != sha256(expect_train or committed(folder, commit, "train.py"))
+        and "the train.py that ran is not the committed one",
+        record["val_sha256"] != base["val_sha256"] and "it was evaluated on other validation data",
+        record["tokenizer_sha256"] != base["tokenizer_sha256"] and "its tokenizer is not the baseline's",
+        record["tokens_evaluated"] != frozen["EVAL_TOKENS"] // (record["batch_size"] * frozen["MAX_SEQ_LEN"])
+        * record["batch_size"] * frozen["MAX_SEQ_LEN"]
+        and f"it evaluated {record['tokens_evaluated']:,} tokens, not what EVAL_TOKENS = "
+            f"{frozen['EVAL_TOKENS']:,} gives",
+        record["train_batches"] == 0 and "its training loader served no batches",
+        0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
+        and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
+            f"{base['train_tokens']:,}",
+        record["train_timed_s"] > TOO_LONG * budget + 10 + record["train_step_s"]
+        and f"its timed training took {record['train_timed_s']:.0f} s, far past TIME_BUDGET = {budget} s",
+        record["val_batches_outside_evaluation"] and "it read validation batches outside the evaluation",
+    ]
+    return [f"{commit[:7]}: {cause}" for cause in causes if cause]
+
+def audit(results="results.tsv"):
+    """Print one line per finding, naming the row's commit, then a verdict; 0 if every row holds."""
+    folder = os.path.dirname(os.path.abspath(results))
+    rows = read_rows(results)
+    records, findings = read_ledger(folder)
+    if not rows:
+        fail(f"{results} has no rows: nothing to audit")
+    base_row = next((row for row in rows if usable(row)), None)
+    if base_row is None:
+        fail(f"{results} has no row with a score: the baseline crashed (fix the setup and run it again)")
+    base_full = resolve(folder, base_row[0])
+    base = next(iter(evaluations(records, base_full)), None)
+    if base is None:
+        fail(f"the baseline {base_row[0]} has no record of an evaluation in {LEDGER}: audit cannot begin")
+    frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
+    for name in ("prepare.py", "audit.py"):  # the frozen files, now and in every row's commit
+        reference = sha256(committed(folder, base_full, name))
+        if os.path.exists(os.path.join(folder, name)) and sha256(
+                open(os.path.join(folder, name), "rb").read()) != reference:
+            findings.append(f"{name}: the file in {folder} is not the baseline's")
+    site = sysconfig.get_paths()["purelib"]
+    if sys.prefix != sys.base_prefix:  # a virtual environment (uv run): a file no package owns is a plant
+        findings += [f"environment: {site}/{path} belongs to no installed package" for path in unowned_files(site)]
+    seen = set()
+    for row in rows:
+        if len(row) != 5:
+            findings.append(f"{row[0][:7]}: the row has {len(row)} tab-separated columns, not 5")
+            continue
+        try:
+            value = float(row[1])
+        except ValueError:
+            findings.append(f"{row[0][:7]}: val_bpb {row[1]!r} is not a number")
+            continue
+        full = git(folder, "rev-parse", "--verify", "--quiet", f"{row[0]}^{{commit}}") if re.fullmatch(
+            r"[0-9a-f]{7,40}", row[0]) else ""
+        if not full:
+            findings.append(f"{row[0][:7] or '(empty)'}: not a commit of this repository")
+            continue
+        if full in seen:
+            findings.append(f"{row[0]}: a second row for the same commit")
+        seen.add(full)
+        for name in ("prepare.py",):
+            if sha256(committed(folder, full, name)) != sha256(committed(folder, base_full, name)):
+                findings.append(f"{row[0]}: its commit changes {name}, which is frozen")
+        findings += [f"{row[0]}: {line}" for line in source_findings(
+            committed(folder, full, "train.py").decode(errors="replace"))]
+        if row[3] == "crash" or value == 0:
+            continue
+        mine = evaluations(records, full)
+        matching = [r for r in mine if f"{r.get('val_bpb', -1):.6f}" == row[1]]
+        if not matching:
+            recorded = ", ".join(format(r["val_bpb"], ".6f") for r in mine)
+            findings.append(f"{row[0]}: val_bpb {row[1]} has no record of an evaluation" + (
+                f" (recorded: {recorded}): a number typed or changed by hand" if mine else
+                ": a summary no evaluation wrote, or a row by hand"))
+            continue
+        if matching[0] is not mine[0]:
+            findings.append(f"{row[0]}: evaluated {len(mine)} times; the row is not its first evaluation "
+                            f"({mine[0]['val_bpb']:.6f}): runs of one commit are not draws to pick from")
+        findings += check_run(matching[0], base, frozen, folder, full)
+    for r in records:  # a confirm's records come from its temporary worktrees, never from the agent's runs
+        if r.get("tag") and not os.path.basename(os.path.dirname(r.get("script", ""))).startswith(
+                "autoresearch-confirm-"):
+            findings.append(f"{r.get('commit', '?')[:7]}: a record tagged {r['tag']!r} that no confirm made "
+                            "(an evaluation hidden from the rows)")
+    for line in findings:
+        print(line)
+    pinned = base.get("val_hub_sha256")
+    digest = "no hub digest recorded at download"
+    if pinned:
+        digest = "the hub's published digest" if pinned == base["val_sha256"] else "NOT the hub's digest"
+    print(f"validation data: {base['dataset']}, sha256 {base['val_sha256'][:16]}..., {digest}")
+    print(f"audit: {len(findings)} finding(s) in {len(rows)} rows" if findings else
+          f"audit: all {len(rows)} rows are backed by run records")
+    return 1 if findings else 0
+
+# ---------------------------------------------------------------------------
+# The morning's confirm: clean reruns, scored out of process
+
+SCORER_OPS = ("aten", "prims", "higher_order", "cudnn")  # operator namespaces the clean scorer runs
+
+def score_artifact(path, batch_size):
+    """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
+    none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
+    and on the held-out data that training never reads. Prints one JSON line."""
+    sys.path.insert(0, HERE)
+    import prepare
+    import torch
+    with contextlib.suppress(ImportError):
+        import cudnn.experimental.ops  # noqa: F401  registers cuDNN's attention operator, if installed
+    program = torch.export.load(path)
+    foreign = sorted({str(n.target) for n in program.graph.nodes if n.op == "call_function"
+                      and str(n.target).split(".")[0].split("::")[0] not in SCORER_OPS
+                      and not str(n.target).startswith(("<built-in", "<function"))})
+    mutated = program.graph_signature.buffers_to_mutate
+    result = dict(val=None, heldout=None, probe=None)
+    if foreign or mutated:
+        result["error"] = (f"it calls operators outside PyTorch's: {', '.join(foreign[:3])}" if foreign else
+                           "it writes to its buffers (state carried from batch to batch)")
+    else:
+        model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
+        result["val"], _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
+        try:
+            prepare.download_heldout()
+            result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
+        except (OSError, RuntimeError, SystemExit) as e:
+            result["heldout_error"] = " ".join(str(e).split())[:200]
+    print(json.dumps(result))
+
+def fresh_python(tree):
+    """(python, note): the locked environment synced fresh into the worktree by uv; without uv this Python
+    (a weaker check: an earlier commit could have planted code in its environment)."""
+    uv = shutil.which("uv")
+    if not uv:
+        return sys.executable, "uv not found: this Python's environment, not a fresh one (weaker)"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
+    done = subprocess.run([uv, "sync", "--locked", "--no-dev", "--quiet"], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        fail(f"uv sync in {tree} failed: {' '.join(done.stderr.split())[:300]}")
+    return os.path.join(tree, ".venv", "bin", "python"), None
+
+def run_capped(command, cwd, env, log, cap):
+    """Run `command` in a process group of its own, at most `cap` seconds; the group is ended afterwards
+    (nothing it started is left running). The exit code, or None at the cap."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return proc.wait(timeout=cap)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+def rerun(folder, commit, frozen, scorer):
+    """Rerun `commit` with the other seed in a fresh worktree and environment; its record and the clean
+    scores. `scorer`: (python, worktree) of the baseline's, or None for the baseline itself."""
+    tree = tempfile.mkdtemp(prefix="autoresearch-confirm-")
+    git(folder, "worktree", "add", "--detach", tree, commit)
+    try:
+        source = open(os.path.join(tree, "train.py")).read()
+        seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
+        source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
+        open(os.path.join(tree, "train.py"), "w").write(source)
+        python, note = fresh_python(tree)
+        tag, artifact = f"{TAG}-{os.path.basename(tree)}", os.path.join(tree, "model.pt2")
+        env = dict(os.environ, AUTORESEARCH_LEDGER=os.path.join(folder, LEDGER), AUTORESEARCH_TAG=tag,
+                   AUTORESEARCH_EXPORT=artifact)
+        cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
+        print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...", flush=True)
+        log = os.path.join(folder, f"confirm-{commit[:7]}.log")
+        code = run_capped([python, "train.py"], tree, env, log, cap)
+        record = next((r for r in read_ledger(folder)[0] if r.get("tag") == tag), None)
+        if record is None:
+            fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
+                f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
+        scorer_python, scorer_tree = scorer or (python, tree)
+        if os.path.exists(artifact + ".failed"):
+            clean = dict(error="it could not be exported: " + open(artifact + ".failed").read().strip())
+        else:
+            done = subprocess.run([scorer_python, os.path.join(scorer_tree, "audit.py"), "--score", artifact,
+                                   str(record["batch_size"])], cwd=scorer_tree, capture_output=True, text=True,
+                                  start_new_session=True, env={k: v for k, v in os.environ.items()
+                                                               if not k.startswith("AUTORESEARCH_E")})
+            lines = done.stdout.strip().splitlines()
+            clean = json.loads(lines[-1]) if done.returncode == 0 and lines else dict(
+                error="the clean scorer failed: " + " ".join(done.stderr.split())[-300:])
+        return dict(record=record, clean=clean, note=note, seed=seed, source=source.encode(),
+                    python=python, tree=tree)
+    except BaseException:
+        git(folder, "worktree", "remove", "--force", tree)
+        raise
+
+def confirm(commit, results="results.tsv"):
+    """Rerun the baseline, then `commit`, cleanly with the other seed; score both out of process on the
+    validation and the held-out data; does the gain beat the night's noise floor on both?"""
+    folder = os.path.dirname(os.path.abspath(results))
+    rows = read_rows(results)
+    full = resolve(folder, commit)
+    scored = [row for row in rows if usable(row)]
+    if not scored:
+        fail(f"{results} has no row with a score: nothing to compare with")
+    base_full = resolve(folder, scored[0][0])
+    pair = [float(r[1]) for r in scored if r[4].startswith("baseline")][:2]
+    floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, MIN_FLOOR)
+    frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
+    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and environment; "
+          "scored by a separate process that runs none of train.py", flush=True)
+    base = rerun(folder, base_full, frozen, None)
+    try:
+        mine = rerun(folder, full, frozen, (base["python"], base["tree"]))
+        git(folder, "worktree", "remove", "--force", mine["tree"])
+    finally:
+        git(folder, "worktree", "remove", "--force", base["tree"])
+    findings = []
+    for run, c in ((base, base_full), (mine, full)):
+        r, clean = run["record"], run["clean"]
+        findings += [f"{c[:7]}: {n}" for n in (run["note"],) if n]
+        findings += check_run(r, base["record"], frozen, folder, c, expect_train=run["source"])
+        findings += [f"{c[:7]} (rerun): {line}" for line in source_findings(run["source"].decode())]
+        if clean.get("error"):
+            findings.append(f"{c[:7]}: no clean score ({clean['error']}): only its own process's (weaker)")
+            clean["val"] = r["val_bpb"]
+        elif abs(clean["val"] - r["val_bpb"]) > CLEAN_MATCH:
+            findings.append(f"{c[:7]}: its run reported {r['val_bpb']:.6f}, the clean scorer {clean['val']:.6f}: "
+                            "the run's own evaluation was tampered with")
+        if clean.get("probe") is not None and clean["probe"] > 1e-3:
+            findings.append(f"{c[:7]}: the clean scorer finds the model not causal (logits moved by "
+                            f"{clean['probe']:.3g})")
+        print(f"{c[:7]}: SEED = {run['seed']}: clean val_bpb {clean['val']:.6f}" + (
+            f", held-out {clean['heldout']:.6f}" if clean.get("heldout") is not None else "")
+            + f" (its own evaluation: {r['val_bpb']:.6f})")
+    gain = base["clean"]["val"] - mine["clean"]["val"]
+    held = None
+    if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
+        held = base["clean"]["heldout"] - mine["clean"]["heldout"]
+        if gain - held > floor:
+            findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on the "
+                            "held-out data: it trained on, or overfits to, the validation data")
+    else:
+        findings.append(f"{full[:7]}: no held-out score (" + (mine["clean"].get("heldout_error") or
+                        base["clean"].get("heldout_error") or "no clean score") + "): that check was not made")
+    holds = gain > floor and (held is None or held > floor)
+    for line in findings:
+        print(line)
+    print(f"{full[:7]}: gain {gain:+.6f} on validation" + ("" if held is None else f", {held:+.6f} held-out")
+          + f", noise floor {floor:.6f}: " + ("the gain holds" if holds else "the gain does not hold"))
+    return 0 if holds and not findings else 1
+
+# ---------------------------------------------------------------------------
+# Main
+
+def main():
+    parser = argparse.ArgumentParser(
+        description="Run records of autoresearch: write results.tsv's rows from them, audit the night, "
+                    "confirm a gain with a clean rerun. Exit 0 when everything holds, else 1.")
+    parser.add_argument("results", nargs="?", default="results.tsv", help="the results file (default: results.tsv)")
+    parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
+                        help="append the row of --commit (default HEAD) from its run record: keep, discard or crash")
+    parser.add_argument("--commit", help="with --row: the commit whose run it is (at least 7 hex digits)")
+    parser.add_argument("--confirm", metavar="COMMIT",
+                        help="rerun the baseline and COMMIT in fresh worktrees and environments (two whole runs)")
+    parser.add_argument("--score", nargs=2, metavar=("ARTIFACT", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.score:
+        return score_artifact(args.score[0], int(args.score[1]))
+    if args.commit and not args.row:
+        parser.error("--commit goes with --row")
+    if args.row:
+        return write_row(*args.row, commit=args.commit, results=args.results)
+    if args.confirm:
+        return confirm(args.confirm, args.results)
+    return audit(args.results)
+
+if __name__ == "__main__":
+    sys.exit(main())
