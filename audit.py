@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import importlib.metadata
 import json
+import operator
 import os
 import re
 import shutil
@@ -142,6 +143,12 @@ def read_ledger(folder):
         previous = line
     if records and not key:
         findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
+    head = os.path.join(CACHE_DIR, "ledger-heads", sha256(os.path.realpath(path).encode())[:16])
+    count, mac = (open(head).read().split() + ["", ""])[:2] if os.path.exists(head) else ("0", "")
+    if key and lines and (count != str(len(lines)) or mac != hmac.new(
+            bytes.fromhex(key), lines[-1].encode(), "sha256").hexdigest()):
+        findings.append(f"ledger.jsonl: {len(lines)} records, but its head ({head}) says {count}: records "
+                        "were deleted from its end, or it was replaced (or the folder moved)")
     return records, findings
 
 def read_rows(results):
@@ -399,7 +406,7 @@ def audit(results="results.tsv"):
 # ---------------------------------------------------------------------------
 # The morning's confirm: clean reruns, scored out of process
 
-SCORER_OPS = ("aten", "prims", "higher_order", "cudnn")  # operator namespaces the clean scorer runs
+SCORER_OPS = ("aten", "prims", "cudnn")  # operator namespaces the clean scorer runs
 
 def score_artifact(path, batch_size):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
@@ -411,13 +418,18 @@ def score_artifact(path, batch_size):
     with contextlib.suppress(ImportError):
         import cudnn.experimental.ops  # noqa: F401  registers cuDNN's attention operator, if installed
     program = torch.export.load(path)
-    foreign = sorted({str(n.target) for n in program.graph.nodes if n.op == "call_function"
-                      and str(n.target).split(".")[0].split("::")[0] not in SCORER_OPS
-                      and not str(n.target).startswith(("<built-in", "<function"))})
+    foreign = set()  # every graph, the bodies of higher-order operators (autocast's, say) too
+    for graph in program.graph_module.modules():
+        for node in graph.graph.nodes if isinstance(graph, torch.fx.GraphModule) else []:
+            target = node.target
+            if node.op == "call_function" and not (isinstance(target, torch._ops.HigherOrderOperator)
+                                                   or target is operator.getitem
+                                                   or getattr(target, "namespace", None) in SCORER_OPS):
+                foreign.add(str(target))
     mutated = program.graph_signature.buffers_to_mutate
     result = dict(val=None, heldout=None, probe=None)
     if foreign or mutated:
-        result["error"] = (f"it calls operators outside PyTorch's: {', '.join(foreign[:3])}" if foreign else
+        result["error"] = (f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}" if foreign else
                            "it writes to its buffers (state carried from batch to batch)")
     else:
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
@@ -425,7 +437,7 @@ def score_artifact(path, batch_size):
         try:
             prepare.download_heldout()
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
-        except (OSError, RuntimeError, SystemExit) as e:
+        except (OSError, RuntimeError, SystemExit, AttributeError) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
     print(json.dumps(result))
 
@@ -473,7 +485,7 @@ def rerun(folder, commit, frozen, scorer):
                    AUTORESEARCH_EXPORT=artifact)
         cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
         print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...", flush=True)
-        log = os.path.join(folder, f"confirm-{commit[:7]}.log")
+        log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
         code = run_capped([python, "train.py"], tree, env, log, cap)
         record = next((r for r in read_ledger(folder)[0] if r.get("tag") == tag), None)
         if record is None:

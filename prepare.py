@@ -926,19 +926,35 @@ def _record(val_bpb, tokens_evaluated, tokenizer, probe, rejected, batch_size):
         train_timed_s=round(timed, 1), train_step_s=round(step, 2),
         val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
     try:
-        key = ledger_key()
-        with open(path, "a+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # concurrent runs append one after the other (freed at close)
-            f.seek(0)
-            lines = f.read().decode(errors="replace").split("\n")
-            last = next((line for line in reversed(lines) if line.strip()), None)
-            text = json.dumps(dict(record, prev=chain_mac(key, last))) + "\n"
-            # a line cut short by a crash stays a line of its own: the new record starts on a fresh line
-            f.write(((b"\n" if lines[-1] else b"") + text.encode()))
-            f.flush()
-            os.fsync(f.fileno())
+        append_record(path, record)
     except OSError as e:  # the score still prints; without a record, its row cannot be written by audit.py
         print(f"warning: no run record: {LocalWriteError(path, e)}", file=sys.stderr)
+
+def ledger_head(path):
+    """Where the ledger's head (its line count and the HMAC of its last line) is kept, outside the repo:
+    records deleted from the end show against it."""
+    name = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
+    return os.path.join(CACHE_DIR, "ledger-heads", name)
+
+def append_record(path, record):
+    """Append one whole line under a lock (concurrent runs wait their turn), flushed to disk, chained to the
+    line before it; then the head."""
+    key = ledger_key()
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.seek(0)
+        lines = f.read().decode(errors="replace").split("\n")
+        last = next((line for line in reversed(lines) if line.strip()), None)
+        text = json.dumps(dict(record, prev=chain_mac(key, last)))
+        # a line cut short by a crash stays a line of its own: the new record starts on a fresh line
+        f.write((b"\n" if lines[-1] else b"") + text.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+        head = ledger_head(path)
+        make_dirs(os.path.dirname(head))
+        with open(head + ".tmp", "w") as h:
+            h.write(f"{sum(1 for line in lines if line.strip()) + 1} {chain_mac(key, text)}\n")
+        os.replace(head + ".tmp", head)
 
 # ---------------------------------------------------------------------------
 # Main
