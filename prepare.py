@@ -935,17 +935,45 @@ def confirm(commit, results="results.tsv"):
 # Main
 
 def move_old_layout():
-    """Caches made before data sets existed held FineWeb-Edu shards in data/ and the 8192 tokenizer in
-    tokenizer/: move them into their folders (a rename, nothing is copied or fetched again)."""
+    """The original autoresearch (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the
+    shards in data/ and the tokenizer in tokenizer/. Move the shards into the folder of the data set whose
+    validation shard is among them (a rename: nothing is fetched again), never guessing; our old tokenizer
+    into fineweb-edu-8192/. The original's tokenizer is a pickle: it stays where it is, never loaded."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
-    for old, new, names in [(data, os.path.join(data, "fineweb-edu"), "shard_"),
-                            (tokenizer, os.path.join(tokenizer, "fineweb-edu-8192"), "tokenizer.")]:
-        moving = [n for n in (os.listdir(old) if os.path.isdir(old) else []) if n.startswith(names)]
-        if moving and not os.path.exists(new):
-            make_dirs(new)
-            for name in moving:
+    shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
+    if shards:
+        # ClimbMix's validation shard first: its shard 1822 is a training shard, FineWeb-Edu has no 6542
+        dataset = next((name for name in ("climbmix", "fineweb-edu")
+                        if shard_filename(DATASETS[name]["shards"]) in shards), None)
+        if dataset is None:
+            sys.exit(f"error: {data} holds {len(shards)} shard files of an old layout but no validation "
+                     "shard (shard_06542.parquet: ClimbMix, shard_01822.parquet: FineWeb-Edu), so their data "
+                     f"set is unknown: move them by hand into {data}/climbmix or {data}/fineweb-edu and run "
+                     "prepare.py again")
+        val = shard_filename(DATASETS[dataset]["shards"])
+        _move(shards, data, cache_dirs(dataset)[0], f"shard files of an old layout ({dataset}: {val} is one)")
+        if dataset != DATASET:
+            print(f'to train on them, set DATASET = "{dataset}" in prepare.py')
+        original = [n for n in ("tokenizer.pkl", "token_bytes.pt") if os.path.isfile(f"{tokenizer}/{n}")]
+        if original:
+            print(f"left {' and '.join(original)} in {tokenizer}: the original's tokenizer, a pickle, which "
+                  "this project never loads (it trains its own)")
+    ours = [n for n in ("tokenizer.tiktoken", "tokenizer.json") if os.path.isfile(f"{tokenizer}/{n}")]
+    if ours:
+        _move(ours, tokenizer, f"{tokenizer}/fineweb-edu-8192", "tokenizer files of an old layout")
+
+def _move(names, old, new, what):
+    """Rename `names` from folder `old` into `new`, keeping any file of the same name already in `new`."""
+    make_dirs(new)
+    kept = [n for n in names if os.path.exists(os.path.join(new, n))]
+    try:
+        for name in names:
+            if name not in kept:
                 os.replace(os.path.join(old, name), os.path.join(new, name))
-            print(f"moved {len(moving)} files of the old layout from {old} to {new}")
+    except OSError as e:
+        sys.exit(f"error: {LocalWriteError(os.path.join(old, name), e)}")
+    left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
+    print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
 
 def main():
     parser = argparse.ArgumentParser(

@@ -664,7 +664,9 @@ def test_old_cache_layout_moves_into_the_data_sets_folders(prepared, tmp_path, m
     assert sorted(os.listdir(tmp_path / "data")) == ["fineweb-edu"]
     assert sorted(os.listdir(tmp_path / TOKENIZER)) == ["tokenizer.json", "tokenizer.tiktoken"]
     assert prepare.Tokenizer.from_directory(str(tmp_path / TOKENIZER)).get_vocab_size() == 8192
-    assert "moved 3 files of the old layout" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "moved 3 shard files of an old layout (fineweb-edu: shard_01822.parquet is one)" in out
+    assert "moved 2 tokenizer files of an old layout" in out
 
 
 def test_num_shards_is_checked_against_the_data_sets_count(monkeypatch, capsys):
