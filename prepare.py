@@ -2,7 +2,7 @@
 This file is frozen: the agent never edits it (it owns the data and the evaluation).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
-    uv run prepare.py --num-shards -1       # all of the data set's training shards (1822 for FineWeb-Edu)
+    uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
     uv run prepare.py --dataset tinystories # another data set (then set DATASET below to train on it)
 
 Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
@@ -64,13 +64,14 @@ EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
 # of its own and each (data set, VOCAB_SIZE) a tokenizer of its own, so no setting overwrites another's.
 DATASET = "fineweb-edu"
 VOCAB_SIZE = 8192
-# Hub repo and pinned validation data (never trained on): a shard set trains on shards 0 ... N-1 and
-# validates on shard N, its last; TinyStories is one file: validation is its card's validation rows
-# 10,000-19,999, training rows 20,000 to the end (rows 0-9,999, its test rows, are left alone)
-DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1822),
-            "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6542),
+# Hub repo and pinned data, never trained on: `val` scores every run (evaluate_bpb); `heldout`, a second set,
+# only audit.py's --confirm, in a process that never trains. A shard set validates on its last shard, holds
+# out the one before it and trains on shards 0 ... heldout - 1; TinyStories is one file: its card's test rows
+# 0-9,999 are held out, its validation rows 10,000-19,999 validate, rows 20,000 to the end train.
+DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=1822, heldout=1821),
+            "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", val=6542, heldout=6541),
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
-                                val=(10_000, 20_000), train=(20_000, None))}
+                                heldout=(0, 10_000), val=(10_000, 20_000), train=(20_000, None))}
 
 def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
@@ -80,8 +81,7 @@ def shard_filename(index):
     return f"shard_{index:05d}.parquet"
 
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
-MAX_SHARD = DATASETS[DATASET].get("shards", 1)    # its training shards: what --num-shards -1 fetches
-VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(MAX_SHARD)
+VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
 DOWNLOAD_ATTEMPTS = 5
 CHUNK_BYTES = 1 << 20                             # 1 MiB: Ctrl-C is seen between chunks
 
@@ -102,18 +102,19 @@ def base_url(dataset=None):
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
 def split_parts(split, data_dir=None, dataset=None):
-    """A split's documents as (file, first row, end row or None), in sorted file order: `val` is the pinned
-    validation data, `train` the rest. Raises FileNotFoundError, saying what to run, if there are none."""
+    """A split's documents as (file, first row, end row or None), in sorted file order: `val` and `heldout`
+    are the pinned data above, `train` the rest. Raises FileNotFoundError, saying what to run, if none."""
+    data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)
     dataset = dataset or DATASET
-    spec, data_dir = DATASETS[dataset], data_dir or DATA_DIR
+    spec = DATASETS[dataset]
     if "file" in spec:
         path = os.path.join(data_dir, spec["file"])
         parts = [(path, *spec[split])] if os.path.exists(path) else []
     else:
+        pinned = {shard_filename(spec["val"]): "val", shard_filename(spec["heldout"]): "heldout"}
         names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-        val = shard_filename(spec["shards"])
         parts = [(os.path.join(data_dir, n), 0, None) for n in names
-                 if n.endswith(".parquet") and (n == val) == (split == "val")]
+                 if n.endswith(".parquet") and pinned.get(n, "train") == split]
     if not parts:
         raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py"
                                 + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
@@ -225,13 +226,14 @@ def make_dirs(path):
         sys.exit(f"error: {LocalWriteError(path, e)}")
 
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
-    """The first num_shards training shards (TinyStories: its one file) and the validation shard, or exit."""
+    """The first num_shards training shards and the validation shard (TinyStories: its one file), or exit;
+    never the held-out shard (fetch_heldout)."""
     dataset = dataset or DATASET
     spec, data_dir = DATASETS[dataset], data_dir or cache_dirs(dataset)[0]
     url_base = base_url(dataset)
     make_dirs(data_dir)
     names = ([spec["file"]] if "file" in spec else
-             [shard_filename(i) for i in [*range(num_shards), spec["shards"]]])
+             [shard_filename(i) for i in [*range(num_shards), spec["val"]]])
     min_rows = spec["val"][1] if "file" in spec else 0
     progress = Progress(len(names))
     stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
@@ -268,6 +270,21 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
                 "finished shards are kept.")), file=sys.stderr)
         sys.exit(1)
     print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
+
+def fetch_heldout(dataset=None):
+    """The held-out split's parts, downloaded first if missing: prepare.py's own run never fetches them, and
+    only audit.py's --confirm reads them. Raises RuntimeError, in one line, if they cannot be had."""
+    dataset = dataset or DATASET
+    spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
+    name = spec.get("file") or shard_filename(spec["heldout"])
+    if not os.path.exists(os.path.join(data_dir, name)):
+        print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise LocalWriteError(data_dir, e) from None
+    download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
+    return split_parts("heldout", data_dir, dataset)
 
 # ---------------------------------------------------------------------------
 # Tokenizer training
@@ -944,13 +961,13 @@ def move_old_layout():
     if shards:
         # ClimbMix's validation shard first: its shard 1822 is a training shard, FineWeb-Edu has no 6542
         dataset = next((name for name in ("climbmix", "fineweb-edu")
-                        if shard_filename(DATASETS[name]["shards"]) in shards), None)
+                        if shard_filename(DATASETS[name]["val"]) in shards), None)
         if dataset is None:
             sys.exit(f"error: {data} holds {len(shards)} shard files of an old layout but no validation "
                      "shard (shard_06542.parquet: ClimbMix, shard_01822.parquet: FineWeb-Edu), so their data "
                      f"set is unknown: move them by hand into {data}/climbmix or {data}/fineweb-edu and run "
                      "prepare.py again")
-        val = shard_filename(DATASETS[dataset]["shards"])
+        val = shard_filename(DATASETS[dataset]["val"])
         _move(shards, data, cache_dirs(dataset)[0], f"shard files of an old layout ({dataset}: {val} is one)")
         if dataset != DATASET:
             print(f'to train on them, set DATASET = "{dataset}" in prepare.py')
@@ -984,7 +1001,7 @@ def main():
     parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
                         help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
     parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all (FineWeb-Edu 1822, ClimbMix 6542; "
+                        help="training shards to download, -1 for all (FineWeb-Edu 1821, ClimbMix 6541; "
                              "TinyStories is one file); the validation shard is always added (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
     parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
@@ -1002,16 +1019,18 @@ def main():
     if args.audit or args.confirm:
         results = args.audit or "results.tsv"
         sys.exit(confirm(args.confirm, results) if args.confirm else audit(results))
-    shards = DATASETS[args.dataset].get("shards", 1)
-    if args.num_shards != -1 and not 1 <= args.num_shards <= shards and "shards" in DATASETS[args.dataset]:
-        parser.error(f"--num-shards must be between 1 and {shards} for {args.dataset}, or -1 for all")
+    spec, num_shards = DATASETS[args.dataset], args.num_shards
+    if "file" not in spec and num_shards == -1:
+        num_shards = spec["heldout"]  # every training shard: 0 ... heldout - 1
+    elif "file" not in spec and not 1 <= num_shards <= spec["heldout"]:
+        parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 for "
+                     "all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
     print(f"cache: {CACHE_DIR}")
     move_old_layout()
     data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    download_data(shards if args.num_shards == -1 else args.num_shards, args.download_workers,
-                  dataset=args.dataset)
+    download_data(num_shards, args.download_workers, dataset=args.dataset)
     try:
         Tokenizer.from_directory(tokenizer_dir)
         print(f"tokenizer: already trained in {tokenizer_dir}")

@@ -50,21 +50,21 @@ def run_prepare(tmp_path, cache, endpoint, *args):
 
 def test_the_originals_climbmix_cache_keeps_its_validation_shard_out_of_training(tmp_path, shard_server):
     cache = tmp_path / "cache"
-    original_layout(cache, [0, 1, 1822, 6542])  # ClimbMix's shard 1822 is one of its training shards
+    original_layout(cache, [0, 1, 1822, 6541, 6542])  # ClimbMix's shard 1822 is one of its training shards
     run = run_prepare(tmp_path, cache, shard_server, "--num-shards", "2")  # the default data set, FineWeb-Edu
     assert run.returncode == 0, run.stderr[-2000:]
     climbmix, fineweb = cache / "data" / "climbmix", cache / "data" / "fineweb-edu"
-    assert sorted(os.listdir(climbmix)) == [f"shard_{i:05d}.parquet" for i in (0, 1, 1822, 6542)]
-    assert f"moved 4 shard files of an old layout (climbmix: shard_06542.parquet is one)" in run.stdout
+    assert sorted(os.listdir(climbmix)) == [f"shard_{i:05d}.parquet" for i in (0, 1, 1822, 6541, 6542)]
+    assert "moved 5 shard files of an old layout (climbmix: shard_06542.parquet is one)" in run.stdout
     assert 'set DATASET = "climbmix" in prepare.py' in run.stdout
     # FineWeb-Edu was downloaded into its own folder, its validation shard from the server
     assert sorted(os.listdir(fineweb)) == [f"shard_{i:05d}.parquet" for i in (0, 1, 1822)]
     for dataset, folder in (("climbmix", climbmix), ("fineweb-edu", fineweb)):
         train = names(prepare.split_parts("train", str(folder), dataset))
-        assert "shard_06542.parquet" not in train
+        assert not {"shard_06541.parquet", "shard_06542.parquet", "shard_01821.parquet"} & set(train)
         assert dataset == "climbmix" or "shard_01822.parquet" not in train
         val = names(prepare.split_parts("val", str(folder), dataset))
-        assert val == [prepare.shard_filename(prepare.DATASETS[dataset]["shards"])]
+        assert val == [prepare.shard_filename(prepare.DATASETS[dataset]["val"])]
     # the original's pickle is left where it was and never loaded; our tokenizer is trained beside it
     assert sorted(os.listdir(cache / "tokenizer")) == ["fineweb-edu-512", "token_bytes.pt", "tokenizer.pkl"]
     assert sorted(os.listdir(cache / "tokenizer/fineweb-edu-512")) == ["tokenizer.json", "tokenizer.tiktoken"]
