@@ -30,29 +30,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
 # ---------------------------------------------------------------------------
-# Before torch loads: train.py imports this file first, and torch reads these variables when it starts
-
-if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
-    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
-    sys.exit(2)  # before the slow imports: a flag must not start a run
-CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
-if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
-    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
-
-try:
-    import numpy as np
-    import pyarrow.parquet as pq
-    import requests
-    import tiktoken
-    import torch
-except ModuleNotFoundError as e:  # a Python without the project's packages
-    sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
-             "which uses the project's environment (`uv sync` makes it)")
-
-# ---------------------------------------------------------------------------
 # Constants (fixed: changing them changes what val_bpb means)
 
 MAX_SEQ_LEN = 2048          # context length of training and evaluation
@@ -73,6 +50,8 @@ DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=18
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
                                 heldout=(0, 10_000), val=(10_000, 20_000), train=(20_000, None))}
 
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
+
 def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
             os.path.join(CACHE_DIR, "tokenizer", f"{dataset}-{VOCAB_SIZE}"))
@@ -80,6 +59,9 @@ def cache_dirs(dataset):
 def shard_filename(index):
     return f"shard_{index:05d}.parquet"
 
+if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads it (and before torch loads)
+    sys.exit(f"error: DATASET = {DATASET!r} in prepare.py is not a data set here: choose one of "
+             f"{', '.join(DATASETS)}")
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
 DOWNLOAD_ATTEMPTS = 5
@@ -119,6 +101,65 @@ def split_parts(split, data_dir=None, dataset=None):
         raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py"
                                 + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
     return parts
+
+# ---------------------------------------------------------------------------
+# Before torch loads (seconds): the command line is read first, so that --help and a wrong argument answer at
+# once; train.py imports this file first, and torch reads the variables set here when it starts
+
+if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
+    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
+    sys.exit(2)  # a flag must not start a run
+
+def parse_args():
+    """prepare.py's command line, checked: a wrong value exits with argparse's usage line."""
+    parser = argparse.ArgumentParser(
+        description="Download a data set and train the tokenizer for autoresearch (run once).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
+        "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
+        "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
+    parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
+                        help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
+    parser.add_argument("--num-shards", type=int, default=10,
+                        help="training shards to download, -1 for all (FineWeb-Edu 1821, ClimbMix 6541; "
+                             "TinyStories is one file); the validation shard is always added (default: 10)")
+    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
+    parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
+                        help="append results.tsv's row for --commit (default HEAD) from its run record")
+    parser.add_argument("--commit", help="with --row: the commit whose record to use (default HEAD)")
+    parser.add_argument("--audit", nargs="?", const="results.tsv", metavar="RESULTS",
+                        help="check every row of results.tsv (or RESULTS) against the run records")
+    parser.add_argument("--confirm", metavar="COMMIT",
+                        help="with --audit: rerun COMMIT and the baseline with the other seed (two runs)")
+    args = parser.parse_args()
+    if args.row and args.row[0] not in ("keep", "discard", "crash"):
+        parser.error("--row STATUS must be keep, discard or crash")
+    spec = DATASETS[args.dataset]
+    if "file" not in spec and args.num_shards == -1:
+        args.num_shards = spec["heldout"]  # every training shard: 0 ... heldout - 1
+    elif "file" not in spec and not 1 <= args.num_shards <= spec["heldout"]:
+        parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 for "
+                     "all")
+    if args.download_workers < 1:
+        parser.error("--download-workers must be at least 1")
+    return args
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
+
+try:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import requests
+    import tiktoken
+    import torch
+except ModuleNotFoundError as e:  # a Python without the project's packages
+    sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
+             "which uses the project's environment (`uv sync` makes it)")
 
 # ---------------------------------------------------------------------------
 # Download
@@ -992,45 +1033,17 @@ def _move(names, old, new, what):
     left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
     print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
 
-def main():
-    parser = argparse.ArgumentParser(
-        description="Download a data set and train the tokenizer for autoresearch (run once).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
-        "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
-        "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
-    parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
-                        help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
-    parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all (FineWeb-Edu 1821, ClimbMix 6541; "
-                             "TinyStories is one file); the validation shard is always added (default: 10)")
-    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
-    parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
-                        help="append results.tsv's row for --commit (default HEAD) from its run record")
-    parser.add_argument("--commit", help="with --row: the commit whose record to use (default HEAD)")
-    parser.add_argument("--audit", nargs="?", const="results.tsv", metavar="RESULTS",
-                        help="check every row of results.tsv (or RESULTS) against the run records")
-    parser.add_argument("--confirm", metavar="COMMIT",
-                        help="with --audit: rerun COMMIT and the baseline with the other seed (two runs)")
-    args = parser.parse_args()
+def main(args=None):
+    args = args or parse_args()
     if args.row:
-        if args.row[0] not in ("keep", "discard", "crash"):
-            parser.error("--row STATUS must be keep, discard or crash")
         return write_row(*args.row, commit=args.commit)
     if args.audit or args.confirm:
         results = args.audit or "results.tsv"
         sys.exit(confirm(args.confirm, results) if args.confirm else audit(results))
-    spec, num_shards = DATASETS[args.dataset], args.num_shards
-    if "file" not in spec and num_shards == -1:
-        num_shards = spec["heldout"]  # every training shard: 0 ... heldout - 1
-    elif "file" not in spec and not 1 <= num_shards <= spec["heldout"]:
-        parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 for "
-                     "all")
-    if args.download_workers < 1:
-        parser.error("--download-workers must be at least 1")
     print(f"cache: {CACHE_DIR}")
     move_old_layout()
     data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    download_data(num_shards, args.download_workers, dataset=args.dataset)
+    download_data(args.num_shards, args.download_workers, dataset=args.dataset)
     try:
         Tokenizer.from_directory(tokenizer_dir)
         print(f"tokenizer: already trained in {tokenizer_dir}")
@@ -1042,4 +1055,4 @@ def main():
           f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -198,11 +198,6 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
 
 
-def test_help_documents_flags_and_environment():
-    out = subprocess.run([sys.executable, "prepare.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
-    for word in ["--num-shards", "--download-workers", "AUTORESEARCH_CACHE_DIR", "HF_ENDPOINT", "-1"]:
-        assert word in out
-
 # ---------------------------------------------------------------------------
 # prepare.py end to end (subprocess), then the tokenizer it trained
 
