@@ -435,9 +435,9 @@ def score_artifact(path, batch_size):
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
         try:
-            prepare.download_heldout()
+            prepare.fetch_heldout()
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
-        except (OSError, RuntimeError, SystemExit, AttributeError) as e:
+        except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
     print(json.dumps(result))
 

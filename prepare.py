@@ -2,7 +2,7 @@
 This file is frozen: the agent never edits it (it owns the data and the evaluation).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
-    uv run prepare.py --num-shards -1       # all of the data set's training shards (1822 for FineWeb-Edu)
+    uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
     uv run prepare.py --dataset tinystories # another data set (then set DATASET below to train on it)
 
 Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
@@ -31,29 +31,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
 # ---------------------------------------------------------------------------
-# Before torch loads: train.py imports this file first, and torch reads these variables when it starts
-
-if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
-    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
-    sys.exit(2)  # before the slow imports: a flag must not start a run
-CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
-if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
-    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
-
-try:
-    import numpy as np
-    import pyarrow.parquet as pq
-    import requests
-    import tiktoken
-    import torch
-except ModuleNotFoundError as e:  # a Python without the project's packages
-    sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
-             "which uses the project's environment (`uv sync` makes it)")
-
-# ---------------------------------------------------------------------------
 # Constants (fixed: changing them changes what val_bpb means)
 
 MAX_SEQ_LEN = 2048          # context length of training and evaluation
@@ -66,13 +43,16 @@ LN2 = math.log(2)           # nats per bit, taken when this file loads
 # of its own and each (data set, VOCAB_SIZE) a tokenizer of its own, so no setting overwrites another's.
 DATASET = "fineweb-edu"
 VOCAB_SIZE = 8192
-# Hub repo and pinned validation data (never trained on): a shard set trains on shards 0 ... N-1 and
-# validates on shard N, its last; TinyStories is one file: validation is its card's validation rows
-# 10,000-19,999, training rows 20,000 to the end (rows 0-9,999, its test rows, are left alone)
-DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", shards=1822),
-            "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", shards=6542),
+# Hub repo and pinned data, never trained on: `val` scores every run (evaluate_bpb); `heldout`, a second set,
+# only audit.py's --confirm, in a process that never trains. A shard set validates on its last shard, holds
+# out the one before it and trains on shards 0 ... heldout - 1; TinyStories is one file: its card's test rows
+# 0-9,999 are held out, its validation rows 10,000-19,999 validate, rows 20,000 to the end train.
+DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=1822, heldout=1821),
+            "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", val=6542, heldout=6541),
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
-                                val=(10_000, 20_000), train=(20_000, None))}
+                                heldout=(0, 10_000), val=(10_000, 20_000), train=(20_000, None))}
+
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
 
 def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
@@ -81,9 +61,11 @@ def cache_dirs(dataset):
 def shard_filename(index):
     return f"shard_{index:05d}.parquet"
 
+if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads it (and before torch loads)
+    sys.exit(f"error: DATASET = {DATASET!r} in prepare.py is not a data set here: choose one of "
+             f"{', '.join(DATASETS)}")
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
-MAX_SHARD = DATASETS[DATASET].get("shards", 1)    # its training shards: what --num-shards -1 fetches
-VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(MAX_SHARD)
+VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
 DOWNLOAD_ATTEMPTS = 5
 CHUNK_BYTES = 1 << 20                             # 1 MiB: Ctrl-C is seen between chunks
 
@@ -104,22 +86,76 @@ def base_url(dataset=None):
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
 def split_parts(split, data_dir=None, dataset=None):
-    """A split's documents as (file, first row, end row or None), in sorted file order: `val` is the pinned
-    validation data, `train` the rest. Raises FileNotFoundError, saying what to run, if there are none."""
+    """A split's documents as (file, first row, end row or None), in sorted file order: `val` and `heldout`
+    are the pinned data above, `train` the rest. Raises FileNotFoundError, saying what to run, if none."""
+    data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)
     dataset = dataset or DATASET
-    spec, data_dir = DATASETS[dataset], data_dir or DATA_DIR
+    spec = DATASETS[dataset]
     if "file" in spec:
         path = os.path.join(data_dir, spec["file"])
         parts = [(path, *spec[split])] if os.path.exists(path) else []
     else:
+        pinned = {shard_filename(spec["val"]): "val", shard_filename(spec["heldout"]): "heldout"}
         names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-        val = shard_filename(spec["shards"])
         parts = [(os.path.join(data_dir, n), 0, None) for n in names
-                 if n.endswith(".parquet") and (n == val) == (split == "val")]
+                 if n.endswith(".parquet") and pinned.get(n, "train") == split]
     if not parts:
         raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py"
                                 + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
     return parts
+
+# ---------------------------------------------------------------------------
+# Before torch loads (seconds): the command line is read first, so that --help and a wrong argument answer at
+# once; train.py imports this file first, and torch reads the variables set here when it starts
+
+if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
+    print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
+    sys.exit(2)  # a flag must not start a run
+
+def parse_args():
+    """prepare.py's command line, checked: a wrong value exits with argparse's usage line."""
+    moved = [a.split("=")[0] for a in sys.argv[1:] if a.split("=")[0] in ("--row", "--audit", "--confirm")]
+    if moved:  # these lived here before audit.py
+        sys.exit(f"{moved[0]} moved to audit.py: uv run audit.py --help")
+    parser = argparse.ArgumentParser(
+        description="Download a data set and train the tokenizer for autoresearch (run once).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
+        "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
+        "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
+    parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
+                        help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
+    parser.add_argument("--num-shards", type=int, default=10,
+                        help="training shards to download, -1 for all (FineWeb-Edu 1821, ClimbMix 6541; "
+                             "TinyStories is one file); the validation shard is always added (default: 10)")
+    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
+    args = parser.parse_args()
+    spec = DATASETS[args.dataset]
+    if "file" not in spec and args.num_shards == -1:
+        args.num_shards = spec["heldout"]  # every training shard: 0 ... heldout - 1
+    elif "file" not in spec and not 1 <= args.num_shards <= spec["heldout"]:
+        parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 for "
+                     "all")
+    if args.download_workers < 1:
+        parser.error("--download-workers must be at least 1")
+    return args
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
+
+try:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import requests
+    import tiktoken
+    import torch
+except ModuleNotFoundError as e:  # a Python without the project's packages
+    sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
+             "which uses the project's environment (`uv sync` makes it)")
 
 # ---------------------------------------------------------------------------
 # Download
@@ -227,13 +263,14 @@ def make_dirs(path):
         sys.exit(f"error: {LocalWriteError(path, e)}")
 
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
-    """The first num_shards training shards (TinyStories: its one file) and the validation shard, or exit."""
+    """The first num_shards training shards and the validation shard (TinyStories: its one file), or exit;
+    never the held-out shard (fetch_heldout)."""
     dataset = dataset or DATASET
     spec, data_dir = DATASETS[dataset], data_dir or cache_dirs(dataset)[0]
     url_base = base_url(dataset)
     make_dirs(data_dir)
     names = ([spec["file"]] if "file" in spec else
-             [shard_filename(i) for i in [*range(num_shards), spec["shards"]]])
+             [shard_filename(i) for i in [*range(num_shards), spec["val"]]])
     min_rows = spec["val"][1] if "file" in spec else 0
     progress = Progress(len(names))
     stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
@@ -270,6 +307,21 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
                 "finished shards are kept.")), file=sys.stderr)
         sys.exit(1)
     print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
+
+def fetch_heldout(dataset=None):
+    """The held-out split's parts, downloaded first if missing: prepare.py's own run never fetches them, and
+    only audit.py's --confirm reads them. Raises RuntimeError, in one line, if they cannot be had."""
+    dataset = dataset or DATASET
+    spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
+    name = spec.get("file") or shard_filename(spec["heldout"])
+    if not os.path.exists(os.path.join(data_dir, name)):
+        print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise LocalWriteError(data_dir, e) from None
+    download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
+    return split_parts("heldout", data_dir, dataset)
 
 # ---------------------------------------------------------------------------
 # Tokenizer training
@@ -960,44 +1012,52 @@ def append_record(path, record):
 # Main
 
 def move_old_layout():
-    """Caches made before data sets existed held FineWeb-Edu shards in data/ and the 8192 tokenizer in
-    tokenizer/: move them into their folders (a rename, nothing is copied or fetched again)."""
+    """The original autoresearch (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the
+    shards in data/ and the tokenizer in tokenizer/. Move the shards into the folder of the data set whose
+    validation shard is among them (a rename: nothing is fetched again), never guessing; our old tokenizer
+    into fineweb-edu-8192/. The original's tokenizer is a pickle: it stays where it is, never loaded."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
-    for old, new, names in [(data, os.path.join(data, "fineweb-edu"), "shard_"),
-                            (tokenizer, os.path.join(tokenizer, "fineweb-edu-8192"), "tokenizer.")]:
-        moving = [n for n in (os.listdir(old) if os.path.isdir(old) else []) if n.startswith(names)]
-        if moving and not os.path.exists(new):
-            make_dirs(new)
-            for name in moving:
-                os.replace(os.path.join(old, name), os.path.join(new, name))
-            print(f"moved {len(moving)} files of the old layout from {old} to {new}")
+    shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
+    if shards:
+        # ClimbMix's validation shard first: its shard 1822 is a training shard, FineWeb-Edu has no 6542
+        dataset = next((name for name in ("climbmix", "fineweb-edu")
+                        if shard_filename(DATASETS[name]["val"]) in shards), None)
+        if dataset is None:
+            sys.exit(f"error: {data} holds {len(shards)} shard files of an old layout but no validation "
+                     "shard (shard_06542.parquet: ClimbMix, shard_01822.parquet: FineWeb-Edu), so their data "
+                     f"set is unknown: move them by hand into {data}/climbmix or {data}/fineweb-edu and run "
+                     "prepare.py again")
+        val = shard_filename(DATASETS[dataset]["val"])
+        _move(shards, data, cache_dirs(dataset)[0], f"shard files of an old layout ({dataset}: {val} is one)")
+        if dataset != DATASET:
+            print(f'to train on them, set DATASET = "{dataset}" in prepare.py')
+        original = [n for n in ("tokenizer.pkl", "token_bytes.pt") if os.path.isfile(f"{tokenizer}/{n}")]
+        if original:
+            print(f"left {' and '.join(original)} in {tokenizer}: the original's tokenizer, a pickle, which "
+                  "this project never loads (it trains its own)")
+    ours = [n for n in ("tokenizer.tiktoken", "tokenizer.json") if os.path.isfile(f"{tokenizer}/{n}")]
+    if ours:
+        _move(ours, tokenizer, f"{tokenizer}/fineweb-edu-8192", "tokenizer files of an old layout")
 
-def main():
-    moved = [a for a in sys.argv[1:] if a.split("=")[0] in ("--row", "--commit", "--audit", "--confirm")]
-    if moved:  # these lived here before audit.py
-        sys.exit(f"{moved[0].split('=')[0]} moved to audit.py: uv run audit.py --help")
-    parser = argparse.ArgumentParser(
-        description="Download a data set and train the tokenizer for autoresearch (run once).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="environment variables:\n"
-        "  AUTORESEARCH_CACHE_DIR  cache root for data/ and tokenizer/ (default: ~/.cache/autoresearch)\n"
-        "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
-    parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
-                        help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
-    parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all (FineWeb-Edu 1822, ClimbMix 6542; "
-                             "TinyStories is one file); the validation shard is always added (default: 10)")
-    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
-    args = parser.parse_args()
-    shards = DATASETS[args.dataset].get("shards", 1)
-    if args.num_shards != -1 and not 1 <= args.num_shards <= shards and "shards" in DATASETS[args.dataset]:
-        parser.error(f"--num-shards must be between 1 and {shards} for {args.dataset}, or -1 for all")
-    if args.download_workers < 1:
-        parser.error("--download-workers must be at least 1")
+def _move(names, old, new, what):
+    """Rename `names` from folder `old` into `new`, keeping any file of the same name already in `new`."""
+    make_dirs(new)
+    kept = [n for n in names if os.path.exists(os.path.join(new, n))]
+    try:
+        for name in names:
+            if name not in kept:
+                os.replace(os.path.join(old, name), os.path.join(new, name))
+    except OSError as e:
+        sys.exit(f"error: {LocalWriteError(os.path.join(old, name), e)}")
+    left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
+    print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
+
+def main(args=None):
+    args = args or parse_args()
     print(f"cache: {CACHE_DIR}")
     move_old_layout()
     data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    download_data(shards if args.num_shards == -1 else args.num_shards, args.download_workers,
-                  dataset=args.dataset)
+    download_data(args.num_shards, args.download_workers, dataset=args.dataset)
     try:
         Tokenizer.from_directory(tokenizer_dir)
         print(f"tokenizer: already trained in {tokenizer_dir}")
@@ -1009,4 +1069,4 @@ def main():
           f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -198,11 +198,6 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
 
 
-def test_help_documents_flags_and_environment():
-    out = subprocess.run([sys.executable, "prepare.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
-    for word in ["--num-shards", "--download-workers", "AUTORESEARCH_CACHE_DIR", "HF_ENDPOINT", "-1"]:
-        assert word in out
-
 # ---------------------------------------------------------------------------
 # prepare.py end to end (subprocess), then the tokenizer it trained
 
@@ -580,17 +575,19 @@ def marked_docs(rng, n, marker):
 
 
 def lay_out(dataset, folder, rng):
-    """Files as the data set's repo holds them, with TRAIN / VALIDATION / TEST markers on every document."""
+    """Files as the data set's repo holds them, a TRAIN / VALIDATION / HELDOUT marker on every document."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = prepare.DATASETS[dataset]
-    if "file" in spec:  # one file: test rows, then the pinned validation rows, then training rows
-        docs = marked_docs(rng, 10_000, "TEST") + marked_docs(rng, 10_000, "VALIDATION") + marked_docs(rng, 3000, "TRAIN")
+    if "file" in spec:  # one file: the held-out (test) rows, the pinned validation rows, then training rows
+        docs = (marked_docs(rng, 10_000, "HELDOUT") + marked_docs(rng, 10_000, "VALIDATION")
+                + marked_docs(rng, 3000, "TRAIN"))
         write_shard(folder / spec["file"], docs, row_group_size=1024)  # row groups cross the split's edges
         return [spec["file"]]
-    names = [prepare.shard_filename(i) for i in sorted({0, 1, 1822, spec["shards"]})]  # climbmix trains on 1822
-    for name in names:
-        write_shard(folder / name, marked_docs(rng, 300, "VALIDATION" if name == names[-1] else "TRAIN"))
-    return names
+    markers = {spec["val"]: "VALIDATION", spec["heldout"]: "HELDOUT"}
+    indices = sorted({0, 1, 1822, spec["heldout"], spec["val"]})  # climbmix trains on 1822
+    for i in indices:
+        write_shard(folder / prepare.shard_filename(i), marked_docs(rng, 300, markers.get(i, "TRAIN")))
+    return [prepare.shard_filename(i) for i in indices]
 
 
 @pytest.mark.parametrize("dataset", ["fineweb-edu", "climbmix", "tinystories"])
@@ -601,7 +598,8 @@ def test_each_data_set_downloads_its_files_from_its_repo_into_its_folder(dataset
     prepare.download_data(2, 2, dataset=dataset)
     server.close()
     repo = prepare.DATASETS[dataset]["repo"]
-    expected = names if dataset == "tinystories" else names[:2] + names[-1:]  # 2 training shards, the validation one
+    # 2 training shards and the validation one, never the held-out shard; TinyStories' one file
+    expected = names if dataset == "tinystories" else names[:2] + names[-1:]
     assert sorted(server.paths) == sorted(f"/datasets/{repo}/resolve/main/{n}" for n in expected)
     assert sorted(os.listdir(tmp_path / "cache" / "data" / dataset)) == sorted(expected)
 
@@ -619,11 +617,29 @@ def test_validation_data_is_never_in_a_training_batch(dataset, tok, tmp_path, mo
             for row in x.tolist():
                 seen.update(doc.split(" ", 1)[0] for doc in tok.decode(row).split("<|reserved_0|>")[1:] if doc)
         loader.close()
-        whole = {k: v for k, v in seen.items() if k in ("TRAIN", "VALIDATION", "TEST")}
+        whole = {k: v for k, v in seen.items() if k in ("TRAIN", "VALIDATION", "HELDOUT")}
         assert set(whole) == {marker}, (split, seen.most_common(5))
-    if dataset == "tinystories":  # the pinned rows are exactly the card's validation rows 10,000-19,999
-        texts = [t for batch in prepare._split_texts(prepare.split_parts("val")) for t in batch]
-        assert len(texts) == 10_000 and all(t.startswith("VALIDATION") for t in texts)
+    # the pinned rows: one shard each, or TinyStories' validation rows 10,000-19,999 and test rows 0-9,999
+    for split, marker in (("val", "VALIDATION"), ("heldout", "HELDOUT")):
+        texts = [t for batch in prepare._split_texts(prepare.split_parts(split)) for t in batch]
+        assert len(texts) == (10_000 if dataset == "tinystories" else 300)
+        assert all(t.startswith(marker) for t in texts)
+
+
+@pytest.mark.parametrize("dataset", ["fineweb-edu", "tinystories"])
+def test_the_held_out_data_is_fetched_once_when_asked(dataset, tmp_path, monkeypatch, capsys):
+    lay_out(dataset, tmp_path / "server", random.Random(3))
+    server = serve(monkeypatch, tmp_path / "server")
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path / "cache"))
+    parts, again = prepare.fetch_heldout(dataset), prepare.fetch_heldout(dataset)
+    server.close()
+    spec = prepare.DATASETS[dataset]
+    name = spec.get("file") or prepare.shard_filename(spec["heldout"])
+    # once: the second call finds it on disk
+    assert server.paths == [f"/datasets/{spec['repo']}/resolve/main/{name}"]
+    rows = (0, 10_000) if dataset == "tinystories" else (0, None)
+    assert parts == again == [(str(tmp_path / "cache" / "data" / dataset / name), *rows)]
+    assert capsys.readouterr().out == f"downloading the held-out data: {name} of {spec['repo']}\n"
 
 
 def test_tokenizers_of_two_settings_live_side_by_side(prepared, corpus, tmp_path):
@@ -664,25 +680,28 @@ def test_old_cache_layout_moves_into_the_data_sets_folders(prepared, tmp_path, m
     assert sorted(os.listdir(tmp_path / "data")) == ["fineweb-edu"]
     assert sorted(os.listdir(tmp_path / TOKENIZER)) == ["tokenizer.json", "tokenizer.tiktoken"]
     assert prepare.Tokenizer.from_directory(str(tmp_path / TOKENIZER)).get_vocab_size() == 8192
-    assert "moved 3 files of the old layout" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "moved 3 shard files of an old layout (fineweb-edu: shard_01822.parquet is one)" in out
+    assert "moved 2 tokenizer files of an old layout" in out
 
 
 def test_num_shards_is_checked_against_the_data_sets_count(monkeypatch, capsys):
     asked = []
     monkeypatch.setattr(prepare, "download_data", lambda n, workers, dataset: asked.append((dataset, n)) or sys.exit(0))
-    for argv, expected in ((["--num-shards", "-1"], ("fineweb-edu", 1822)),
-                           (["--dataset", "climbmix", "--num-shards", "-1"], ("climbmix", 6542)),
+    for argv, expected in ((["--num-shards", "-1"], ("fineweb-edu", 1821)),  # shard 1821 is held out
+                           (["--dataset", "climbmix", "--num-shards", "-1"], ("climbmix", 6541)),
                            (["--dataset", "climbmix", "--num-shards", "2000"], ("climbmix", 2000))):
         monkeypatch.setattr(sys, "argv", ["prepare.py", *argv])
         with pytest.raises(SystemExit):
             prepare.main()
         assert asked.pop() == expected
-    for bad in ("0", "1823"):
+    for bad in ("0", "1822"):
         monkeypatch.setattr(sys, "argv", ["prepare.py", "--num-shards", bad])
         with pytest.raises(SystemExit) as info:
             prepare.main()
         assert info.value.code == 2 and asked == []
-        assert "--num-shards must be between 1 and 1822 for fineweb-edu, or -1 for all" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "--num-shards must be between 1 and 1821 for fineweb-edu, or -1 for all" in err
 
 
 def test_a_full_disk_is_named_at_once_not_blamed_on_the_network(monkeypatch, corpus, tmp_path, no_sleep, capsys):
