@@ -43,7 +43,20 @@ CASES = {
     "baseline_crashed": [
         ("a1b2c3d", "0.000000", "0.0", "crash", "baseline"),
     ],
+    # A small computer's night: the first baseline run timed out (the setup was then fixed), and the CPU's
+    # seed rerun differs by 0.06; then one kept gain of 0.131
+    "crash_before_baseline": [
+        ("a1b2c3d", "0.000000", "0.0", "crash", "baseline (timeout)"),
+        ("b2c3d4e", "1.500000", "1.9", "keep", "baseline"),
+        ("c3d4e5f", "1.560000", "1.9", "discard", "baseline (seed 43)"),
+        ("d4e5f6a", "1.369000", "1.9", "keep", "DEPTH 3"),
+    ],
 }
+
+
+def _baseline_index(rows):
+    """The first run with a score: the notebook's baseline, whatever rows come before it."""
+    return next((k for k, r in enumerate(rows) if r[3].strip().lower() != "crash" and float(r[1]) > 0), None)
 
 
 def _write_tsv(path, rows):
@@ -67,7 +80,8 @@ scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
 heights = {c.get_label(): [float(y) for _, y in to_axes.transform(c.get_offset_transform().transform(
     c.get_offsets()))] for c in scatters}
 xlo, xhi = ax.get_xlim()
-print('FIGURE', json.dumps(dict(ylim=ax.get_ylim(), axes=ax.get_window_extent(renderer).bounds,
+legend = [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+print('FIGURE', json.dumps(dict(ylim=ax.get_ylim(), axes=ax.get_window_extent(renderer).bounds, legend=legend,
                                 labels=[Text.get_window_extent(t, renderer).bounds for t in ax.texts],
                                 title=fig.get_suptitle(), heights=heights,
                                 xticks=[float(t) for t in ax.get_xticks() if xlo <= t <= xhi])))
@@ -162,26 +176,29 @@ def test_notebook_runs(case, tmp_path, monkeypatch):
 
     # Counts per status (statuses are normalised: " Keep " counts as keep).
     statuses = [r[3].strip().lower() for r in rows]
-    assert int(_value(text, "total experiments")) == len(rows)
+    base = _baseline_index(rows)
+    experiments = [r for k, r in enumerate(rows) if base is not None and k >= base
+                   and not (k > base and r[4].endswith(" (seed 43)"))]
+    assert int(_value(text, "total experiments")) == len(experiments)
     for status in ("keep", "discard", "crash"):
         assert int(_value(text, status)) == statuses.count(status)
 
     kept = [float(r[1]) for r, s in zip(rows, statuses) if s == "keep" and float(r[1]) > 0]
     assert int(_value(text, "kept experiments")) == len(kept)
 
-    if statuses[0] == "crash":
+    if base is None:
         assert "baseline" in text and "no improvement to report" in text
         assert "best kept val_bpb" not in text
         return
 
-    baseline = float(rows[0][1])
+    baseline = float(rows[base][1])
     best = min(kept)
     assert float(_value(text, "baseline val_bpb")) == pytest.approx(baseline, abs=1e-6)
     assert float(_value(text, "best kept val_bpb")) == pytest.approx(best, abs=1e-6)
     assert float(_value(text, "improvement")) == pytest.approx(baseline - best, abs=1e-6)
 
     if len(kept) > 1:
-        assert "top improvements:" in text
+        assert "top improvements (how much each lowered the best val_bpb):" in text
         # Commit hashes made of digits keep their leading zero.
         if case == "with_crashes":
             assert "0123456" in text
@@ -267,10 +284,59 @@ def test_crashes_are_marked_on_the_top_edge_above_every_score_and_label(tmp_path
 
 
 def test_one_run_reads_in_the_singular(tmp_path, monkeypatch):
-    _write_tsv(tmp_path / "results.tsv", CASES["baseline_crashed"])
+    _write_tsv(tmp_path / "results.tsv", CASES["baseline_only"])
     text = _run_notebook(tmp_path, tmp_path / "results.tsv", monkeypatch, FIGURE_PROBE)
     assert f"loaded 1 row from {tmp_path / 'results.tsv'}" in text
-    assert _figure(text)["title"] == "autoresearch: 1 experiment, 0 kept"
+    assert _figure(text)["title"] == "autoresearch: 1 experiment, 1 kept"
+
+
+# -----------------------------------------------------------------------------
+# A crashed first row: the first run with a score is the baseline (issue 24, items 2 and 7)
+
+
+@pytest.fixture(scope="module")
+def after_a_crash(tmp_path_factory):
+    """The notebook's printed text and figure for CASES["crash_before_baseline"], run once for these tests."""
+    folder = tmp_path_factory.mktemp("after_a_crash")
+    _write_tsv(folder / "results.tsv", CASES["crash_before_baseline"])
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        text = _run_notebook(folder, folder / "results.tsv", monkeypatch, FIGURE_PROBE)
+    return text, _figure(text)
+
+
+def test_the_first_run_with_a_score_is_the_baseline(after_a_crash):
+    text, _ = after_a_crash
+    assert _value(text, "baseline val_bpb") == "1.500000"
+    assert _value(text, "improvement") == "0.131000"  # not "no improvement": the crash was no baseline
+    # The decisions after it: one keep; the baseline itself and its seed rerun are no decisions
+    assert "keep rate after the baseline: 1/1 = 100.0%" in text
+
+
+def test_rows_before_the_baseline_and_seed_reruns_are_not_experiments(after_a_crash):
+    text, figure = after_a_crash
+    assert _value(text, "total experiments") == "2"
+    assert "(2 rows left out: seed reruns and rows before the baseline)" in text
+    assert figure["title"] == "autoresearch: 2 experiments, 2 kept"
+
+
+def test_no_discarded_legend_entry_without_a_discarded_point(after_a_crash):
+    _, figure = after_a_crash  # its only discard is the seed rerun, which has a marker of its own
+    assert "discarded" not in figure["legend"] and "discarded" not in figure["heights"]
+    assert "rerun with another seed" in figure["legend"] and "crash (1)" in figure["legend"]
+
+
+def test_the_noise_band_below_the_best_stays_inside_the_axis(after_a_crash):
+    text, figure = after_a_crash
+    noise = float(_value(text, "noise floor"))
+    assert noise == pytest.approx(0.06)  # 1.56 - 1.50: a loaded CPU's seed pair
+    bottom, top = figure["ylim"]
+    assert bottom <= 1.369 - noise and top >= 1.56
+
+
+def test_top_improvements_are_positive_gains(after_a_crash):
+    text, _ = after_a_crash
+    assert re.search(r"^  0\.131000  #3 +d4e5f6a +DEPTH 3$", text, re.MULTILINE), text
+    assert "-0.131" not in text
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -292,6 +358,16 @@ def test_comma_separated_file_stops_with_one_line(tmp_path, monkeypatch):
     assert error.traceback == [f"ResultsFileError: {tsv} must be tab-separated: the five columns "
                                "commit val_bpb memory_gb status description separated by tabs "
                                "(its first line has no tab)"]
+
+
+def test_an_empty_file_is_called_empty_in_one_line(tmp_path, monkeypatch):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text("")
+    cell, error, ran = _first_error(tmp_path, tsv, monkeypatch)
+    assert cell == 0 and ran == 1
+    assert error.traceback == [f"ResultsFileError: {tsv} is empty: its first line must be the five columns "
+                               "commit val_bpb memory_gb status description separated by tabs (program.md's "
+                               "setup writes it)"]
 
 
 def test_missing_columns_are_named_in_one_line(tmp_path, monkeypatch):
@@ -328,7 +404,8 @@ def test_readme_headless_command_prints_the_results(tmp_path):
     _write_tsv(tmp_path / "results.tsv", CASES["with_crashes"])
     out = _run_readme_headless_command(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "total experiments: 8" in out.stdout and "best kept val_bpb: 0.989100" in out.stdout
+    # 8 rows, 1 seed rerun: 7 experiments
+    assert "total experiments: 7" in out.stdout and "best kept val_bpb: 0.989100" in out.stdout
     # The chart is saved and its full path printed; the markdown links no file that does not exist
     assert (tmp_path / "progress.png").is_file() and f"saved {tmp_path / 'progress.png'}" in out.stdout
     links = re.findall(r"\]\(([^)]+)\)", out.stdout)
@@ -354,6 +431,15 @@ def test_readme_headless_command_ends_with_the_one_line_for_a_bad_file(tmp_path)
     assert out.returncode != 0 and "KeyError:" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("ResultsFileError: results.tsv must be tab-separated"), out.stderr[-3000:]
+
+
+def test_readme_headless_command_ends_with_one_line_for_a_missing_file(tmp_path):
+    out = _run_readme_headless_command(tmp_path)  # no results.tsv in the folder
+    # Above it nbconvert prints its own traceback and the cell; the cell's error is that one line
+    assert out.returncode != 0 and "FileNotFoundError:" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == ("ResultsFileError: results.tsv not found: run the notebook where the agent's results.tsv "
+                    "is, or set RESULTS_TSV to its path"), out.stderr[-3000:]
 
 
 def test_readme_lab_command_works():
