@@ -13,6 +13,7 @@ code. Exit 0 when everything holds, else 1 with one line per finding naming the 
 import argparse
 import ast
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import importlib.metadata
@@ -20,8 +21,10 @@ import json
 import operator
 import os
 import re
+import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -114,6 +117,92 @@ def frozen_constants(source):
     return values
 
 # ---------------------------------------------------------------------------
+# Writing a record: prepare.py's evaluate_bpb calls append_run_record, in the training process
+
+def ledger_key():
+    """The ledger's HMAC key (32 random bytes, made once, readable by this account only)."""
+    if not os.path.exists(LEDGER_KEY):
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        with contextlib.suppress(FileExistsError), os.fdopen(
+                os.open(LEDGER_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))
+    with open(LEDGER_KEY) as f:
+        return bytes.fromhex(f.read().strip())
+
+def chain_mac(key, line):
+    """The `prev` of the record after `line` (None: the first record)."""
+    return hmac.new(key, b"" if line is None else line.encode(), "sha256").hexdigest()
+
+def ledger_head(path):
+    """Where a ledger's head (its line count and the HMAC of its last line) is kept, outside the repo:
+    records deleted from its end show against it."""
+    return os.path.join(CACHE_DIR, "ledger-heads", sha256(os.path.realpath(path).encode())[:16])
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+def train_seconds(times, tokens):
+    """Seconds from the first batch after the 11 warm-up steps to the last batch training drew (batches per
+    step from train.py's TOTAL_BATCH_SIZE, 1 if it has none), and the median step's seconds."""
+    total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
+    per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    step = statistics.median(gaps) * per_step if gaps else 0.0
+    return (times[-1] - times[11 * per_step] if len(times) > 11 * per_step else 0.0), step
+
+def append_run_record(facts):
+    """The record of one evaluation: the facts prepare.py measured, with the commit, the files that ran and
+    what training was served. To $AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from prepare.py's
+    folder (train.py's runs are recorded; a test suite importing prepare.py is not)."""
+    script = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
+    folder, here = os.path.dirname(script), os.path.dirname(facts["prepare_path"])
+    path = os.environ.get("AUTORESEARCH_LEDGER") or (os.path.join(here, LEDGER) if folder == here else None)
+    if not path:
+        return
+    commit = git(folder, "rev-parse", "HEAD")
+    if not commit:  # a row names a commit: a record without one could stand for any
+        print(f"warning: no run record: {folder} has no git commit (commit train.py first)", file=sys.stderr)
+        return
+    val, times, tokens = facts.pop("val_path"), facts.pop("train_times"), facts.pop("tokenizer_bytes")
+    timed, step = train_seconds(times, facts["train_tokens"])
+    hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
+    record = dict(
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
+        dirty=bool(git(folder, "status", "--porcelain", "--untracked-files=no")),
+        tag=os.environ.get("AUTORESEARCH_TAG", ""), script=script, prepare_sha256=file_sha256(
+            facts.pop("prepare_path")), **facts, val_sha256=file_sha256(val), val_hub_sha256=hub,
+        tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=file_sha256(script),
+        train_batches=len(times), train_timed_s=round(timed, 1), train_step_s=round(step, 2))
+    try:
+        append_record(path, record)
+    except OSError as e:  # the score still prints; without a record, its row cannot be written
+        print(f"warning: no run record: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+
+def append_record(path, record):
+    """Append one whole line under a lock (concurrent runs wait their turn), flushed to disk, chained to the
+    line before it; then the head."""
+    key = ledger_key()
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.seek(0)
+        lines = f.read().decode(errors="replace").split("\n")
+        last = next((line for line in reversed(lines) if line.strip()), None)
+        text = json.dumps(dict(record, prev=chain_mac(key, last)))
+        # a line cut short by a crash stays a line of its own: the new record starts on a fresh line
+        f.write((b"\n" if lines[-1] else b"") + text.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+        head = ledger_head(path)
+        os.makedirs(os.path.dirname(head), exist_ok=True)
+        with open(head + ".tmp", "w") as h:
+            h.write(f"{sum(1 for line in lines if line.strip()) + 1} {chain_mac(key, text)}\n")
+        os.replace(head + ".tmp", head)
+
+# ---------------------------------------------------------------------------
 # Records and rows: read tolerantly, written whole
 
 def read_ledger(folder):
@@ -124,7 +213,7 @@ def read_ledger(folder):
         return [], []
     with open(path, "rb") as f:
         lines = [line for line in f.read().decode(errors="replace").split("\n") if line.strip()]
-    key = open(LEDGER_KEY).read().strip() if os.path.exists(LEDGER_KEY) else None
+    key = bytes.fromhex(open(LEDGER_KEY).read().strip()) if os.path.exists(LEDGER_KEY) else None
     records, findings, previous = [], [], None
     for i, line in enumerate(lines):
         try:
@@ -135,18 +224,16 @@ def read_ledger(folder):
             where = "the last line" if i == len(lines) - 1 else f"line {i + 1}"
             findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while it was "
                             "written?): it is ignored")
-        if key and record and record.get("prev") != hmac.new(
-                bytes.fromhex(key), b"" if previous is None else previous.encode(), "sha256").hexdigest():
+        if key and record and record.get("prev") != chain_mac(key, previous):
             findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks here: "
                             "it, or the record before it, was edited, or records were deleted")
         records.append(record)
         previous = line
     if records and not key:
         findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
-    head = os.path.join(CACHE_DIR, "ledger-heads", sha256(os.path.realpath(path).encode())[:16])
+    head = ledger_head(path)
     count, mac = (open(head).read().split() + ["", ""])[:2] if os.path.exists(head) else ("0", "")
-    if key and lines and (count != str(len(lines)) or mac != hmac.new(
-            bytes.fromhex(key), lines[-1].encode(), "sha256").hexdigest()):
+    if key and lines and (count != str(len(lines)) or mac != chain_mac(key, lines[-1])):
         findings.append(f"ledger.jsonl: {len(lines)} records, but its head ({head}) says {count}: records "
                         "were deleted from its end, or it was replaced (or the folder moved)")
     return records, findings
@@ -407,6 +494,30 @@ def audit(results="results.tsv"):
 # The morning's confirm: clean reruns, scored out of process
 
 SCORER_OPS = ("aten", "prims", "cudnn")  # operator namespaces the clean scorer runs
+
+def export_model(model, shape, device, path):
+    """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
+    clean scorer: it holds only tensor operations, none of train.py's code. A failure writes its reason."""
+    import torch
+    module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, idx):
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type != "cpu"):
+                return self.inner(idx).float()
+
+    try:
+        x = torch.zeros(shape, dtype=torch.int64, device=device)
+        with torch.autocast(device.type, enabled=False):
+            program = torch.export.export(Logits(module), (x,), strict=False)
+        torch.export.save(program, path)
+    except Exception as e:  # not an nn.Module, or an operation export cannot trace
+        with open(path + ".failed", "w") as f:
+            f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
 
 def score_artifact(path, batch_size):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:

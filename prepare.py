@@ -14,17 +14,13 @@ import bisect
 import collections
 import contextlib
 import errno
-import fcntl
 import hashlib
-import hmac
 import json
 import math
 import os
 import queue
 import secrets
 import shutil
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -658,36 +654,18 @@ def evaluate_bpb(model, tokenizer, batch_size):
                     "tokens after t changed (it sees the future)")
     elif before is not None and not torch.equal(before, after):
         rejected = "the model's weights or buffers changed while it was scored (it learned from the evaluation)"
-    _record(val_bpb, tokens, own, probe, rejected, batch_size)
+    enc = own.enc
+    _record(val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens, causal_probe=probe,
+            dataset=DATASET, val_path=split_parts("val")[0][0], prepare_path=os.path.abspath(__file__),
+            tokenizer_bytes=[enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)],
+            train_times=_served["train_times"], train_tokens=_served["train_tokens"],
+            val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
-    if os.environ.get("AUTORESEARCH_EXPORT"):  # audit.py --confirm scores this file in a clean process
-        export_model(model, batch_size, os.environ["AUTORESEARCH_EXPORT"])
+    if os.environ.get("AUTORESEARCH_EXPORT"):  # audit.py --confirm scores the model in a clean process
+        import audit
+        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), os.environ["AUTORESEARCH_EXPORT"])
     return val_bpb
-
-def export_model(model, batch_size, path):
-    """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
-    clean scorer: it holds only tensor operations, none of train.py's code. A failure writes its reason."""
-    module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model
-    device = _default_device()
-
-    class Logits(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, idx):
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type != "cpu"):
-                return self.inner(idx).float()
-
-    try:
-        x = torch.zeros((batch_size, MAX_SEQ_LEN), dtype=torch.int64, device=device)
-        with torch.autocast(device.type, enabled=False):
-            program = torch.export.export(Logits(module), (x,), strict=False)
-        torch.export.save(program, path)
-    except Exception as e:  # not an nn.Module, or an operation export cannot trace
-        with open(path + ".failed", "w") as f:
-            f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
 
 # ---------------------------------------------------------------------------
 # Run harness: the checks and reports train.py calls, one line each. A train.py that calls none of them (one
@@ -900,113 +878,16 @@ def peak_memory_mb():
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 # ---------------------------------------------------------------------------
-# Run record: evaluate_bpb appends one to ledger.jsonl for every evaluation, so that no score is typed by
-# hand. audit.py writes results.tsv's rows from the records and audits them.
+# Run record: every evaluation hands its facts to audit.py (frozen too), which appends the record to
+# ledger.jsonl; audit.py also writes results.tsv's rows from the records and audits them
 
-LEDGER = "ledger.jsonl"  # beside train.py; each record holds an HMAC of the line before it (key: below)
-LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # outside the repository; made at the first record
-
-def _sha256(data=b"", path=None):
-    h = hashlib.sha256(data)
-    if path:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-def _git(folder, *args):
+def _record(**facts):
     try:
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60).stdout.decode().strip()
-    except OSError:  # no git
-        return ""
-
-def ledger_key():
-    """The ledger's HMAC key (32 random bytes, made once, readable by this account only)."""
-    if not os.path.exists(LEDGER_KEY):
-        make_dirs(CACHE_DIR)
-        with contextlib.suppress(FileExistsError), os.fdopen(os.open(LEDGER_KEY, os.O_WRONLY | os.O_CREAT
-                                                                      | os.O_EXCL, 0o600), "w") as f:
-            f.write(secrets.token_hex(32))
-    with open(LEDGER_KEY) as f:
-        return bytes.fromhex(f.read().strip())
-
-def chain_mac(key, line):
-    """The `prev` of the record after `line` (None: the first record)."""
-    return hmac.new(key, b"" if line is None else line.encode(), "sha256").hexdigest()
-
-def _record_path():
-    """$AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from this folder (train.py's runs are recorded,
-    a test suite that imports this file is not); else None. Also the script that runs."""
-    script = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
-    here = os.path.dirname(os.path.abspath(__file__))
-    beside = os.path.join(here, LEDGER) if os.path.dirname(script) == here else None
-    return os.environ.get("AUTORESEARCH_LEDGER") or beside, script
-
-def _train_seconds():
-    """Seconds from the first batch after the 11 warm-up steps to the last batch training drew (the batches
-    per step from train.py's TOTAL_BATCH_SIZE, 1 if it has none), and the median step."""
-    times, tokens = _served["train_times"], _served["train_tokens"]
-    total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
-    per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
-    warm = 11 * per_step
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    step = statistics.median(gaps) * per_step if gaps else 0.0
-    return (times[-1] - times[warm] if len(times) > warm else 0.0), step
-
-def _record(val_bpb, tokens_evaluated, tokenizer, probe, rejected, batch_size):
-    path, script = _record_path()
-    if not path:
+        import audit
+    except ImportError:  # a prepare.py copied without audit.py: the score still prints
+        print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
         return
-    folder = os.path.dirname(script)
-    commit = _git(folder, "rev-parse", "HEAD")
-    if not commit:  # a row names a commit: a record without one could stand for any
-        print(f"warning: no run record: {folder} has no git commit (commit train.py first)", file=sys.stderr)
-        return
-    val = split_parts("val")[0][0]
-    hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
-    enc = tokenizer.enc
-    timed, step = _train_seconds()
-    record = dict(
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
-        dirty=bool(_git(folder, "status", "--porcelain", "--untracked-files=no")),
-        tag=os.environ.get("AUTORESEARCH_TAG", ""), script=script, val_bpb=val_bpb, rejected=rejected,
-        batch_size=batch_size, tokens_evaluated=tokens_evaluated, causal_probe=probe, dataset=DATASET,
-        val_sha256=_sha256(path=val), val_hub_sha256=hub,
-        tokenizer_sha256=_sha256(b"\0".join(enc.decode_single_token_bytes(i) for i in range(enc.n_vocab))),
-        prepare_sha256=_sha256(path=__file__), train_sha256=_sha256(path=script),
-        train_batches=len(_served["train_times"]), train_tokens=_served["train_tokens"],
-        train_timed_s=round(timed, 1), train_step_s=round(step, 2),
-        val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
-    try:
-        append_record(path, record)
-    except OSError as e:  # the score still prints; without a record, its row cannot be written by audit.py
-        print(f"warning: no run record: {LocalWriteError(path, e)}", file=sys.stderr)
-
-def ledger_head(path):
-    """Where the ledger's head (its line count and the HMAC of its last line) is kept, outside the repo:
-    records deleted from the end show against it."""
-    name = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
-    return os.path.join(CACHE_DIR, "ledger-heads", name)
-
-def append_record(path, record):
-    """Append one whole line under a lock (concurrent runs wait their turn), flushed to disk, chained to the
-    line before it; then the head."""
-    key = ledger_key()
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-        f.seek(0)
-        lines = f.read().decode(errors="replace").split("\n")
-        last = next((line for line in reversed(lines) if line.strip()), None)
-        text = json.dumps(dict(record, prev=chain_mac(key, last)))
-        # a line cut short by a crash stays a line of its own: the new record starts on a fresh line
-        f.write((b"\n" if lines[-1] else b"") + text.encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-        head = ledger_head(path)
-        make_dirs(os.path.dirname(head))
-        with open(head + ".tmp", "w") as h:
-            h.write(f"{sum(1 for line in lines if line.strip()) + 1} {chain_mac(key, text)}\n")
-        os.replace(head + ".tmp", head)
+    audit.append_run_record(facts)
 
 # ---------------------------------------------------------------------------
 # Main
