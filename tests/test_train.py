@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from common import ROOT, cudnn_attention_on_cpu, parse_summary, shrunk_copy
+from common import GIT_ENV, ROOT, cudnn_attention_on_cpu, parse_summary, shrunk_copy
 
 import train  # importing must not start training
 
@@ -558,7 +558,10 @@ def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_
     shrunk_copy(ROOT / "train.py", work / "train.py", DEPTH=2, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=8,
                 TOTAL_BATCH_SIZE=2 * 8 * 128)
     shutil.copy(ROOT / "tests" / "fixtures" / "original_style_train.py", work / "original_train.py")
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path / "cache"), HF_ENDPOINT=dataset_server,
+    shutil.copy(ROOT / "audit.py", work / "audit.py")  # prepare.py hands its run records to audit.py
+    for git in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "baseline"]):  # a record names its commit
+        subprocess.run(["git", *git], cwd=work, env=GIT_ENV, check=True, capture_output=True)
+    env = dict(GIT_ENV, AUTORESEARCH_CACHE_DIR=str(tmp_path / "cache"), HF_ENDPOINT=dataset_server,
                CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
     def run(script, *args):
