@@ -1,5 +1,6 @@
-"""Helpers shared by the test modules: generated documents and shards, shrunk copies of the two scripts, the
-summary block's parser, a tokenizer written without training, and cuDNN's attention op on the CPU."""
+"""Helpers shared by the test modules: the repository's root, the environment and the runner of a script on
+the CPU, git, generated documents and shards, shrunk copies of the two scripts, the summary block's parser, a
+tokenizer written without training, and cuDNN's attention op on the CPU."""
 
 import base64
 import collections
@@ -9,11 +10,15 @@ import http.server
 import json
 import math
 import os
+import random
 import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +26,36 @@ sys.path.insert(0, str(ROOT))
 
 # git with no user or system configuration (no signing, no hooks), with an identity for commits
 GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.com")
+
+
+def git(cwd, *args):
+    """git's stdout; a failing git command fails the test."""
+    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, timeout=30,
+                          check=True).stdout
+
+
+def cpu_env(cache=None, **extra):
+    """The environment of a script run by a test: CUDA hidden, the kernels hub offline, output unbuffered, one
+    thread (a tiny model runs faster than with threads contending on a busy 2-core machine), git's identity
+    for commits; AUTORESEARCH_CACHE_DIR when a cache is given, then any extra variables."""
+    env = dict(GIT_ENV, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1")
+    if cache is not None:
+        env["AUTORESEARCH_CACHE_DIR"] = str(cache)
+    return env | {name: str(value) for name, value in extra.items()}
+
+
+def run_script(cwd, script, *args, env, timeout=120, **kwargs):
+    """`python script args` in cwd (script may be "-c", code), its output captured as text."""
+    return subprocess.run([sys.executable, script, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def tail(result, n=3000):
+    """The end of a finished process's stdout and stderr: an assertion's message."""
+    return result.stdout[-n:] + result.stderr[-n:]
 
 
 @contextlib.contextmanager
@@ -31,7 +65,8 @@ def serve_folder(root):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -40,11 +75,12 @@ def serve_folder(root):
         server.server_close()
 
 
-WORDS = ("the of and to in is was for on that with as by at from his her an which are were this be had it not "
-         "but or have they first one their its new after who all also two has been other when there into more "
-         "time during years only over city school may most would between some such many used three world known "
-         "water energy students learning history science river system called number people health early "
-         "research century several small large form based group government important including").split()
+WORDS = ("the of and to in is was for on that with as by at from his her an which are were this be had it "
+         "not but or have they first one their its new after who all also two has been other when there into "
+         "more time during years only over city school may most would between some such many used three "
+         "world known water energy students learning history science river system called number people "
+         "health early research century several small large form based group government important "
+         "including").split()
 
 
 def make_document(rng):
@@ -52,13 +88,29 @@ def make_document(rng):
     for _ in range(rng.randint(2, 12)):
         words = [rng.choice(WORDS) for _ in range(rng.randint(4, 18))]
         if rng.random() < 0.4:
-            words.insert(rng.randrange(len(words)), str(rng.choice([rng.randint(0, 99), rng.randint(1800, 2025),
-                                                                    round(rng.uniform(0, 100), 2)])))
+            at = rng.randrange(len(words))  # drawn first: the documents stay those of earlier measurements
+            number = rng.choice([rng.randint(0, 99), rng.randint(1800, 2025), round(rng.uniform(0, 100), 2)])
+            words.insert(at, str(number))
         if rng.random() < 0.2:
-            words.insert(rng.randrange(len(words)), rng.choice(["(see above)", "e.g.", "--", "\"quoted\"", "50%"]))
+            at = rng.randrange(len(words))
+            words.insert(at, rng.choice(["(see above)", "e.g.", "--", "\"quoted\"", "50%"]))
         sentence = " ".join(words)
         sentences.append(sentence[0].upper() + sentence[1:] + rng.choice([".", ".", ".", "!", "?", ";"]))
     return " ".join(sentences) + ("\n\n" + " ".join(sentences[:2]) if rng.random() < 0.3 else "")
+
+
+def write_shard(path, docs, row_group_size=None):
+    """A parquet file of documents in its one `text` column, as the hub's shards are."""
+    pq.write_table(pa.table({"text": docs}), path, row_group_size=row_group_size)
+
+
+def write_shards(folder, names, n_docs, seed, row_group_size=256):
+    """Shards of generated documents, one per file name, in folder (made if missing)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for name in names:
+        write_shard(folder / name, [make_document(rng) for _ in range(n_docs)], row_group_size)
 
 
 def set_constant(source, name, value):
@@ -74,15 +126,39 @@ def shrunk_copy(src, dst, **constants):
     Path(dst).write_text(text)
 
 
+# A model that trains a step in well under a second on a CPU, and the prepare.py settings it is run with
+TINY_TRAIN = dict(DEPTH=2, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=2 * 8 * 128)
+TINY_PREPARE = dict(MAX_SEQ_LEN=128, TIME_BUDGET=2, EVAL_TOKENS=4 * 8 * 128, VOCAB_SIZE=512)
+
+
+def shrunk_scripts(work, prepare=None, train=None):
+    """Copies of prepare.py and train.py in work (made if missing) with these constants; returns work."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    shrunk_copy(ROOT / "prepare.py", work / "prepare.py", **(prepare or {}))
+    shrunk_copy(ROOT / "train.py", work / "train.py", **(train or {}))
+    return work
+
+
+def edit(path, old, new):
+    """Replace old, which must occur exactly once, in the file at path: an edit that misses its anchor fails
+    loudly instead of testing nothing."""
+    source = Path(path).read_text()
+    assert source.count(old) == 1, f"{old!r} is not in {Path(path).name} exactly once"
+    Path(path).write_text(source.replace(old, new))
+
+
 SUMMARY = [  # label, value pattern, type
-    ("val_bpb", r"\d+\.\d{6}", float), ("training_seconds", r"\d+\.\d", float), ("total_seconds", r"\d+\.\d", float),
-    ("peak_vram_mb", r"\d+\.\d", float), ("mfu_percent", r"\d+\.\d{2}", float), ("total_tokens_M", r"\d+\.\d", float),
+    ("val_bpb", r"\d+\.\d{6}", float), ("training_seconds", r"\d+\.\d", float),
+    ("total_seconds", r"\d+\.\d", float), ("peak_vram_mb", r"\d+\.\d", float),
+    ("mfu_percent", r"\d+\.\d{2}", float), ("total_tokens_M", r"\d+\.\d", float),
     ("num_steps", r"\d+", int), ("num_params_M", r"\d+\.\d", float), ("depth", r"\d+", int),
 ]
 
 
 def parse_summary(stdout):
-    """The summary block at the end of a run's output: labels, alignment and decimals as the spec gives them."""
+    """The summary block at the end of a run's output: labels, alignment and decimals as the spec gives
+    them."""
     lines = stdout.rstrip("\n").split("\n")
     assert len(lines) >= 10 and lines[-10] == "---", stdout[-2000:]
     values = {}
@@ -97,7 +173,8 @@ def write_byte_tokenizer(tokenizer_dir, vocab_size, specials, pattern):
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer_dir.mkdir(parents=True)
     n = vocab_size - len(specials)
-    tokens = [bytes([i]) for i in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)][:n - 256]
+    pairs = [bytes([a, b]) for a in range(256) for b in range(256)]
+    tokens = [bytes([i]) for i in range(256)] + pairs[:n - 256]
     (tokenizer_dir / "tokenizer.tiktoken").write_text(
         "".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
     meta = {"pattern": pattern, "special_tokens": {name: n + i for i, name in enumerate(specials)}}
@@ -105,12 +182,13 @@ def write_byte_tokenizer(tokenizer_dir, vocab_size, specials, pattern):
     return tokenizer_dir
 
 # -----------------------------------------------------------------------------
-# cuDNN's attention op (nvidia-cudnn-frontend's torch.ops.cudnn.sdpa) given CPU kernels, so that train.py's cuDNN
-# path runs here: the same op, with its real autograd and fake registrations, only the kernels are ours
+# cuDNN's attention op (nvidia-cudnn-frontend's torch.ops.cudnn.sdpa) given CPU kernels, so that train.py's
+# cuDNN path runs here: the same op, with its real autograd and fake registrations, only the kernels are ours
 
 
 def _visible(T, is_causal, left_bound, right_bound, device):
-    """cuDNN's band: key j is visible to query i iff i - left_bound < j (left_bound >= 0) and j <= i + right_bound."""
+    """cuDNN's band: key j is visible to query i iff i - left_bound < j (left_bound >= 0) and
+    j <= i + right_bound."""
     i, j = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
     keep = torch.ones(T, T, dtype=torch.bool, device=device)
     if is_causal:
@@ -163,7 +241,8 @@ def _sdpa_bwd_cpu(dO, q, k, v, o, stats, attn_scale, is_causal=False, diagonal_a
 
 
 def cudnn_attention_on_cpu():
-    """The cuDNN frontend's scaled_dot_product_attention, runnable on the CPU (its CPU kernels registered once)."""
+    """The cuDNN frontend's scaled_dot_product_attention, runnable on the CPU (its CPU kernels registered
+    once)."""
     from cudnn.experimental.ops import scaled_dot_product_attention
     if not getattr(cudnn_attention_on_cpu, "registered", False):
         torch.library.impl("cudnn::sdpa", "CPU")(_sdpa_cpu)

@@ -1,9 +1,9 @@
-"""The suite writes only to temporary folders: HOME and every cache a test touches (torch.compile's, Jupyter's,
-IPython's, matplotlib's) point into one made for this session, before any test module imports train.py.
+"""The suite writes only to temporary folders: HOME and every cache a test touches (torch.compile's,
+Jupyter's, IPython's, matplotlib's) point into one made for this session, before any test module imports
+train.py.
 Fixtures shared by several modules live here."""
 
 import os
-import random
 import shutil
 import tempfile
 
@@ -25,18 +25,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture
 def shard_server(tmp_path):
-    """Generated FineWeb-style shards 0, 1 and the validation shard 1822, served on 127.0.0.1 as the hub does."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from common import make_document, serve_folder
+    """Generated FineWeb-style shards 0, 1 and the validation shard 1822, served on 127.0.0.1 as the hub
+    does."""
+    from common import serve_folder, write_shards
 
     root = tmp_path / "server"
-    shard_dir = root / "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
-    shard_dir.mkdir(parents=True)
-    rng = random.Random(1234)
-    for index in (0, 1, 1822):
-        docs = [make_document(rng) for _ in range(1200)]
-        pq.write_table(pa.table({"text": docs}), shard_dir / f"shard_{index:05d}.parquet", row_group_size=256)
-
+    write_shards(root / "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main",
+                 [f"shard_{index:05d}.parquet" for index in (0, 1, 1822)], n_docs=1200, seed=1234)
     with serve_folder(root) as url:
         yield url
