@@ -1,42 +1,35 @@
-"""Failure paths of train.py: arguments, allocator settings, memory and time estimates, refusals before the heavy
-work, a corrupt tokenizer, Muon without gradients, the training loader closed. Offline, on CPU.
+"""Failure paths of train.py: arguments, allocator settings, memory and time estimates, refusals before the
+heavy work, a corrupt tokenizer, Muon without gradients, the training loader closed. Offline, on CPU.
 
 Subprocess runs use a byte-level tokenizer written directly (no prepare.py run) and hide CUDA.
 """
 
 import json
 import os
-import random
 import re
 import resource
 import shutil
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from common import (ROOT, cpu_env, parse_summary, run_script, shrunk_copy, tail, write_byte_tokenizer,
+                    write_shards)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import prepare  # noqa: E402
-import train  # noqa: E402
-from common import make_document, parse_summary, set_constant, write_byte_tokenizer  # noqa: E402
+import prepare
+import train
 
 
 def default_config(vocab_size=8192, seq_len=2048):
     width = train.DEPTH * train.ASPECT_RATIO
-    return train.GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=train.DEPTH, n_head=width // 128,
-                           n_kv_head=width // 128, n_embd=width)
+    return train.GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=train.DEPTH,
+                           n_head=width // 128, n_kv_head=width // 128, n_embd=width)
 
 
 def byte_tokenizer(cache):
     """A valid tokenizer of prepare's size in the cache, written directly (no training)."""
-    return write_byte_tokenizer(cache / "tokenizer" / f"{prepare.DATASET}-{prepare.VOCAB_SIZE}", prepare.VOCAB_SIZE,
-                                prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
+    return write_byte_tokenizer(cache / "tokenizer" / f"{prepare.DATASET}-{prepare.VOCAB_SIZE}",
+                                prepare.VOCAB_SIZE, prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
 
 
 def limit_memory():  # a run that tries to take the test machine's memory fails instead
@@ -44,20 +37,14 @@ def limit_memory():  # a run that tries to take the test machine's memory fails 
 
 
 def run_train(work, cache, script="train.py", *args, timeout=120):
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
-               PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, script, *args], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit_memory)
+    return run_script(work, script, *args, env=cpu_env(cache), timeout=timeout, preexec_fn=limit_memory)
 
 
 def copy_with(tmp_path, train_constants=None, prepare_constants=None):
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     for name, constants in (("train.py", train_constants), ("prepare.py", prepare_constants)):
-        text = (ROOT / name).read_text()
-        for key, value in (constants or {}).items():
-            text = set_constant(text, key, value)
-        (work / name).write_text(text)
+        shrunk_copy(ROOT / name, work / name, **(constants or {}))
     return work
 
 # -----------------------------------------------------------------------------
@@ -73,9 +60,9 @@ def test_arguments_are_refused_before_any_work(tmp_path):
 
 def test_allocator_setting_uses_the_name_torch_2_11_reads():
     env = {k: v for k, v in os.environ.items() if "ALLOC_CONF" not in k}
-    code = ("import os, torch, train; torch.zeros(1); "
-            "print(sorted(k for k in os.environ if k.endswith('ALLOC_CONF') and os.environ[k] == 'expandable_segments:True'))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    code = ("import os, torch, train; torch.zeros(1); print(sorted(k for k in os.environ "
+            "if k.endswith('ALLOC_CONF') and os.environ[k] == 'expandable_segments:True'))")
+    result = run_script(ROOT, "-c", code, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "['PYTORCH_ALLOC_CONF']"
     assert "deprecated" not in result.stderr
@@ -87,8 +74,7 @@ def test_compile_cache_lives_beside_the_data_unless_set(tmp_path):
     base = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     for extra, expected in (({"AUTORESEARCH_CACHE_DIR": str(tmp_path)}, tmp_path / "torch_compile"),
                             ({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}, tmp_path / "mine")):
-        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(base, **extra),
-                                capture_output=True, text=True, timeout=120)
+        result = run_script(ROOT, "-c", code, env=dict(base, **extra))
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip() == str(expected)
 
@@ -98,10 +84,11 @@ sys.path.insert(0, {str(ROOT / "tests")!r})
 import common
 from torch._dynamo.utils import counters
 train.cache_compiled_graphs()
-train.cudnn_attention = common.cudnn_attention_on_cpu()  # the windowed layer on cuDNN's op, as on a GPU without FA3
+# the windowed layer on cuDNN's op, as on a GPU without FA3
+train.cudnn_attention = common.cudnn_attention_on_cpu()
 torch.manual_seed(0)
-model = train.GPT(train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32,
-                                  window_pattern="SL"))
+model = train.GPT(train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2,
+                                  n_embd=32, window_pattern="SL"))
 model.init_weights()
 x, y = torch.randint(0, 64, (2, 32)), torch.randint(0, 64, (2, 32))
 torch.compile(model, dynamic=False)(x, y, reduction="none").mean().backward()
@@ -113,13 +100,13 @@ print(json.dumps(dict(cache=dict(counters["aot_autograd"]), grad=model.lm_head.w
 @pytest.mark.slow
 def test_compile_cache_serves_warm_runs_and_never_a_stale_model(tmp_path):
     """Real Inductor on CPU, one process per run, one cache: a second run loads the model's graph (the loss's
-    autograd.Function and the sdpa_kernel context would make the AOTAutograd cache bypass it), with the windowed
-    layer on cuDNN's op; an edit to the model, to the loss's backward or to the window bound compiles afresh, with
-    the edited math."""
+    autograd.Function and the sdpa_kernel context would make the AOTAutograd cache bypass it), with the
+    windowed layer on cuDNN's op; an edit to the model, to the loss's backward or to the window bound compiles
+    afresh, with the edited math."""
     edits = {"model": ("logits = self.lm_head(x)\n", "logits = self.lm_head(2 * x)\n"),
              "loss": ("return dlogits.to(logits.dtype)", "return (2 * dlogits).to(logits.dtype)"),
              "window": ("left_bound=window + 1,", "left_bound=window + 3,")}
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"), CUDA_VISIBLE_DEVICES="")
+    env = cpu_env(TORCHINDUCTOR_CACHE_DIR=tmp_path / "cache")
 
     def run(version):
         work = tmp_path / version
@@ -130,19 +117,22 @@ def test_compile_cache_serves_warm_runs_and_never_a_stale_model(tmp_path):
             source = source.replace(*edits[version])
         (work / "train.py").write_text(source)
         shutil.copy(ROOT / "prepare.py", work / "prepare.py")
-        result = subprocess.run([sys.executable, "-c", CACHE_PROBE], cwd=work, env=env, capture_output=True,
-                                text=True, timeout=600)
+        result = run_script(work, "-c", CACHE_PROBE, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     first, again, loss, model, window = run("today"), run("today"), run("loss"), run("model"), run("window")
     assert first["cache"].get("autograd_cache_miss") == 1 and "autograd_cache_bypass" not in first["cache"]
-    assert first["cudnn"] == again["cudnn"] == {"sdpa": 1, "sdpa_bwd": 1}  # the graph calls cuDNN's op, cached too
+    # the graph calls cuDNN's op, cached too
+    assert first["cudnn"] == again["cudnn"] == {"sdpa": 1, "sdpa_bwd": 1}
     assert again["cache"].get("autograd_cache_hit") == 1 and again["grad"] == first["grad"]
     assert loss["cache"].get("autograd_cache_miss") == 1 and loss["grad"] == pytest.approx(2 * first["grad"])
-    assert model["cache"].get("autograd_cache_miss") == 1 and model["grad"] == pytest.approx(2 * first["grad"], rel=1e-2)
-    # c_proj's gradient is the first to see the attention's output (c_proj starts at zero, so lm_head's does not)
-    assert window["cache"].get("autograd_cache_miss") == 1 and window["attn_grad"] != pytest.approx(first["attn_grad"])
+    assert model["cache"].get("autograd_cache_miss") == 1
+    assert model["grad"] == pytest.approx(2 * first["grad"], rel=1e-2)
+    # c_proj's gradient is the first to see the attention's output (c_proj starts at zero, so lm_head's does
+    # not)
+    assert window["cache"].get("autograd_cache_miss") == 1
+    assert window["attn_grad"] != pytest.approx(first["attn_grad"])
     assert again["attn_grad"] == first["attn_grad"]
 
 # -----------------------------------------------------------------------------
@@ -153,28 +143,33 @@ def test_gpu_memory_estimate_matches_the_h100_measurements():
     config = default_config()
     params = 50_332_176
     for batch, measured_gb in ((32, 12.3), (64, 24.0), (128, 47.2)):  # max_memory_allocated on an H100
-        assert prepare._step_memory(config, params, batch, "cuda") / 1e9 == pytest.approx(measured_gb, rel=0.06)
+        estimate = prepare._step_memory(config, params, batch, "cuda")
+        assert estimate / 1e9 == pytest.approx(measured_gb, rel=0.06)
 
 
 def test_batch_size_advice_fits_the_gpu_at_the_first_try():
     config, params = default_config(), 50_332_176
     assert prepare._fitting_batch_size(config, params, "cuda", 24e9, 2**19) == 32  # 64 needed 24.0 GB
-    assert prepare._fitting_batch_size(config, params, "cuda", 85e9, 2**19) == 128  # an 80 GB H100: the default fits
+    # an 80 GB H100: the default fits
+    assert prepare._fitting_batch_size(config, params, "cuda", 85e9, 2**19) == 128
     assert prepare._fitting_batch_size(config, params, "cuda", 24e9, 2**19, failed_at=128) == 32
     # An estimate that was too low: 64 ran out of 24 GB although estimated to fit, so the advice halves it
     assert prepare._fitting_batch_size(config, params, "cuda", 30e9, 2**19, failed_at=64) == 32
-    assert prepare._fitting_batch_size(config, params, "cuda", 0.5e9, 2**19) is None  # the weights alone do not fit
+    # the weights alone do not fit
+    assert prepare._fitting_batch_size(config, params, "cuda", 0.5e9, 2**19) is None
 
 
 def test_default_run_is_refused_on_a_cpu_within_seconds(tmp_path):
     byte_tokenizer(tmp_path)
     result = run_train(ROOT, tmp_path, timeout=120)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 1, tail(result, 2000)
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()
     assert len(message) == 2, message
-    assert re.match(r"DEVICE_BATCH_SIZE = 128 at DEPTH = 8 needs about \d+\.\d GB \(estimate\), more than the", message[0])
-    for name in ("DEPTH", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE", "MAX_SEQ_LEN", "EVAL_TOKENS", "Tuning for small"):
+    assert re.match(r"DEVICE_BATCH_SIZE = 128 at DEPTH = 8 needs about \d+\.\d GB \(estimate\), more than "
+                    r"the", message[0])
+    for name in ("DEPTH", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE", "MAX_SEQ_LEN", "EVAL_TOKENS",
+                 "Tuning for small"):
         assert name in message[1]
     assert "parameter counts" not in result.stdout  # stopped before the model was materialised
 
@@ -184,8 +179,9 @@ def test_a_run_too_slow_for_the_cpu_is_refused(tmp_path):
     byte_tokenizer(tmp_path)
     work = copy_with(tmp_path, dict(DEVICE_BATCH_SIZE=1))
     result = run_train(work, tmp_path, timeout=120)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert re.search(r"On this cpu the 11 untimed warm-up steps \(11 x TOTAL_BATCH_SIZE = 5,767,168 tokens: \d+ min\) "
+    assert result.returncode == 1, tail(result, 2000)
+    assert re.search(r"On this cpu the 11 untimed warm-up steps "
+                     r"\(11 x TOTAL_BATCH_SIZE = 5,767,168 tokens: \d+ min\) "
                      r"and the evaluation \(EVAL_TOKENS = 20,971,520: \d+ min\) "
                      r"would take about \d+ min", result.stderr)
 
@@ -209,22 +205,23 @@ def test_readme_recipe_fits_and_finishes_on_a_small_cpu(tmp_path):
     assert set(values["train.py"]) >= {"DEPTH", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE"}
     assert set(values["prepare.py"]) >= {"MAX_SEQ_LEN", "EVAL_TOKENS"}
     work = copy_with(tmp_path, values["train.py"], values["prepare.py"])
-    # Estimates at the real vocabulary (8192) and the slowest matmul rate seen on the 2-core, 24 GB machine the
-    # recipe was run on (37 GFLOP/s, while other jobs shared its cores)
+    # Estimates at the real vocabulary (8192) and the slowest matmul rate seen on the 2-core, 24 GB machine
+    # the recipe was run on (37 GFLOP/s, while other jobs shared its cores)
     code = """import json, torch, train, prepare
 from prepare import MAX_SEQ_LEN, TIME_BUDGET
 width = -(-train.DEPTH * train.ASPECT_RATIO // train.HEAD_DIM) * train.HEAD_DIM
-config = train.GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=8192, n_layer=train.DEPTH, n_head=width // train.HEAD_DIM,
-                         n_kv_head=width // train.HEAD_DIM, n_embd=width, window_pattern=train.WINDOW_PATTERN)
+heads = width // train.HEAD_DIM
+config = train.GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=8192, n_layer=train.DEPTH, n_head=heads,
+                         n_kv_head=heads, n_embd=width, window_pattern=train.WINDOW_PATTERN)
 with torch.device("meta"):
     model = train.GPT(config)
 n = model.num_scaling_params()["total"]
-untimed = prepare._untimed_seconds(model.estimate_flops(), train.DEVICE_BATCH_SIZE, train.TOTAL_BATCH_SIZE, 37e9)
-print(json.dumps(dict(memory=prepare._step_memory(config, n, train.DEVICE_BATCH_SIZE, "cpu"), budget=TIME_BUDGET,
-                      untimed=sum(untimed))))
+untimed = prepare._untimed_seconds(model.estimate_flops(), train.DEVICE_BATCH_SIZE, train.TOTAL_BATCH_SIZE,
+                                   37e9)
+memory = prepare._step_memory(config, n, train.DEVICE_BATCH_SIZE, "cpu")
+print(json.dumps(dict(memory=memory, budget=TIME_BUDGET, untimed=sum(untimed))))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    result = run_script(work, "-c", code, env=cpu_env())
     assert result.returncode == 0, result.stderr[-2000:]
     estimate = json.loads(result.stdout.strip().splitlines()[-1])
     assert estimate["memory"] < 4e9  # a small laptop's worth
@@ -240,8 +237,8 @@ def test_zero_batch_size_says_so(tmp_path):
     work = copy_with(tmp_path, dict(DEVICE_BATCH_SIZE=0))
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip() == ("DEVICE_BATCH_SIZE (0) and TOTAL_BATCH_SIZE (524288) must be positive integers "
-                                     "(write 2**12 or 4096, not 4096.0).")
+    assert result.stderr.strip() == ("DEVICE_BATCH_SIZE (0) and TOTAL_BATCH_SIZE (524288) must be positive "
+                                     "integers (write 2**12 or 4096, not 4096.0).")
 
 
 def test_corrupt_tokenizer_gives_one_line(tmp_path):
@@ -287,30 +284,30 @@ def test_muon_leaves_parameters_without_a_gradient_alone():
 # The training loader is closed before saving and evaluating
 
 
+TINY_RUN_TRAIN = dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256)
+TINY_RUN_PREPARE = dict(MAX_SEQ_LEN=64, TIME_BUDGET=1, EVAL_TOKENS=4 * 64)
+
+
 def tiny_run(tmp_path):
     """A cache with two small shards and a byte tokenizer, and copies of the scripts shrunk to a 1 s run."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     byte_tokenizer(tmp_path)
-    (tmp_path / "data" / "fineweb-edu").mkdir(parents=True)
-    rng = random.Random(5)
-    for index in (0, 1822):
-        docs = [make_document(rng) for _ in range(300)]
-        pq.write_table(pa.table({"text": docs}), tmp_path / "data" / "fineweb-edu" / prepare.shard_filename(index))
-    return copy_with(tmp_path, dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256),
-                     dict(MAX_SEQ_LEN=64, TIME_BUDGET=1, EVAL_TOKENS=4 * 64))
+    write_shards(tmp_path / "data" / "fineweb-edu", [prepare.shard_filename(index) for index in (0, 1822)],
+                 n_docs=300, seed=5, row_group_size=None)
+    return copy_with(tmp_path, TINY_RUN_TRAIN, TINY_RUN_PREPARE)
 
 
 def test_training_loader_thread_ends_before_evaluation(tmp_path):
     work = tiny_run(tmp_path)
     source = (work / "train.py").read_text()
     anchor = "    save_checkpoint(raw_model)\n"
-    check = ('    import threading\n    [t.join(10) for t in threading.enumerate() if t.name == "dataloader-train"]\n'
-             '    print("train loader alive:", any(t.name == "dataloader-train" for t in threading.enumerate()))\n')
+    check = ('    import threading\n'
+             '    [t.join(10) for t in threading.enumerate() if t.name == "dataloader-train"]\n'
+             '    print("train loader alive:",\n'
+             '          any(t.name == "dataloader-train" for t in threading.enumerate()))\n')
     assert anchor in source
     (work / "train.py").write_text(source.replace(anchor, check + anchor))
     result = run_train(work, tmp_path, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, tail(result, 2000)
     assert "train loader alive: False" in result.stdout
 
 
@@ -321,10 +318,10 @@ def test_a_failed_checkpoint_save_keeps_the_old_file_and_still_evaluates(tmp_pat
     (work / "checkpoints" / "model.pt.tmp").mkdir(parents=True)
     (work / "checkpoints" / "model.pt").write_bytes(b"the previous run's weights")
     result = run_train(work, tmp_path, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, tail(result, 2000)
     line = next(line for line in result.stdout.splitlines() if line.startswith("could not save"))
-    assert re.fullmatch(r"could not save the weights to checkpoints/model.pt \(.+\); the earlier file is kept; "
-                        r"evaluating anyway", line), line
+    assert re.fullmatch(r"could not save the weights to checkpoints/model.pt \(.+\); the earlier file is "
+                        r"kept; evaluating anyway", line), line
     assert (work / "checkpoints" / "model.pt").read_bytes() == b"the previous run's weights"
     assert 0 < parse_summary(result.stdout)["val_bpb"] < 20
 
@@ -334,14 +331,14 @@ def test_a_disk_without_room_for_the_checkpoint_is_named_before_training(monkeyp
     config = default_config()
     with torch.device("meta"):
         model = train.GPT(config)
-    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: collections.namedtuple("u", "total used free")(
-        1e12, 1e12 - 50e6, 50e6))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: usage(1e12, 1e12 - 50e6, 50e6))
     monkeypatch.setattr(prepare, "_available_memory", lambda device_type: None)  # no memory check here
     monkeypatch.setattr(prepare, "MAX_UNTIMED_SECONDS", 1e9)  # nor the time check
     prepare.preflight(model, types.SimpleNamespace(get_vocab_size=lambda: 8192), 128, 2**19)
     assert capsys.readouterr().out.strip() == (
-        "warning: 50 MB free for checkpoints/model.pt, its weights need about 201 MB: the checkpoint will not be "
-        "saved (the run still trains and evaluates)")
+        "warning: 50 MB free for checkpoints/model.pt, its weights need about 201 MB: the checkpoint will not "
+        "be saved (the run still trains and evaluates)")
 
 
 def test_a_model_with_fewer_embeddings_than_the_vocabulary_gets_one_line(tmp_path):
@@ -349,11 +346,12 @@ def test_a_model_with_fewer_embeddings_than_the_vocabulary_gets_one_line(tmp_pat
     work = copy_with(tmp_path)
     source = (work / "train.py").read_text()
     assert "vocab_size=vocab_size, n_layer=DEPTH" in source
-    (work / "train.py").write_text(source.replace("vocab_size=vocab_size, n_layer=DEPTH", "vocab_size=4096, n_layer=DEPTH"))
+    (work / "train.py").write_text(source.replace("vocab_size=vocab_size, n_layer=DEPTH",
+                                                  "vocab_size=4096, n_layer=DEPTH"))
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("the model has 4,096 token embeddings but the tokenizer has 8,192 tokens: build "
-                                     "it with vocab_size=tokenizer.get_vocab_size().")
+    assert result.stderr.strip() == ("the model has 4,096 token embeddings but the tokenizer has 8,192 "
+                                     "tokens: build it with vocab_size=tokenizer.get_vocab_size().")
 
 
 def test_a_float_batch_size_is_refused_in_one_line(tmp_path):
@@ -366,29 +364,45 @@ def test_a_float_batch_size_is_refused_in_one_line(tmp_path):
 
 def test_a_python_without_the_packages_is_told_to_use_uv_run(tmp_path):
     # -S: no site-packages, as with a system python3 outside the project's environment
-    result = subprocess.run([sys.executable, "-S", "train.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = run_script(ROOT, "-S", "train.py", env=None, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert re.fullmatch(r"\w+ is not installed for \S+: run `uv run train.py`, which uses the project's environment "
-                        r"\(`uv sync` makes it\)", result.stderr.strip()), result.stderr
+    assert re.fullmatch(r"\w+ is not installed for \S+: run `uv run train.py`, which uses the project's "
+                        r"environment \(`uv sync` makes it\)", result.stderr.strip()), result.stderr
 
 
 @pytest.mark.parametrize("missing", ["tokenizer", "data"])
 def test_a_missing_tokenizer_or_data_set_is_one_line_saying_what_to_run(tmp_path, missing):
     if missing == "data":
         byte_tokenizer(tmp_path)
-    work = copy_with(tmp_path, dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256),
-                     dict(MAX_SEQ_LEN=64, TIME_BUDGET=1, EVAL_TOKENS=4 * 64))
+    work = copy_with(tmp_path, TINY_RUN_TRAIN, TINY_RUN_PREPARE)
     result = run_train(work, tmp_path, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     folder = tmp_path / ("tokenizer/fineweb-edu-8192" if missing == "tokenizer" else "data/fineweb-edu")
-    assert result.stderr.strip() == (f"no tokenizer in {folder}: run `uv run prepare.py` first" if missing == "tokenizer"
-                                     else f"no fineweb-edu train data in {folder}: run `uv run prepare.py` first")
+    expected = {"tokenizer": f"no tokenizer in {folder}: run `uv run prepare.py` first",
+                "data": f"no fineweb-edu train data in {folder}: run `uv run prepare.py` first"}[missing]
+    assert result.stderr.strip() == expected
+
+
+HOME_PROBE = """import json, os
+import matplotlib, prepare, train
+from IPython.paths import get_ipython_dir
+from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir, jupyter_runtime_dir
+print(json.dumps(dict(data=prepare.CACHE_DIR, compile=os.environ["TORCHINDUCTOR_CACHE_DIR"],
+                      matplotlib=matplotlib.get_cachedir(), ipython=get_ipython_dir(),
+                      jupyter_config=jupyter_config_dir(), jupyter_data=jupyter_data_dir(),
+                      jupyter_runtime=jupyter_runtime_dir())))
+"""
 
 
 def test_the_suite_writes_only_to_temporary_folders():
-    """conftest.py points HOME, and so every cache a test or an imported script makes, into a temporary folder."""
+    """A script started by a test, in the suite's environment, puts every cache it makes (the data's,
+    torch.compile's, matplotlib's, IPython's, Jupyter's) inside the session's temporary home, none in the real
+    one: asked of the libraries themselves, not of conftest.py's variables."""
     import conftest
-    assert os.path.expanduser("~") == conftest.TEST_HOME != conftest.REAL_HOME
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(conftest.TEST_HOME, ".cache", "autoresearch",
-                                                                 "torch_compile")
-    assert prepare.CACHE_DIR.startswith(conftest.TEST_HOME)
+    result = run_script(ROOT, "-c", HOME_PROBE, env=dict(os.environ))
+    assert result.returncode == 0, tail(result)
+    places = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(places) == 7
+    for name, path in places.items():
+        assert os.path.commonpath([conftest.TEST_HOME, path]) == conftest.TEST_HOME, (name, path)
+        assert os.path.commonpath([conftest.REAL_HOME, path]) != conftest.REAL_HOME, (name, path)

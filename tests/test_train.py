@@ -1,21 +1,24 @@
-"""Tests for train.py: model size and FLOPs, attention fallback, optimizer, a tiny training run, end to end.
+"""Tests for train.py: model size and FLOPs, attention fallback, optimizer, a tiny training run, end to end,
+and whether training does its job (a shrunk run learns, a diverged loss stops it at once).
 
-Offline and on CPU. The end-to-end test serves generated parquet shards over HTTP on 127.0.0.1, runs copies of
-prepare.py and train.py with shrunken constants (the originals are not touched) and checks the summary block.
+Offline and on CPU. The end-to-end tests serve generated parquet shards over HTTP on 127.0.0.1, run copies of
+prepare.py and train.py with shrunken constants (the originals are not touched) and check the summary block.
+Faults are injected on a line of train.py itself, asserted present (common.edit), so that a refactor that moves
+it fails here loudly instead of testing nothing.
 """
 
 import hashlib
 import json
 import math
-import re
 import os
+import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-from common import GIT_ENV, ROOT, cudnn_attention_on_cpu, parse_summary, shrunk_copy
+from common import (ROOT, TINY_PREPARE, TINY_TRAIN, cpu_env, cudnn_attention_on_cpu, edit, git, parse_summary,
+                    run_script, shrunk_copy, shrunk_scripts, tail)
 
 import train  # importing must not start training
 
@@ -113,6 +116,24 @@ def test_lr_and_momentum_schedules():
     assert train.get_muon_momentum(150) == pytest.approx(0.90)
     assert train.get_muon_momentum(10_000) == pytest.approx(0.95)
     assert train.get_weight_decay(0.25) == pytest.approx(0.15)
+
+
+def test_lr_schedule_warmup_and_final_fraction(monkeypatch):
+    """SPEC: linear warm-up over WARMUP_RATIO, flat, then linear down over the last WARMDOWN_RATIO to
+    FINAL_LR_FRAC (the defaults, 0 warm-up and 0 final fraction, leave both of these branches untested above)."""
+    monkeypatch.setattr(train, "WARMUP_RATIO", 0.1)
+    monkeypatch.setattr(train, "WARMDOWN_RATIO", 0.5)
+    monkeypatch.setattr(train, "FINAL_LR_FRAC", 0.1)
+    expected = {0.0: 0.0, 0.02: 0.2, 0.05: 0.5, 0.1: 1.0, 0.3: 1.0, 0.5: 1.0, 0.6: 0.82, 0.75: 0.55, 0.9: 0.28,
+                1.0: 0.1}
+    for progress, multiplier in expected.items():
+        assert train.get_lr_multiplier(progress) == pytest.approx(multiplier, abs=1e-12), progress
+
+    # No warm-down at all: warm-up, then flat to the end; FINAL_LR_FRAC is never reached
+    monkeypatch.setattr(train, "WARMUP_RATIO", 0.25)
+    monkeypatch.setattr(train, "WARMDOWN_RATIO", 0.0)
+    for progress, multiplier in {0.0: 0.0, 0.125: 0.5, 0.25: 1.0, 0.99: 1.0}.items():
+        assert train.get_lr_multiplier(progress) == pytest.approx(multiplier, abs=1e-12), progress
 
 # -----------------------------------------------------------------------------
 # Attention fallback versus a float64 masked-softmax reference
@@ -433,26 +454,20 @@ def test_model_and_optimizer_updates_compile_without_graph_breaks():
 
 @pytest.mark.contract
 def test_end_to_end_prepare_then_train(tmp_path, shard_server):
-    work = tmp_path / "work"
-    work.mkdir()
-    shrunk_copy(ROOT / "prepare.py", work / "prepare.py", MAX_SEQ_LEN=128, TIME_BUDGET=4, EVAL_TOKENS=8 * 8 * 128,
-                VOCAB_SIZE=512)
-    train_constants = dict(DEPTH=2, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=2 * 8 * 128)
-    shrunk_copy(ROOT / "train.py", work / "train.py", **train_constants)
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path / "cache"), HF_ENDPOINT=shard_server,
-               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    work = shrunk_scripts(tmp_path / "work", dict(TINY_PREPARE, TIME_BUDGET=4, EVAL_TOKENS=8 * 8 * 128),
+                          TINY_TRAIN)
+    env = cpu_env(tmp_path / "cache", HF_ENDPOINT=shard_server)
 
     def run(script, *args, timeout=120):
-        return subprocess.run([sys.executable, script, *args], cwd=work, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return run_script(work, script, *args, env=env, timeout=timeout)
 
     prep = run("prepare.py", "--num-shards", "2", "--download-workers", "2")
-    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
+    assert prep.returncode == 0, tail(prep)
     assert sorted(os.listdir(tmp_path / "cache" / "data" / "fineweb-edu")) == [
         "shard_00000.parquet", "shard_00001.parquet", "shard_01822.parquet"]
 
     result = run("train.py")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, tail(result)
     out = result.stdout
     assert "attention: PyTorch SDPA" in out and "device: cpu" in out
     assert "saved weights: checkpoints/model.pt" in out
@@ -469,9 +484,8 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
 
     # Failure paths, on variants of the shrunk copy
     def variant(name, old, new):
-        source = (work / "train.py").read_text()
-        assert old in source, old
-        (work / name).write_text(source.replace(old, new))
+        shutil.copy(work / "train.py", work / name)
+        edit(work / name, old, new)
 
     # A batch size that does not divide stops with a sentence, before any work
     variant("train_bad_batch.py", "TOTAL_BATCH_SIZE = 2048", "TOTAL_BATCH_SIZE = 3000")
@@ -482,7 +496,8 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
 
     # Out of memory in the training loop names the knob to turn, with a value that keeps the batch divisible
     forward = '    def forward(self, idx, targets=None, reduction="mean"):\n'
-    variant("train_oom.py", forward, forward + '        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")\n')
+    variant("train_oom.py", forward,
+            forward + '        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")\n')
     oom = run("train_oom.py", timeout=60)
     assert oom.returncode == 1
     assert "Out of memory at DEVICE_BATCH_SIZE = 8. Lower DEVICE_BATCH_SIZE" in oom.stdout
@@ -494,7 +509,8 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
             forward + '        if not self.training:\n            raise RuntimeError("simulated evaluation failure")\n')
     failed = run("train_eval_fails.py")
     assert failed.returncode != 0
-    assert f"evaluation failed; the trained weights are saved at {work / 'checkpoints' / 'model.pt'}" in failed.stdout
+    saved = work / "checkpoints" / "model.pt"
+    assert f"evaluation failed; the trained weights are saved at {saved}" in failed.stdout
     assert "simulated evaluation failure" in failed.stderr
     assert (work / "checkpoints" / "model.pt").stat().st_size > 0
 
@@ -522,25 +538,22 @@ def test_train_imports_the_originals_five_names_then_only_callable_helpers():
 
 @pytest.fixture
 def dataset_server(tmp_path):
-    """ClimbMix's shards (0, 1 and validation 6542) and TinyStories' one file, in their hub layouts, on 127.0.0.1."""
+    """ClimbMix's shards (0, 1 and validation 6542) and TinyStories' one file, in their hub layouts, on
+    127.0.0.1."""
     import random
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from common import make_document, serve_folder
+    from common import make_document, serve_folder, write_shard, write_shards
 
-    rng, root = random.Random(99), tmp_path / "server"
-    climbmix = root / "datasets/karpathy/climbmix-400b-shuffle/resolve/main"
-    climbmix.mkdir(parents=True)
-    for index in (0, 1, 6542):
-        pq.write_table(pa.table({"text": [make_document(rng) for _ in range(600)]}),
-                       climbmix / f"shard_{index:05d}.parquet", row_group_size=256)
+    root = tmp_path / "server"
+    write_shards(root / "datasets/karpathy/climbmix-400b-shuffle/resolve/main",
+                 [f"shard_{index:05d}.parquet" for index in (0, 1, 6542)], n_docs=600, seed=99)
     stories = root / "datasets/karpathy/tinystories-gpt4-clean/resolve/main"
     stories.mkdir(parents=True)
-    docs = [" ".join(rng.choices(["Once", "upon", "a", "time", "Lily", "saw", "a", "big", "red", "ball", "."], k=20))
-            for _ in range(20_000)]  # test rows, then the pinned validation rows 10,000-19,999; training from 20,000:
-    docs += [make_document(rng) for _ in range(3000)]  # varied enough to learn 508 merges from
-    pq.write_table(pa.table({"text": docs}), stories / "tinystories_gpt4_clean.parquet", row_group_size=1024)
+    rng, words = random.Random(98), ["Once", "upon", "a", "time", "Lily", "saw", "a", "big", "red", "ball", "."]
+    # test rows, then the pinned validation rows 10,000-19,999; training from 20,000, varied enough to learn
+    # 508 merges from
+    docs = [" ".join(rng.choices(words, k=20)) for _ in range(20_000)] + [make_document(rng) for _ in range(3000)]
+    write_shard(stories / "tinystories_gpt4_clean.parquet", docs, row_group_size=1024)
 
     with serve_folder(root) as url:
         yield url
@@ -551,23 +564,16 @@ def dataset_server(tmp_path):
 def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_path, dataset_server):
     """DATASET set in prepare.py is all it takes: train.py is the same file, and a train.py written for the
     original (tests/fixtures/original_style_train.py) runs on it unchanged."""
-    work = tmp_path / "work"
-    work.mkdir()
-    shrunk_copy(ROOT / "prepare.py", work / "prepare.py", DATASET=f'"{dataset}"', MAX_SEQ_LEN=128, TIME_BUDGET=2,
-                EVAL_TOKENS=4 * 8 * 128, VOCAB_SIZE=512)
-    shrunk_copy(ROOT / "train.py", work / "train.py", DEPTH=2, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=8,
-                TOTAL_BATCH_SIZE=2 * 8 * 128)
+    work = shrunk_scripts(tmp_path / "work", dict(TINY_PREPARE, DATASET=f'"{dataset}"'), TINY_TRAIN)
     shutil.copy(ROOT / "tests" / "fixtures" / "original_style_train.py", work / "original_train.py")
     shutil.copy(ROOT / "audit.py", work / "audit.py")  # prepare.py hands its run records to audit.py
-    for git in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "baseline"]):  # a record names its commit
-        subprocess.run(["git", *git], cwd=work, env=GIT_ENV, check=True, capture_output=True)
-    env = dict(GIT_ENV, AUTORESEARCH_CACHE_DIR=str(tmp_path / "cache"), HF_ENDPOINT=dataset_server,
-               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "baseline"]):  # a record names its commit
+        git(work, *args)
+    env = cpu_env(tmp_path / "cache", HF_ENDPOINT=dataset_server)
 
     def run(script, *args):
-        result = subprocess.run([sys.executable, script, *args], cwd=work, env=env, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        result = run_script(work, script, *args, env=env, timeout=300)
+        assert result.returncode == 0, tail(result)
         return result.stdout
 
     assert run("prepare.py", "--num-shards", "2").rstrip().endswith("ready: run `uv run train.py`")
@@ -576,7 +582,8 @@ def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_
         ["shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"])
     assert os.listdir(tmp_path / "cache" / "tokenizer") == [f"{dataset}-512"]
     out = run("train.py")
-    repo = {"climbmix": "karpathy/climbmix-400b-shuffle", "tinystories": "karpathy/tinystories-gpt4-clean"}[dataset]
+    repo = {"climbmix": "karpathy/climbmix-400b-shuffle",
+            "tinystories": "karpathy/tinystories-gpt4-clean"}[dataset]
     assert f"data: {dataset} ({repo}), vocabulary 512\n" in out
     assert 0 < parse_summary(out)["val_bpb"] < 20
     printed = run("original_train.py").split("val_bpb:")[1].split()[0]
@@ -585,3 +592,78 @@ def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_
     record = json.loads((work / "ledger.jsonl").read_text().splitlines()[-1])
     assert record["train_sha256"] == hashlib.sha256((work / "original_train.py").read_bytes()).hexdigest()
     assert f"{record['val_bpb']:.6f}" == printed and record["train_batches"] > 0
+
+
+# -----------------------------------------------------------------------------
+# Training does its job: a shrunk run learns, a diverged loss stops it at once. train.py is driven as a
+# subprocess through its constants and its printed output, with stdout a pipe as `> run.log` would be: progress
+# lines for steps 0..10, then throttled, then the last step.
+
+NO_LEARNING = dict(EMBEDDING_LR=0, UNEMBEDDING_LR=0, MATRIX_LR=0, SCALAR_LR=0)
+PROGRESS = re.compile(r"^step (\d{5}) \([\d.]+%\) \| loss: (\d+\.\d+) \|", re.MULTILINE)
+LOSS_ANCHOR = "train_loss_f = train_loss.item()"  # the loop's one host read of the step's loss
+
+
+def prepared(tmp_path, shard_server):
+    """A work directory with a shrunk prepare.py, run once: 2 generated training shards, the validation shard
+    and a 512-token tokenizer in the cache. Returns it and the environment for the train.py runs."""
+    work = shrunk_scripts(tmp_path / "work", dict(TINY_PREPARE, EVAL_TOKENS=64 * 128), TINY_TRAIN)
+    env = cpu_env(tmp_path / "cache", HF_ENDPOINT=shard_server)
+    prep = run_script(work, "prepare.py", "--num-shards", "2", "--download-workers", "2", env=env)
+    assert prep.returncode == 0, tail(prep)
+    return work, env
+
+
+def run_variant(work, env, name, replace=None, **constants):
+    """A copy of the shrunk train.py as name, with these constants and one text replacement, run."""
+    shrunk_copy(work / "train.py", work / name, **constants)
+    if replace:
+        edit(work / name, *replace)
+    return run_script(work, name, env=env)
+
+
+def losses_by_step(stdout):
+    return {int(step): float(loss) for step, loss in PROGRESS.findall(stdout)}
+
+
+def test_training_learns_loss_falls_and_beats_untrained_model(tmp_path, shard_server):
+    """The end-to-end tests accept any 0 < val_bpb < 20, which a run whose learning rates are all 0 also gives.
+    Here the same run must learn: its smoothed loss falls far below step 0's, and its val_bpb is far below that
+    of the same model, same data, same seed, with every learning rate zeroed (so never updated: untrained)."""
+    work, env = prepared(tmp_path, shard_server)
+    trained = run_variant(work, env, "train.py")
+    untrained = run_variant(work, env, "train_untrained.py", **NO_LEARNING)
+    for result in (trained, untrained):
+        assert result.returncode == 0, tail(result)
+    trained_bpb, untrained_bpb = (parse_summary(r.stdout)["val_bpb"] for r in (trained, untrained))
+    steps = parse_summary(trained.stdout)["num_steps"]
+    losses, flat = losses_by_step(trained.stdout), losses_by_step(untrained.stdout)
+    assert min(losses) == 0 and max(losses) == steps - 1, sorted(losses)  # step 0 and the last step are printed
+
+    # Measured (this 2-core CPU, TIME_BUDGET 2 s, seeds 42-45, budgets 1-8 s): step 0's loss 6.2386 (ln 512:
+    # the near-zero lm_head starts uniform), the last step's 3.73-3.96 after 29-143 steps; even a machine so
+    # slow that it runs only the 12 steps that always run ends at 4.64. Zeroed learning rates: 6.2383-6.2385
+    # (no update; the batches differ). Margin 0.75 nats: half the slowest case's fall, 2000 times the untrained
+    # drift.
+    assert losses[steps - 1] < losses[0] - 0.75, (losses[0], losses[steps - 1])
+    assert abs(flat[max(flat)] - flat[0]) < 0.05, flat  # the baseline really did not learn
+
+    # Measured: trained val_bpb 1.366-1.414 (29-143 steps, seeds 42-45), 1.475 at the 12-step minimum;
+    # untrained 2.3137-2.3139 (all budgets and seeds). Margin 0.4 bpb: under half the smallest measured gap
+    # (0.84).
+    assert trained_bpb < untrained_bpb - 0.4, (trained_bpb, untrained_bpb)
+
+
+@pytest.mark.parametrize("bad_loss, printed", [('float("nan")', "nan"), ("1000.0", "1000.0")])
+def test_diverged_training_loss_fails_fast(tmp_path, shard_server, bad_loss, printed):
+    """A training loss that is NaN or above 100 prints FAIL and exits 1 at that step: no evaluation, no summary
+    block for the agent to log as a result. The loop's loss reads `bad_loss` from step 3 on."""
+    work, env = prepared(tmp_path, shard_server)
+    result = run_variant(work, env, "train_diverges.py",
+                         replace=(LOSS_ANCHOR, f"{LOSS_ANCHOR} if step < 3 else {bad_loss}"))
+    out = result.stdout
+    assert result.returncode == 1, tail(result)
+    assert sorted(losses_by_step(out)) == [0, 1, 2], out[-3000:]  # it trained normally until the bad loss
+    assert re.search(rf"^FAIL: training loss is {re.escape(printed)} at step 3$", out, re.MULTILINE), out[-3000:]
+    assert "---" not in out.splitlines() and "val_bpb:" not in out, out[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
