@@ -1,25 +1,21 @@
 """What train.py prints, as an agent reads it from run.log and as a person sees it on a terminal.
 
-Runs a shrunk copy of train.py on the CPU (as tests/test_train.py does) under a fake clock that reads 2.5 s later
-at every reading, so each step "takes" 2.5 s: the full 300 s budget (120 timed steps) passes in a few real
-seconds, with the real loop, the real throttling of the progress lines and the real summary.
+Runs a shrunk copy of train.py on the CPU (as tests/test_train.py does) under a fake clock that reads 2.5 s
+later at every reading, so each step "takes" 2.5 s: the full 300 s budget (120 timed steps) passes in a few
+real seconds, with the real loop, the real throttling of the progress lines and the real summary.
 """
 
 import importlib.util
 import os
 import pty
-import random
 import re
 import select
 import subprocess
 import sys
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-
-from common import ROOT, make_document, parse_summary, shrunk_copy
+from common import TINY_TRAIN, cpu_env, parse_summary, shrunk_copy, shrunk_scripts, write_shards
 
 import prepare
 
@@ -34,30 +30,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """A directory with tiny copies of prepare.py and train.py, a cache with 3 shards and a 512-token tokenizer."""
+    """A directory with tiny copies of prepare.py and train.py, a cache with 3 shards and a 512-token
+    tokenizer."""
     root = tmp_path_factory.mktemp("logs")
     data = root / "cache" / "data" / "fineweb-edu"
-    data.mkdir(parents=True)
-    rng = random.Random(7)
-    for index in (0, 1, prepare.DATASETS["fineweb-edu"]["val"]):
-        docs = [make_document(rng) for _ in range(600)]
-        pq.write_table(pa.table({"text": docs}), data / prepare.shard_filename(index), row_group_size=256)
+    write_shards(data, [prepare.shard_filename(i) for i in (0, 1, prepare.DATASETS["fineweb-edu"]["val"])],
+                 n_docs=600, seed=7)
     # TIME_BUDGET stays 300 s: the fast clock makes it short
-    shrunk_copy(ROOT / "prepare.py", root / "prepare.py", MAX_SEQ_LEN=128, EVAL_TOKENS=4 * 2 * 128, VOCAB_SIZE=512)
+    shrunk_scripts(root, dict(MAX_SEQ_LEN=128, EVAL_TOKENS=4 * 2 * 128, VOCAB_SIZE=512),
+                   dict(TINY_TRAIN, DEPTH=1, DEVICE_BATCH_SIZE=2, TOTAL_BATCH_SIZE=2 * 2 * 128))
     spec = importlib.util.spec_from_file_location("prepare_512", root / "prepare.py")  # the copy's VOCAB_SIZE
     shrunk_prepare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shrunk_prepare)
-    shrunk_prepare.train_tokenizer(data_dir=str(data), tokenizer_dir=str(root / "cache" / "tokenizer" / "fineweb-edu-512"))
-    shrunk_copy(ROOT / "train.py", root / "train.py", DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=2,
-                TOTAL_BATCH_SIZE=2 * 2 * 128)
+    shrunk_prepare.train_tokenizer(data_dir=str(data),
+                                   tokenizer_dir=str(root / "cache" / "tokenizer" / "fineweb-edu-512"))
     (root / "fast_clock.py").write_text(FAST_CLOCK)
     return root
 
 
 def env_for(work):
-    # One thread: this tiny model runs ~3x faster than with threads contending on a busy 2-core machine
-    return dict(os.environ, AUTORESEARCH_CACHE_DIR=str(work / "cache"), CUDA_VISIBLE_DEVICES="",
-                HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return cpu_env(work / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +116,8 @@ def test_terminal_keeps_one_line_rewritten_in_place(work, run_log):
                 break
             chunks.append(data)
     finally:
-        proc.kill() if proc.poll() is None else None
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
         os.close(master)
     out = b"".join(chunks).decode()

@@ -3,13 +3,8 @@ into the data sets' folders by what it holds: no validation shard ever lands in 
 
 import os
 import pickle
-import random
-import subprocess
-import sys
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from common import ROOT, make_document, shrunk_copy
+from common import ROOT, cpu_env, run_script, shrunk_copy, write_shards
 
 import prepare
 
@@ -26,12 +21,9 @@ class OpensAFile:
 
 def original_layout(cache, shard_indices, seed=0):
     """The original's cache: data/shard_{i:05d}.parquet and its pickled tokenizer in tokenizer/."""
-    (cache / "data").mkdir(parents=True)
+    write_shards(cache / "data", [f"shard_{index:05d}.parquet" for index in shard_indices], n_docs=50,
+                 seed=seed, row_group_size=None)
     (cache / "tokenizer").mkdir()
-    rng = random.Random(seed)
-    for index in shard_indices:
-        docs = [make_document(rng) for _ in range(50)]
-        pq.write_table(pa.table({"text": docs}), cache / "data" / f"shard_{index:05d}.parquet")
     (cache / "tokenizer" / "tokenizer.pkl").write_bytes(pickle.dumps(OpensAFile(str(cache / "unpickled"))))
     (cache / "tokenizer" / "token_bytes.pt").write_bytes(b"the original's token byte counts")
 
@@ -43,9 +35,7 @@ def names(parts):
 def run_prepare(tmp_path, cache, endpoint, *args):
     """prepare.py with VOCAB_SIZE = 512 (the generated documents hold too few distinct words for 8192)."""
     shrunk_copy(ROOT / "prepare.py", tmp_path / "prepare.py", VOCAB_SIZE=512)
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), HF_ENDPOINT=endpoint)
-    return subprocess.run([sys.executable, "prepare.py", *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return run_script(tmp_path, "prepare.py", *args, env=cpu_env(cache, HF_ENDPOINT=endpoint), timeout=600)
 
 
 def test_the_originals_climbmix_cache_keeps_its_validation_shard_out_of_training(tmp_path, shard_server):

@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from common import ROOT, cpu_env, run_script, shrunk_copy, write_shard
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import prepare  # noqa: E402
+import prepare
 
-DATA, TOKENIZER = "data/fineweb-edu", "tokenizer/fineweb-edu-8192"  # the default data set's folders in the cache
+# the default data set's folders in the cache
+DATA, TOKENIZER = "data/fineweb-edu", "tokenizer/fineweb-edu-8192"
 
 # ---------------------------------------------------------------------------
 # Generated data and a loopback shard server
@@ -34,22 +34,25 @@ DATA, TOKENIZER = "data/fineweb-edu", "tokenizer/fineweb-edu-8192"  # the defaul
 def make_text(rng, n_docs, marker=""):
     syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["th", "sh", "qu", "ng"]
     words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(20000)]
-    extras = ["café", "<|reserved_1|>", "naïve", "日本語", "Привет", "🙂", "x=3.14;", "(see §2)", "e-mail", "C++", "\tTab"]
+    extras = ["café", "<|reserved_1|>", "naïve", "日本語", "Привет", "🙂", "x=3.14;", "(see §2)", "e-mail",
+              "C++", "\tTab"]
     docs = []
     for _ in range(n_docs):
         out = [marker] if marker else []
         for _ in range(rng.randint(5, 400)):
             r = rng.random()
-            out.append(str(rng.randint(0, 99999)) if r < 0.05 else rng.choice(extras) if r < 0.08
-                       else rng.choice(words) if r < 0.6 else words[min(int(rng.paretovariate(0.9)), len(words)) - 1])
+            if r < 0.05:
+                out.append(str(rng.randint(0, 99999)))
+            elif r < 0.08:
+                out.append(rng.choice(extras))
+            elif r < 0.6:
+                out.append(rng.choice(words))
+            else:  # Zipf-like: a few words very often
+                out.append(words[min(int(rng.paretovariate(0.9)), len(words)) - 1])
             if rng.random() < 0.08:
                 out.append(rng.choice([".", ",", "!", "?", ":\n", ".\n\n"]))
         docs.append(" ".join(out))
     return docs
-
-
-def write_shard(path, docs, row_group_size=64):
-    pq.write_table(pa.table({"text": docs}), path, row_group_size=row_group_size)
 
 
 @pytest.fixture(scope="session")
@@ -57,14 +60,15 @@ def corpus(tmp_path_factory):
     """Two training shards and the validation shard, as the hub serves them."""
     d = tmp_path_factory.mktemp("corpus")
     rng = random.Random(0)
-    write_shard(d / "shard_00000.parquet", make_text(rng, 900))
-    write_shard(d / "shard_00001.parquet", make_text(rng, 900))
-    write_shard(d / prepare.VAL_FILENAME, make_text(rng, 150, marker="VALIDATION"))
+    write_shard(d / "shard_00000.parquet", make_text(rng, 900), row_group_size=64)
+    write_shard(d / "shard_00001.parquet", make_text(rng, 900), row_group_size=64)
+    write_shard(d / prepare.VAL_FILENAME, make_text(rng, 150, marker="VALIDATION"), row_group_size=64)
     return d
 
 
 class ShardServer:
-    """Serves a folder like the hub: GET .../resolve/main/<name>. Can answer 503 or cut bodies short at first."""
+    """Serves a folder like the hub: GET .../resolve/main/<name>. Can answer 503 or cut bodies short at
+    first."""
 
     def __init__(self, folder, fail_first=0, truncate_first=0, stall=(), digests=None):
         self.requests, self.paths = collections.Counter(), []
@@ -86,7 +90,8 @@ class ShardServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 if digests is not None:  # as the hub names an LFS file's sha256
-                    self.send_header("X-Linked-Etag", f'"{digests.get(name) or hashlib.sha256(data).hexdigest()}"')
+                    digest = digests.get(name) or hashlib.sha256(data).hexdigest()
+                    self.send_header("X-Linked-Etag", f'"{digest}"')
                 self.end_headers()
                 if name in stall:  # half the body, then nothing until the server closes
                     self.wfile.write(data[: len(data) // 2])
@@ -161,7 +166,8 @@ def test_truncated_body_is_retried_and_never_kept(monkeypatch, corpus, tmp_path,
     server.close()
     # a server that always truncates: all 5 attempts fail and no file, final or partial, is left
     server = serve(monkeypatch, corpus, truncate_first=100)
-    with pytest.raises(RuntimeError, match=r"shard_00000.parquet: failed 5 attempts.*(IncompleteRead|truncated)"):
+    with pytest.raises(RuntimeError,
+                       match=r"shard_00000.parquet: failed 5 attempts.*(IncompleteRead|truncated)"):
         prepare.download_shard("shard_00000.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert server.requests["shard_00000.parquet"] == 5
@@ -181,13 +187,15 @@ def test_corrupt_shard_on_disk_is_downloaded_again(monkeypatch, corpus, tmp_path
     assert server.requests == {"shard_00000.parquet": 1, prepare.VAL_FILENAME: 1}
 
 
-def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch, corpus, tmp_path, no_sleep, capsys):
+def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch, corpus, tmp_path, no_sleep,
+                                                                       capsys):
     kept = (corpus / "shard_00000.parquet").read_bytes()
     (tmp_path / "shard_00000.parquet").write_bytes(kept)
     server = ShardServer(corpus)
     server.close()  # a port that nothing listens on any more
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    with pytest.raises(SystemExit) as exit_info:  # one worker: shard 1 exhausts its attempts, the rest is stopped
+    # one worker: shard 1 exhausts its attempts, the rest is stopped
+    with pytest.raises(SystemExit) as exit_info:
         prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
@@ -204,12 +212,12 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
 
 @pytest.fixture(scope="session")
 def prepared(corpus, tmp_path_factory):
-    """Runs `prepare.py --num-shards 2` twice against a loopback server; returns (cache dir, outputs, server)."""
+    """Runs `prepare.py --num-shards 2` twice against a loopback server; returns (cache dir, outputs,
+    server)."""
     cache = tmp_path_factory.mktemp("cache")
     server = ShardServer(corpus)
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), HF_ENDPOINT=server.url)
-    runs = [subprocess.run([sys.executable, "prepare.py", "--num-shards", "2"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+    env = cpu_env(cache, HF_ENDPOINT=server.url)
+    runs = [run_script(ROOT, "prepare.py", "--num-shards", "2", env=env, timeout=600) for _ in range(2)]
     server.close()
     return cache, runs, server
 
@@ -243,8 +251,9 @@ def test_tokenizer_vocab_and_special_tokens(tok):
     assert [ids[0] for ids in tok.encode(["a b", "c"], prepend=8188)] == [8188, 8188]
 
 
-@pytest.mark.parametrize("text", ["naïve café, 日本語のテキスト — Привет мир 🙂", "0 12 345 6789 3.14159 1e-9",
-                                  "  leading\tand\r\ntrailing  \n\n\t ", "<|reserved_0|> is plain text here"])
+@pytest.mark.parametrize("text", ["naïve café, 日本語のテキスト — Привет мир 🙂",
+                                  "0 12 345 6789 3.14159 1e-9", "  leading\tand\r\ntrailing  \n\n\t ",
+                                  "<|reserved_0|> is plain text here"])
 def test_tokenizer_round_trip(tok, text):
     ids = tok.encode(text)
     assert tok.decode(ids) == text
@@ -361,7 +370,8 @@ def test_loader_without_data_says_what_to_do(tok, tmp_path, monkeypatch):
 
 
 class UniformModel(torch.nn.Module):
-    """Uniform logits (model(x) -> logits, as the evaluation calls it): every target costs exactly ln(V) nats."""
+    """Uniform logits (model(x) -> logits, as the evaluation calls it): every target costs exactly ln(V)
+    nats."""
 
     def __init__(self, vocab):
         super().__init__()
@@ -373,7 +383,8 @@ class UniformModel(torch.nn.Module):
 
 def test_evaluate_bpb_uniform_model(tok, data_dir, prepared, monkeypatch):
     B, T, batches = 4, 128, 6
-    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))  # the evaluation reads its own
+    # the evaluation reads its own tokenizer
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
     monkeypatch.setattr(prepare, "MAX_SEQ_LEN", T)
     monkeypatch.setattr(prepare, "EVAL_TOKENS", B * T * batches)
     bpb = prepare.evaluate_bpb(UniformModel(8192), tok, B)
@@ -434,26 +445,29 @@ def test_progress_counts_shards_already_on_disk(monkeypatch, corpus, tmp_path, c
 
 def test_download_stops_between_chunks(monkeypatch, tmp_path, no_sleep):
     rng = random.Random(0)  # random letters barely compress: a shard of ~2.5 MB, three 1 MiB chunks
-    write_shard(tmp_path / "shard_00000.parquet", ["".join(rng.choices("abcdefghij", k=10000)) for _ in range(250)])
+    docs = ["".join(rng.choices("abcdefghij", k=10000)) for _ in range(250)]
+    write_shard(tmp_path / "shard_00000.parquet", docs)
     (tmp_path / "out").mkdir()
     server = serve(monkeypatch, tmp_path)
 
     class StopAfterFirstChunk:
         def update(self, nbytes=0, shard_done=False):
             no_sleep.set()
-    path = prepare.download_shard("shard_00000.parquet", str(tmp_path / "out"), prepare.base_url(), StopAfterFirstChunk(), no_sleep)
+    path = prepare.download_shard("shard_00000.parquet", str(tmp_path / "out"), prepare.base_url(),
+                                  StopAfterFirstChunk(), no_sleep)
     server.close()
     assert path is None and os.listdir(tmp_path / "out") == [] and server.requests["shard_00000.parquet"] == 1
 
 
 def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_path):
     server = ShardServer(corpus, stall=("shard_00001.parquet", prepare.VAL_FILENAME))
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path), HF_ENDPOINT=server.url)
-    proc = subprocess.Popen([sys.executable, "prepare.py", "--num-shards", "2", "--download-workers", "3"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = cpu_env(tmp_path, HF_ENDPOINT=server.url)
+    proc = subprocess.Popen([sys.executable, "prepare.py", "--num-shards", "2", "--download-workers", "3"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = tmp_path / DATA / "shard_00000.parquet"
     deadline = time.time() + 120  # interpreter and torch start-up on a loaded machine
-    while not (done.exists() and len(server.requests) == 3) and time.time() < deadline and proc.poll() is None:
+    while (not (done.exists() and len(server.requests) == 3) and time.time() < deadline
+           and proc.poll() is None):
         time.sleep(0.05)
     time.sleep(0.2)  # the stalled downloads are inside their reads
     t0 = time.time()
@@ -466,7 +480,8 @@ def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_pa
     elapsed = time.time() - t0
     assert proc.returncode == 130 and elapsed < 10, (elapsed, err)
     assert "Traceback" not in err and err.strip().splitlines() == [
-        f"interrupted: kept the 1 complete shards in {tmp_path / DATA}; run prepare.py again to fetch the rest"]
+        f"interrupted: kept the 1 complete shards in {tmp_path / DATA}; run prepare.py again to fetch the "
+        "rest"]
     assert [n for n in os.listdir(tmp_path / DATA) if not n.endswith(".tmp")] == ["shard_00000.parquet"]
     assert done.read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
 
@@ -483,7 +498,8 @@ def damage(tdir, how):
     elif how == "json has no pattern":
         meta.write_text(json.dumps({"special_tokens": json.loads(meta.read_text())["special_tokens"]}))
     elif how == "json special tokens wrong":
-        meta.write_text(json.dumps({"pattern": prepare.SPLIT_PATTERN, "special_tokens": {"<|reserved_0|>": 8188}}))
+        meta.write_text(json.dumps({"pattern": prepare.SPLIT_PATTERN,
+                                    "special_tokens": {"<|reserved_0|>": 8188}}))
     return ranks if how.startswith("ranks") else meta
 
 
@@ -496,7 +512,8 @@ def test_damaged_tokenizer_raises_one_line_error(prepared, tmp_path, how):
         prepare.Tokenizer.from_directory(str(tmp_path / "tok"))
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError) and "\n" not in message
-    assert message.startswith(str(bad_file)) and message.endswith("run `uv run prepare.py` to train the tokenizer again")
+    assert message.startswith(str(bad_file))
+    assert message.endswith("run `uv run prepare.py` to train the tokenizer again")
 
 
 def test_prepare_trains_a_damaged_tokenizer_again(prepared, tmp_path, monkeypatch, capsys):
@@ -540,7 +557,8 @@ def test_unreadable_train_shard_fails_at_call_time(tok, data_dir, tmp_path, monk
     good = (data_dir / "shard_00001.parquet").read_bytes()
     (tmp_path / "shard_00001.parquet").write_bytes(good[: len(good) // 2])
     monkeypatch.setattr(prepare, "DATA_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match=r"cannot read .*shard_00001.parquet .*run `uv run prepare.py` again"):
+    with pytest.raises(RuntimeError,
+                       match=r"cannot read .*shard_00001.parquet .*run `uv run prepare.py` again"):
         prepare.make_dataloader(tok, 2, 16, "train")
 
 
@@ -565,13 +583,13 @@ def test_the_loader_packs_from_the_call_and_closes_before_its_first_batch(tok, d
     assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
 
 # ---------------------------------------------------------------------------
-# Data sets: each fetched from its own repo into its own folder, validation data never trained on, tokenizers of
-# different settings side by side; local write errors named at once
+# Data sets: each fetched from its own repo into its own folder, validation data never trained on, tokenizers
+# of different settings side by side; local write errors named at once
 
 
 def marked_docs(rng, n, marker):
-    return [f"{marker} " + " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randint(3, 30)))
-            for _ in range(n)]
+    words = ["alpha", "beta", "gamma", "delta"]
+    return [f"{marker} " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 30))) for _ in range(n)]
 
 
 def lay_out(dataset, folder, rng):
@@ -586,7 +604,8 @@ def lay_out(dataset, folder, rng):
     markers = {spec["val"]: "VALIDATION", spec["heldout"]: "HELDOUT"}
     indices = sorted({0, 1, 1822, spec["heldout"], spec["val"]})  # climbmix trains on 1822
     for i in indices:
-        write_shard(folder / prepare.shard_filename(i), marked_docs(rng, 300, markers.get(i, "TRAIN")))
+        write_shard(folder / prepare.shard_filename(i), marked_docs(rng, 300, markers.get(i, "TRAIN")),
+                    row_group_size=64)
     return [prepare.shard_filename(i) for i in indices]
 
 
@@ -615,7 +634,8 @@ def test_validation_data_is_never_in_a_training_batch(dataset, tok, tmp_path, mo
         for _ in range(40):  # well past one pass over the validation rows of each layout
             x, _, epoch = next(loader)
             for row in x.tolist():
-                seen.update(doc.split(" ", 1)[0] for doc in tok.decode(row).split("<|reserved_0|>")[1:] if doc)
+                docs = tok.decode(row).split("<|reserved_0|>")[1:]
+                seen.update(doc.split(" ", 1)[0] for doc in docs if doc)
         loader.close()
         whole = {k: v for k, v in seen.items() if k in ("TRAIN", "VALIDATION", "HELDOUT")}
         assert set(whole) == {marker}, (split, seen.most_common(5))
@@ -643,34 +663,35 @@ def test_the_held_out_data_is_fetched_once_when_asked(dataset, tmp_path, monkeyp
 
 
 def test_tokenizers_of_two_settings_live_side_by_side(prepared, corpus, tmp_path):
-    """prepare.py with VOCAB_SIZE = 512 trains its own tokenizer beside the 8192 one and leaves that one alone;
-    each loads with its own setting, and the wrong setting says which sizes differ."""
+    """prepare.py with VOCAB_SIZE = 512 trains its own tokenizer beside the 8192 one and leaves that one
+    alone; each loads with its own setting, and the wrong setting says which sizes differ."""
     cache = tmp_path / "cache"
     shutil.copytree(prepared[0], cache)
     big = cache / TOKENIZER
     before = {p.name: p.read_bytes() for p in big.iterdir()}
-    (tmp_path / "prepare.py").write_text(open(os.path.join(ROOT, "prepare.py")).read().replace(
-        "\nVOCAB_SIZE = 8192\n", "\nVOCAB_SIZE = 512\n"))
+    shrunk_copy(ROOT / "prepare.py", tmp_path / "prepare.py", VOCAB_SIZE=512)
     server = ShardServer(corpus)
-    run = subprocess.run([sys.executable, "prepare.py", "--num-shards", "2"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env=dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache),
-                                                          HF_ENDPOINT=server.url))
+    run = run_script(tmp_path, "prepare.py", "--num-shards", "2", env=cpu_env(cache, HF_ENDPOINT=server.url),
+                     timeout=300)
     server.close()
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "tokenizer: vocab 512 trained" in run.stdout and sum(server.requests.values()) == 0  # data was there
+    # the data was there
+    assert "tokenizer: vocab 512 trained" in run.stdout and sum(server.requests.values()) == 0
     assert sorted(os.listdir(cache / "tokenizer")) == ["fineweb-edu-512", "fineweb-edu-8192"]
     assert {p.name: p.read_bytes() for p in big.iterdir()} == before
     assert prepare.Tokenizer.from_directory(str(big)).get_vocab_size() == 8192
     with pytest.raises(prepare.TokenizerError, match=r"fineweb-edu-512 holds a tokenizer of 512 tokens, not "
                                                      r"VOCAB_SIZE = 8192: run `uv run prepare.py`"):
         prepare.Tokenizer.from_directory(str(cache / "tokenizer" / "fineweb-edu-512"))
-    with pytest.raises(FileNotFoundError, match=r"no tokenizer in .*fineweb-edu-4096: run `uv run prepare.py` first "
-                                                r"\(the others stay as they are: fineweb-edu-512, fineweb-edu-8192\)"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"no tokenizer in .*fineweb-edu-4096: run `uv run prepare.py` first "
+                             r"\(the others stay as they are: fineweb-edu-512, fineweb-edu-8192\)"):
         prepare.Tokenizer.from_directory(str(cache / "tokenizer" / "fineweb-edu-4096"))
 
 
 def test_old_cache_layout_moves_into_the_data_sets_folders(prepared, tmp_path, monkeypatch, capsys):
-    """A cache from before data sets (shards in data/, the 8192 tokenizer in tokenizer/) is moved, not fetched."""
+    """A cache from before data sets (shards in data/, the 8192 tokenizer in tokenizer/) is moved, not
+    fetched."""
     for sub in ("data", "tokenizer"):
         (tmp_path / sub).mkdir()
         for f in (prepared[0] / (DATA if sub == "data" else TOKENIZER)).iterdir():
@@ -687,7 +708,10 @@ def test_old_cache_layout_moves_into_the_data_sets_folders(prepared, tmp_path, m
 
 def test_num_shards_is_checked_against_the_data_sets_count(monkeypatch, capsys):
     asked = []
-    monkeypatch.setattr(prepare, "download_data", lambda n, workers, dataset: asked.append((dataset, n)) or sys.exit(0))
+    def download_data(n, workers, dataset):
+        asked.append((dataset, n))
+        sys.exit(0)
+    monkeypatch.setattr(prepare, "download_data", download_data)
     for argv, expected in ((["--num-shards", "-1"], ("fineweb-edu", 1821)),  # shard 1821 is held out
                            (["--dataset", "climbmix", "--num-shards", "-1"], ("climbmix", 6541)),
                            (["--dataset", "climbmix", "--num-shards", "2000"], ("climbmix", 2000))):
@@ -704,7 +728,8 @@ def test_num_shards_is_checked_against_the_data_sets_count(monkeypatch, capsys):
         assert "--num-shards must be between 1 and 1821 for fineweb-edu, or -1 for all" in err
 
 
-def test_a_full_disk_is_named_at_once_not_blamed_on_the_network(monkeypatch, corpus, tmp_path, no_sleep, capsys):
+def test_a_full_disk_is_named_at_once_not_blamed_on_the_network(monkeypatch, corpus, tmp_path, no_sleep,
+                                                                  capsys):
     server = serve(monkeypatch, corpus)
     real_open = open
 
@@ -721,14 +746,17 @@ def test_a_full_disk_is_named_at_once_not_blamed_on_the_network(monkeypatch, cor
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prepare, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k))
-                        if mode == "wb" else real_open(path, mode, *a, **k), raising=False)
+    def full_disk_open(path, mode="r", *a, **k):  # files opened for writing fail on their first write
+        f = real_open(path, mode, *a, **k)
+        return FullDisk(f) if mode == "wb" else f
+    monkeypatch.setattr(prepare, "open", full_disk_open, raising=False)
     with pytest.raises(SystemExit) as info:
         prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
     server.close()
     err = capsys.readouterr().err
     assert info.value.code == 1 and no_sleep.waits == [] and sum(server.requests.values()) == 1  # no retry
-    assert f"error: cannot write {tmp_path / 'shard_00000.parquet.tmp'}: No space left on device. Free space" in err
+    partial = tmp_path / "shard_00000.parquet.tmp"
+    assert f"error: cannot write {partial}: No space left on device. Free space" in err
     assert "network" not in err and os.listdir(tmp_path) == []
 
 
@@ -739,26 +767,38 @@ def test_a_read_only_cache_is_named_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: pytest.fail("requested"))
     with pytest.raises(SystemExit) as info:
         prepare.download_data(2, 2, data_dir=str(tmp_path / "data"))
-    assert info.value.code == (f"error: cannot write {tmp_path / 'data'}: Read-only file system. Free space there "
-                               "(or set AUTORESEARCH_CACHE_DIR to a writable disk with room) and run prepare.py again")
+    assert info.value.code == (f"error: cannot write {tmp_path / 'data'}: Read-only file system. Free space "
+                               "there (or set AUTORESEARCH_CACHE_DIR to a writable disk with room) and run "
+                               "prepare.py again")
 
 
 def test_gpu_peak_table():
-    assert prepare.gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989.5e12
-    assert prepare.gpu_peak_flops("NVIDIA H200") == 989.5e12
-    assert prepare.gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert prepare.gpu_peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
+    # Names as torch.cuda.get_device_name() gives them, one per entry that another entry's name contains or is
+    # contained in: matching is by substring, so a shorter key listed first would take a longer one's GPUs
+    names = {"NVIDIA H100 80GB HBM3": 989.5e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+             "NVIDIA GH200 480GB": 989.5e12, "NVIDIA H200": 989.5e12, "NVIDIA A100-SXM4-80GB": 312e12,
+             "NVIDIA L40S": 362.05e12, "NVIDIA L40": 181.05e12, "NVIDIA L4": 121e12, "NVIDIA A10G": 70e12,
+             "NVIDIA A10": 125e12, "NVIDIA GeForce RTX 4090": 165.2e12, "NVIDIA RTX A6000": 154.8e12}
+    assert {name: prepare.gpu_peak_flops(name) for name in names} == names
     assert prepare.gpu_peak_flops("Some Future Accelerator") is None
+    # Every entry reaches its own GPUs: no earlier key is a substring of a later one
+    keys = [key for key, _ in prepare.GPU_BF16_PEAK_FLOPS]
+    shadowed = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if a in b]
+    assert shadowed == []
 
 
-def test_a_download_is_checked_against_the_hubs_sha256_and_the_digest_kept(monkeypatch, corpus, tmp_path, no_sleep):
-    server = serve(monkeypatch, corpus, digests={"shard_00001.parquet": "0" * 64})  # the hub's digest, and a bad one
+def test_a_download_is_checked_against_the_hubs_sha256_and_the_digest_kept(monkeypatch, corpus, tmp_path,
+                                                                             no_sleep):
+    # the hub's digest, and a bad one
+    server = serve(monkeypatch, corpus, digests={"shard_00001.parquet": "0" * 64})
     prepare.download_shard("shard_00000.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     good = hashlib.sha256((corpus / "shard_00000.parquet").read_bytes()).hexdigest()
     assert (tmp_path / "shard_00000.parquet.sha256").read_text() == good + "\n"
-    with pytest.raises(RuntimeError, match=r"shard_00001.parquet: failed 5 attempts, last error: OSError: sha256 "
-                                           r"\w{12}\.\.\. is not the hub's 000000000000\.\.\."):
+    with pytest.raises(RuntimeError,
+                       match=r"shard_00001.parquet: failed 5 attempts, last error: OSError: sha256 "
+                             r"\w{12}\.\.\. is not the hub's 000000000000\.\.\."):
         prepare.download_shard("shard_00001.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet", "shard_00000.parquet.sha256"]
-    assert [p for p, _, _ in prepare.split_parts("train", str(tmp_path))] == [str(tmp_path / "shard_00000.parquet")]
+    train_parts = [p for p, _, _ in prepare.split_parts("train", str(tmp_path))]
+    assert train_parts == [str(tmp_path / "shard_00000.parquet")]

@@ -5,20 +5,13 @@ prepare.py and train.py; two short training runs then go at once, one per worktr
 Uses the shard server fixture of conftest.py and the helpers in common.py.
 """
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 
 import torch
-from common import GIT_ENV, ROOT, parse_summary, shrunk_copy
-
-
-
-def git(cwd, *args):
-    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, timeout=30,
-                          check=True).stdout
+from common import GIT_ENV, ROOT, cpu_env, git, parse_summary, run_script, shrunk_scripts, tail
 
 
 def readme_worktree_loop():
@@ -35,11 +28,8 @@ def snapshot(directory):
 
 def test_two_runs_at_once_in_two_worktrees(tmp_path, shard_server):
     repo, cache = tmp_path / "repo", tmp_path / "cache"
-    repo.mkdir()
-    shrunk_copy(ROOT / "prepare.py", repo / "prepare.py", MAX_SEQ_LEN=128, TIME_BUDGET=1,
-                EVAL_TOKENS=4 * 8 * 128, VOCAB_SIZE=512)
-    shrunk_copy(ROOT / "train.py", repo / "train.py", DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32,
-                DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=8 * 128)
+    shrunk_scripts(repo, dict(MAX_SEQ_LEN=128, TIME_BUDGET=1, EVAL_TOKENS=4 * 8 * 128, VOCAB_SIZE=512),
+                   dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=8, TOTAL_BATCH_SIZE=8 * 128))
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
     git(repo, "-c", "init.defaultBranch=main", "init", "-q")
     git(repo, "add", "-A")
@@ -57,12 +47,11 @@ def test_two_runs_at_once_in_two_worktrees(tmp_path, shard_server):
     train1.write_text(train1.read_text().replace("\nDEPTH = 1", "\nDEPTH = 2", 1))
     git(trees[1], "commit", "-qam", "depth 2")
 
-    # One torch thread per run: two runs on a small test machine would otherwise spin against each other
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), HF_ENDPOINT=shard_server,
-               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    prep = subprocess.run([sys.executable, "prepare.py", "--num-shards", "1"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
+    # One torch thread per run (cpu_env): two runs on a small test machine would otherwise spin against each
+    # other
+    env = cpu_env(cache, HF_ENDPOINT=shard_server)
+    prep = run_script(repo, "prepare.py", "--num-shards", "1", env=env)
+    assert prep.returncode == 0, tail(prep)
     cache_before = snapshot(cache)
 
     # Both at once, each as program.md has the agent run it: `uv run train.py > run.log 2>&1` in its worktree
