@@ -337,8 +337,8 @@ def test_a_disk_without_room_for_the_checkpoint_is_named_before_training(monkeyp
     monkeypatch.setattr(prepare, "MAX_UNTIMED_SECONDS", 1e9)  # nor the time check
     prepare.preflight(model, types.SimpleNamespace(get_vocab_size=lambda: 8192), 128, 2**19)
     assert capsys.readouterr().out.strip() == (
-        "warning: 50 MB free for checkpoints/model.pt, its weights need about 201 MB: the checkpoint will not "
-        "be saved (the run still trains and evaluates)")
+        "warning: 50 MB free for checkpoints/model.pt, its weights need about 201 MB: the checkpoint will "
+        "not be saved (the run still trains and evaluates)")
 
 
 def test_a_model_with_fewer_embeddings_than_the_vocabulary_gets_one_line(tmp_path):

@@ -3,8 +3,8 @@ and whether training does its job (a shrunk run learns, a diverged loss stops it
 
 Offline and on CPU. The end-to-end tests serve generated parquet shards over HTTP on 127.0.0.1, run copies of
 prepare.py and train.py with shrunken constants (the originals are not touched) and check the summary block.
-Faults are injected on a line of train.py itself, asserted present (common.edit), so that a refactor that moves
-it fails here loudly instead of testing nothing.
+Faults are injected on a line of train.py itself, asserted present (common.edit), so that a refactor that
+moves it fails here loudly instead of testing nothing.
 """
 
 import hashlib
@@ -40,9 +40,10 @@ def build(config, device="cpu"):
 
 @pytest.mark.baseline
 def test_hyperparameter_defaults_are_the_specs():
-    expected = dict(ASPECT_RATIO=64, HEAD_DIM=128, WINDOW_PATTERN="SSSL", TOTAL_BATCH_SIZE=2**19, EMBEDDING_LR=0.6,
-                    UNEMBEDDING_LR=0.004, MATRIX_LR=0.04, SCALAR_LR=0.5, WEIGHT_DECAY=0.2, ADAM_BETAS=(0.8, 0.95),
-                    WARMUP_RATIO=0.0, WARMDOWN_RATIO=0.5, FINAL_LR_FRAC=0.0, DEPTH=8, DEVICE_BATCH_SIZE=128)
+    expected = dict(ASPECT_RATIO=64, HEAD_DIM=128, WINDOW_PATTERN="SSSL", TOTAL_BATCH_SIZE=2**19,
+                    EMBEDDING_LR=0.6, UNEMBEDDING_LR=0.004, MATRIX_LR=0.04, SCALAR_LR=0.5, WEIGHT_DECAY=0.2,
+                    ADAM_BETAS=(0.8, 0.95), WARMUP_RATIO=0.0, WARMDOWN_RATIO=0.5, FINAL_LR_FRAC=0.0, DEPTH=8,
+                    DEVICE_BATCH_SIZE=128)
     for name, value in expected.items():
         assert getattr(train, name) == value, name
 
@@ -62,7 +63,8 @@ def test_default_model_has_50_3M_params_and_the_spec_flops():
     ve_layers = [i for i in range(L) if i % 2 == (L - 1) % 2]
     assert ve_layers == [1, 3, 5, 7]
     value_embeds = len(ve_layers) * V * d
-    blocks = L * (4 * d * d + 2 * d * 4 * d) + len(ve_layers) * 32 * heads  # attention, MLP, value-embedding gates
+    # attention, MLP, value-embedding gates
+    blocks = L * (4 * d * d + 2 * d * 4 * d) + len(ve_layers) * 32 * heads
     scalars = 2 * L
     total = wte + lm_head + value_embeds + blocks + scalars
     assert total == 50_332_176
@@ -120,12 +122,13 @@ def test_lr_and_momentum_schedules():
 
 def test_lr_schedule_warmup_and_final_fraction(monkeypatch):
     """SPEC: linear warm-up over WARMUP_RATIO, flat, then linear down over the last WARMDOWN_RATIO to
-    FINAL_LR_FRAC (the defaults, 0 warm-up and 0 final fraction, leave both of these branches untested above)."""
+    FINAL_LR_FRAC (the defaults, 0 warm-up and 0 final fraction, leave both of these branches untested
+    above)."""
     monkeypatch.setattr(train, "WARMUP_RATIO", 0.1)
     monkeypatch.setattr(train, "WARMDOWN_RATIO", 0.5)
     monkeypatch.setattr(train, "FINAL_LR_FRAC", 0.1)
-    expected = {0.0: 0.0, 0.02: 0.2, 0.05: 0.5, 0.1: 1.0, 0.3: 1.0, 0.5: 1.0, 0.6: 0.82, 0.75: 0.55, 0.9: 0.28,
-                1.0: 0.1}
+    expected = {0.0: 0.0, 0.02: 0.2, 0.05: 0.5, 0.1: 1.0, 0.3: 1.0, 0.5: 1.0, 0.6: 0.82, 0.75: 0.55,
+                0.9: 0.28, 1.0: 0.1}
     for progress, multiplier in expected.items():
         assert train.get_lr_multiplier(progress) == pytest.approx(multiplier, abs=1e-12), progress
 
@@ -164,7 +167,8 @@ def attention_problem(seed, dtype=torch.float64):
 def test_fallback_attention_matches_reference(window, use_flex):
     q, k, v, dy = attention_problem(window)
     y_ref = reference_attention(q, k, v, window)
-    if use_flex:  # torch 2.11 runs flex's backward only on GPUs, and refuses inputs that need grad: the forward
+    # torch 2.11 runs flex's backward only on GPUs, and refuses inputs that need grad: the forward only
+    if use_flex:
         y = train.attention(q.detach(), k.detach(), v.detach(), window, use_flex=True)
         torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
         return
@@ -177,8 +181,8 @@ def test_fallback_attention_matches_reference(window, use_flex):
 
 @pytest.mark.parametrize("window", [47, 46, 9, 1, 0], ids=lambda w: f"window{w}")
 def test_cudnn_path_passes_the_window_plus_one_and_matches_fa3s_window(window, monkeypatch):
-    """The windowed layers on cuDNN's op (its CPU kernels from tests/common.py): train.py hands it left_bound =
-    window + 1, right_bound 0, and the result is FA3's window_size=(window, 0), gradients too."""
+    """The windowed layers on cuDNN's op (its CPU kernels from tests/common.py): train.py hands it left_bound
+    = window + 1, right_bound 0, and the result is FA3's window_size=(window, 0), gradients too."""
     op, calls = cudnn_attention_on_cpu(), []
     monkeypatch.setattr(train, "cudnn_attention", lambda *a, **kw: calls.append(kw) or op(*a, **kw))
     q, k, v, dy = attention_problem(window)
@@ -199,8 +203,9 @@ def test_startup_check_takes_cudnns_bound_and_refuses_one_off_by_one():
     left_bound as FA3's window (one key too few) or that fails outright."""
     op = cudnn_attention_on_cpu()
     assert train.check_window_attention(op, torch.device("cpu")) is None
-    one_short = train.check_window_attention(lambda *a, left_bound, **kw: op(*a, left_bound=left_bound - 1, **kw),
-                                             torch.device("cpu"))
+    def one_key_short(*a, left_bound, **kw):
+        return op(*a, left_bound=left_bound - 1, **kw)
+    one_short = train.check_window_attention(one_key_short, torch.device("cpu"))
     assert re.fullmatch(r"output differs from the reference by \d+\.\d %", one_short), one_short
     assert float(one_short.split()[-2]) > 10  # far above the 2 % threshold: bf16 rounding is ~0.2 %
 
@@ -211,8 +216,9 @@ def test_startup_check_takes_cudnns_bound_and_refuses_one_off_by_one():
 
 
 def test_fa3_candidates_are_tried_in_order_and_an_unreachable_hub_ends_the_search(monkeypatch):
-    """kernels-community/flash-attn3 (v1, then main), then varunneal's: a missing build moves on, a network error
-    stops at once (the others are on the same hub), and the first that loads gives its flash_attn_func."""
+    """kernels-community/flash-attn3 (v1, then main), then varunneal's: a missing build moves on, a network
+    error stops at once (the others are on the same hub), and the first that loads gives its
+    flash_attn_func."""
     import types
     tried = []
 
@@ -224,7 +230,8 @@ def test_fa3_candidates_are_tried_in_order_and_an_unreachable_hub_ends_the_searc
         raise FileNotFoundError(f"Cannot find a build variant for this system in {repo}")
 
     def loads(repo):
-        return types.SimpleNamespace(flash_attn_interface=types.SimpleNamespace(flash_attn_func=f"fa3 of {repo}"))
+        interface = types.SimpleNamespace(flash_attn_func=f"fa3 of {repo}")
+        return types.SimpleNamespace(flash_attn_interface=interface)
 
     def offline(repo):
         raise ConnectionError("[Errno -3] Temporary failure in name resolution")
@@ -239,24 +246,28 @@ def test_fa3_candidates_are_tried_in_order_and_an_unreachable_hub_ends_the_searc
     outcomes = [offline, loads, loads]
     fa3, note = train.load_fa3()
     assert fa3 is None and len(tried) == 1
-    assert note == "kernels-community/flash-attn3: ConnectionError: [Errno -3] Temporary failure in name resolution"
+    assert note == ("kernels-community/flash-attn3: ConnectionError: [Errno -3] Temporary failure in name "
+                    "resolution")
 
 
 @pytest.mark.parametrize("case", ["cudnn works", "check fails", "no package"])
 def test_start_up_line_names_the_windowed_backend_and_why_not_cudnn(case, monkeypatch):
-    monkeypatch.setattr(train, "load_fa3", lambda: (None, "kernels-community/flash-attn3: ConnectionError: offline"))
+    offline = "kernels-community/flash-attn3: ConnectionError: offline"
+    differs = "output differs from the reference by 25.8 %"
+    monkeypatch.setattr(train, "load_fa3", lambda: (None, offline))
     monkeypatch.setattr(train, "check_window_attention",
-                        lambda fn, device: None if case == "cudnn works" else "output differs from the reference by 25.8 %")
-    if case == "no package":
-        for name in ("cudnn", "cudnn.experimental", "cudnn.experimental.ops"):  # imports fail, as where it is missing
+                        lambda fn, device: None if case == "cudnn works" else differs)
+    if case == "no package":  # imports fail, as where it is missing
+        for name in ("cudnn", "cudnn.experimental", "cudnn.experimental.ops"):
             monkeypatch.setitem(sys.modules, name, None)
     fa3, cudnn_attention, line = train.pick_attention(torch.device("cpu"))
-    assert fa3 is None and line.endswith("FA3 unavailable: kernels-community/flash-attn3: ConnectionError: offline")
+    assert fa3 is None and line.endswith(f"FA3 unavailable: {offline}")
     if case == "cudnn works":
-        assert cudnn_attention is not None and "cuDNN sliding window (nvidia-cudnn-frontend) for windowed" in line
+        assert cudnn_attention is not None
+        assert "cuDNN sliding window (nvidia-cudnn-frontend) for windowed" in line
     else:
         assert cudnn_attention is None and "flex_attention; cuDNN sliding window unavailable: " in line
-        assert ("output differs from the reference by 25.8 %" if case == "check fails" else "ModuleNotFoundError") in line
+        assert (differs if case == "check fails" else "ModuleNotFoundError") in line
 
 
 @pytest.mark.parametrize("use_flex", [False, True], ids=["sdpa", "flex"])
@@ -304,7 +315,8 @@ def test_adamw_half_matches_torch_adamw():
     lr, betas, eps, wd = 0.01, (0.8, 0.95), 1e-10, 0.1
     p0 = torch.randn(12, 7, dtype=torch.float64)
     p_ours, p_ref = p0.clone().requires_grad_(), p0.clone().requires_grad_()
-    ours = train.MuonAdamW([dict(kind="adamw", params=[p_ours], lr=lr, betas=betas, eps=eps, weight_decay=wd)])
+    ours = train.MuonAdamW([dict(kind="adamw", params=[p_ours], lr=lr, betas=betas, eps=eps,
+                                 weight_decay=wd)])
     ref = torch.optim.AdamW([p_ref], lr=lr, betas=betas, eps=eps, weight_decay=wd)
     for _ in range(3):
         g = torch.randn_like(p0)
@@ -379,7 +391,8 @@ def test_optimizer_groups_per_spec():
 @pytest.mark.parametrize("n_kv_head", [2, 1], ids=["mha", "gqa"])
 def test_a_few_steps_reduce_the_loss_of_a_tiny_gpt(n_kv_head):
     torch.manual_seed(42)
-    config = train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=2, n_head=2, n_kv_head=n_kv_head, n_embd=128)
+    config = train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=2, n_head=2, n_kv_head=n_kv_head,
+                             n_embd=128)
     model = build(config)
     opt = model.setup_optimizer(unembedding_lr=0.004, embedding_lr=0.6, matrix_lr=0.04, weight_decay=0.2,
                                 adam_betas=(0.8, 0.95), scalar_lr=0.5)
@@ -411,13 +424,15 @@ def test_softcap_cross_entropy_matches_float64_autograd():
     targets = torch.randint(0, 512, (64,))
     targets[[3, 10]] = -1
     reference_logits = logits.detach().double().requires_grad_()
-    reference = torch.nn.functional.cross_entropy(15 * torch.tanh(reference_logits / 15), targets, ignore_index=-1)
+    capped = 15 * torch.tanh(reference_logits / 15)
+    reference = torch.nn.functional.cross_entropy(capped, targets, ignore_index=-1)
     reference.backward()
     losses = train.SoftcapCrossEntropy.apply(logits, targets, 15)
     (losses.sum() / (targets != -1).sum()).backward()
     assert losses[3] == 0 and losses[10] == 0 and logits.grad[[3, 10]].abs().max() == 0
     assert abs(losses.sum().item() / 62 - reference.item()) < 1e-5
-    assert ((logits.grad.double() - reference_logits.grad).norm() / reference_logits.grad.norm()).item() < 1e-6
+    error = (logits.grad.double() - reference_logits.grad).norm() / reference_logits.grad.norm()
+    assert error.item() < 1e-6
 
 def test_model_and_optimizer_updates_compile_without_graph_breaks():
     """On CUDA these run under torch.compile; a graph break would cost speed there. aot_eager traces like
@@ -437,20 +452,23 @@ def test_model_and_optimizer_updates_compile_without_graph_breaks():
                                 adam_betas=(0.8, 0.95), scalar_lr=0.5)
     eager_steps = train.adamw_step, train.muon_step
     try:
-        train.adamw_step = torch.compile(train.adamw_update, dynamic=False, fullgraph=True, backend="aot_eager")
-        train.muon_step = torch.compile(train.muon_update, dynamic=False, fullgraph=True, backend="aot_eager")
+        how = dict(dynamic=False, fullgraph=True, backend="aot_eager")
+        train.adamw_step = torch.compile(train.adamw_update, **how)
+        train.muon_step = torch.compile(train.muon_update, **how)
         for _ in range(2):  # the second step must reuse the graphs: scalars are 0-d tensors, not constants
             opt.step()
     finally:
         train.adamw_step, train.muon_step = eager_steps
     shapes = {p.shape for p in model.transformer.h.parameters()}
-    adamw_variants = {(p.shape, p.dtype) for g in opt.param_groups if g["kind"] == "adamw" for p in g["params"]}
+    adamw_variants = {(p.shape, p.dtype) for g in opt.param_groups if g["kind"] == "adamw"
+                      for p in g["params"]}
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1 + len(shapes) + len(adamw_variants)
     torch._dynamo.reset()
 
 
 # -----------------------------------------------------------------------------
-# End to end: prepare.py (real download path over local HTTP) then train.py, both shrunk by rewriting constants
+# End to end: prepare.py (real download path over local HTTP) then train.py, both shrunk by rewriting
+# constants
 
 @pytest.mark.contract
 def test_end_to_end_prepare_then_train(tmp_path, shard_server):
@@ -478,7 +496,8 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     assert values["training_seconds"] >= 4.0
     assert values["total_seconds"] >= values["training_seconds"]
     assert values["total_tokens_M"] == round(values["num_steps"] * 2 * 8 * 128 / 1e6, 1)
-    assert values["peak_vram_mb"] > 0 and values["mfu_percent"] == 0.0  # CPU: peak resident memory, no known peak
+    # CPU: peak resident memory, no known peak
+    assert values["peak_vram_mb"] > 0 and values["mfu_percent"] == 0.0
     state = torch.load(work / "checkpoints" / "model.pt", map_location="cpu")
     assert "lm_head.weight" in state and state["resid_lambdas"].shape == (2,)
 
@@ -505,8 +524,8 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
 
     # A failing evaluation still leaves the trained weights, and says where they are
     shutil.rmtree(work / "checkpoints")
-    variant("train_eval_fails.py", forward,
-            forward + '        if not self.training:\n            raise RuntimeError("simulated evaluation failure")\n')
+    variant("train_eval_fails.py", forward, forward + '        if not self.training:\n'
+            '            raise RuntimeError("simulated evaluation failure")\n')
     failed = run("train_eval_fails.py")
     assert failed.returncode != 0
     saved = work / "checkpoints" / "model.pt"
@@ -529,7 +548,8 @@ def test_train_imports_the_originals_five_names_then_only_callable_helpers():
     helpers = [a.name for node in froms[1:] for a in node.names]
     assert helpers and all(callable(getattr(prepare, name)) and not isinstance(getattr(prepare, name), type)
                            for name in helpers)
-    assert not any(isinstance(node, ast.Import) and any(a.name == "prepare" for a in node.names) for node in imports)
+    assert not any(isinstance(node, ast.Import) and any(a.name == "prepare" for a in node.names)
+                   for node in imports)
 
 
 # -----------------------------------------------------------------------------
@@ -549,10 +569,12 @@ def dataset_server(tmp_path):
                  [f"shard_{index:05d}.parquet" for index in (0, 1, 6542)], n_docs=600, seed=99)
     stories = root / "datasets/karpathy/tinystories-gpt4-clean/resolve/main"
     stories.mkdir(parents=True)
-    rng, words = random.Random(98), ["Once", "upon", "a", "time", "Lily", "saw", "a", "big", "red", "ball", "."]
+    rng = random.Random(98)
+    words = ["Once", "upon", "a", "time", "Lily", "saw", "a", "big", "red", "ball", "."]
     # test rows, then the pinned validation rows 10,000-19,999; training from 20,000, varied enough to learn
     # 508 merges from
-    docs = [" ".join(rng.choices(words, k=20)) for _ in range(20_000)] + [make_document(rng) for _ in range(3000)]
+    docs = [" ".join(rng.choices(words, k=20)) for _ in range(20_000)]
+    docs += [make_document(rng) for _ in range(3000)]
     write_shard(stories / "tinystories_gpt4_clean.parquet", docs, row_group_size=1024)
 
     with serve_folder(root) as url:
@@ -596,8 +618,8 @@ def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_
 
 # -----------------------------------------------------------------------------
 # Training does its job: a shrunk run learns, a diverged loss stops it at once. train.py is driven as a
-# subprocess through its constants and its printed output, with stdout a pipe as `> run.log` would be: progress
-# lines for steps 0..10, then throttled, then the last step.
+# subprocess through its constants and its printed output, with stdout a pipe as `> run.log` would be:
+# progress lines for steps 0..10, then throttled, then the last step.
 
 NO_LEARNING = dict(EMBEDDING_LR=0, UNEMBEDDING_LR=0, MATRIX_LR=0, SCALAR_LR=0)
 PROGRESS = re.compile(r"^step (\d{5}) \([\d.]+%\) \| loss: (\d+\.\d+) \|", re.MULTILINE)
@@ -627,9 +649,10 @@ def losses_by_step(stdout):
 
 
 def test_training_learns_loss_falls_and_beats_untrained_model(tmp_path, shard_server):
-    """The end-to-end tests accept any 0 < val_bpb < 20, which a run whose learning rates are all 0 also gives.
-    Here the same run must learn: its smoothed loss falls far below step 0's, and its val_bpb is far below that
-    of the same model, same data, same seed, with every learning rate zeroed (so never updated: untrained)."""
+    """The end-to-end tests accept any 0 < val_bpb < 20, which a run whose learning rates are all 0 also
+    gives. Here the same run must learn: its smoothed loss falls far below step 0's, and its val_bpb is far
+    below that of the same model, same data, same seed, with every learning rate zeroed (so never updated:
+    untrained)."""
     work, env = prepared(tmp_path, shard_server)
     trained = run_variant(work, env, "train.py")
     untrained = run_variant(work, env, "train_untrained.py", **NO_LEARNING)
@@ -638,13 +661,14 @@ def test_training_learns_loss_falls_and_beats_untrained_model(tmp_path, shard_se
     trained_bpb, untrained_bpb = (parse_summary(r.stdout)["val_bpb"] for r in (trained, untrained))
     steps = parse_summary(trained.stdout)["num_steps"]
     losses, flat = losses_by_step(trained.stdout), losses_by_step(untrained.stdout)
-    assert min(losses) == 0 and max(losses) == steps - 1, sorted(losses)  # step 0 and the last step are printed
+    # step 0 and the last step are printed
+    assert min(losses) == 0 and max(losses) == steps - 1, sorted(losses)
 
     # Measured (this 2-core CPU, TIME_BUDGET 2 s, seeds 42-45, budgets 1-8 s): step 0's loss 6.2386 (ln 512:
     # the near-zero lm_head starts uniform), the last step's 3.73-3.96 after 29-143 steps; even a machine so
     # slow that it runs only the 12 steps that always run ends at 4.64. Zeroed learning rates: 6.2383-6.2385
-    # (no update; the batches differ). Margin 0.75 nats: half the slowest case's fall, 2000 times the untrained
-    # drift.
+    # (no update; the batches differ). Margin 0.75 nats: half the slowest case's fall, 2000 times the
+    # untrained drift.
     assert losses[steps - 1] < losses[0] - 0.75, (losses[0], losses[steps - 1])
     assert abs(flat[max(flat)] - flat[0]) < 0.05, flat  # the baseline really did not learn
 
@@ -656,14 +680,15 @@ def test_training_learns_loss_falls_and_beats_untrained_model(tmp_path, shard_se
 
 @pytest.mark.parametrize("bad_loss, printed", [('float("nan")', "nan"), ("1000.0", "1000.0")])
 def test_diverged_training_loss_fails_fast(tmp_path, shard_server, bad_loss, printed):
-    """A training loss that is NaN or above 100 prints FAIL and exits 1 at that step: no evaluation, no summary
-    block for the agent to log as a result. The loop's loss reads `bad_loss` from step 3 on."""
+    """A training loss that is NaN or above 100 prints FAIL and exits 1 at that step: no evaluation, no
+    summary block for the agent to log as a result. The loop's loss reads `bad_loss` from step 3 on."""
     work, env = prepared(tmp_path, shard_server)
     result = run_variant(work, env, "train_diverges.py",
                          replace=(LOSS_ANCHOR, f"{LOSS_ANCHOR} if step < 3 else {bad_loss}"))
     out = result.stdout
     assert result.returncode == 1, tail(result)
     assert sorted(losses_by_step(out)) == [0, 1, 2], out[-3000:]  # it trained normally until the bad loss
-    assert re.search(rf"^FAIL: training loss is {re.escape(printed)} at step 3$", out, re.MULTILINE), out[-3000:]
+    fail = rf"^FAIL: training loss is {re.escape(printed)} at step 3$"
+    assert re.search(fail, out, re.MULTILINE), out[-3000:]
     assert "---" not in out.splitlines() and "val_bpb:" not in out, out[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
