@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # git with no user or system configuration (no signing, no hooks), with an identity for commits
-GIT_ENV = dict(os.environ, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
-               GIT_COMMITTER_EMAIL="test@example.com")
+GIT_SETTINGS = dict(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="test",
+                    GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+                    GIT_COMMITTER_EMAIL="test@example.com")
+GIT_ENV = dict(os.environ, **GIT_SETTINGS)
 
 
 def git(cwd, *args):
@@ -40,8 +41,8 @@ def cpu_env(cache=None, **extra):
     """The environment of a script run by a test: CUDA hidden, the kernels hub offline, output unbuffered, one
     thread (a tiny model runs faster than with threads contending on a busy 2-core machine), git's identity
     for commits; AUTORESEARCH_CACHE_DIR when a cache is given, then any extra variables."""
-    env = dict(GIT_ENV, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1")
+    env = dict(os.environ, **GIT_SETTINGS, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1")  # os.environ as it is now: with what an imported train.py set
     if cache is not None:
         env["AUTORESEARCH_CACHE_DIR"] = str(cache)
     return env | {name: str(value) for name, value in extra.items()}

@@ -23,13 +23,13 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(TEST_HOME, ignore_errors=True)
 
 
-@pytest.fixture
-def shard_server(tmp_path):
+@pytest.fixture(scope="session")
+def shard_server(tmp_path_factory):
     """Generated FineWeb-style shards 0, 1 and the validation shard 1822, served on 127.0.0.1 as the hub
-    does."""
+    does; only read, so one server serves the whole session."""
     from common import serve_folder, write_shards
 
-    root = tmp_path / "server"
+    root = tmp_path_factory.mktemp("server")
     write_shards(root / "datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main",
                  [f"shard_{index:05d}.parquet" for index in (0, 1, 1822)], n_docs=1200, seed=1234)
     with serve_folder(root) as url:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from common import ROOT
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-ROOT = Path(__file__).resolve().parent.parent
+from audit import HEADER
+
 NOTEBOOK = ROOT / "analysis.ipynb"
-HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 
 # Each case: rows as (commit, val_bpb, memory_gb, status, description).
 CASES = {

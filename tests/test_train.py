@@ -470,6 +470,7 @@ def test_model_and_optimizer_updates_compile_without_graph_breaks():
 # End to end: prepare.py (real download path over local HTTP) then train.py, both shrunk by rewriting
 # constants
 
+@pytest.mark.slow
 @pytest.mark.contract
 def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     work = shrunk_scripts(tmp_path / "work", dict(TINY_PREPARE, TIME_BUDGET=4, EVAL_TOKENS=8 * 8 * 128),
@@ -581,6 +582,7 @@ def dataset_server(tmp_path):
         yield url
 
 
+@pytest.mark.slow
 @pytest.mark.contract
 @pytest.mark.parametrize("dataset", ["climbmix", "tinystories"])
 def test_another_data_set_downloads_tokenizes_trains_and_evaluates(dataset, tmp_path, dataset_server):
@@ -626,11 +628,14 @@ PROGRESS = re.compile(r"^step (\d{5}) \([\d.]+%\) \| loss: (\d+\.\d+) \|", re.MU
 LOSS_ANCHOR = "train_loss_f = train_loss.item()"  # the loop's one host read of the step's loss
 
 
-def prepared(tmp_path, shard_server):
-    """A work directory with a shrunk prepare.py, run once: 2 generated training shards, the validation shard
-    and a 512-token tokenizer in the cache. Returns it and the environment for the train.py runs."""
-    work = shrunk_scripts(tmp_path / "work", dict(TINY_PREPARE, EVAL_TOKENS=64 * 128), TINY_TRAIN)
-    env = cpu_env(tmp_path / "cache", HF_ENDPOINT=shard_server)
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, shard_server):
+    """A work directory with a shrunk prepare.py, run once for the module: 2 generated training shards, the
+    validation shard and a 512-token tokenizer in the cache. Returns it and the environment for the train.py
+    runs, each run as a script of its own name."""
+    root = tmp_path_factory.mktemp("prepared")
+    work = shrunk_scripts(root / "work", dict(TINY_PREPARE, EVAL_TOKENS=64 * 128), TINY_TRAIN)
+    env = cpu_env(root / "cache", HF_ENDPOINT=shard_server)
     prep = run_script(work, "prepare.py", "--num-shards", "2", "--download-workers", "2", env=env)
     assert prep.returncode == 0, tail(prep)
     return work, env
@@ -648,13 +653,14 @@ def losses_by_step(stdout):
     return {int(step): float(loss) for step, loss in PROGRESS.findall(stdout)}
 
 
-def test_training_learns_loss_falls_and_beats_untrained_model(tmp_path, shard_server):
+@pytest.mark.slow
+def test_training_learns_loss_falls_and_beats_untrained_model(prepared):
     """The end-to-end tests accept any 0 < val_bpb < 20, which a run whose learning rates are all 0 also
     gives. Here the same run must learn: its smoothed loss falls far below step 0's, and its val_bpb is far
     below that of the same model, same data, same seed, with every learning rate zeroed (so never updated:
     untrained)."""
-    work, env = prepared(tmp_path, shard_server)
-    trained = run_variant(work, env, "train.py")
+    work, env = prepared
+    trained = run_variant(work, env, "train_learns.py")
     untrained = run_variant(work, env, "train_untrained.py", **NO_LEARNING)
     for result in (trained, untrained):
         assert result.returncode == 0, tail(result)
@@ -679,11 +685,11 @@ def test_training_learns_loss_falls_and_beats_untrained_model(tmp_path, shard_se
 
 
 @pytest.mark.parametrize("bad_loss, printed", [('float("nan")', "nan"), ("1000.0", "1000.0")])
-def test_diverged_training_loss_fails_fast(tmp_path, shard_server, bad_loss, printed):
+def test_diverged_training_loss_fails_fast(prepared, bad_loss, printed):
     """A training loss that is NaN or above 100 prints FAIL and exits 1 at that step: no evaluation, no
     summary block for the agent to log as a result. The loop's loss reads `bad_loss` from step 3 on."""
-    work, env = prepared(tmp_path, shard_server)
-    result = run_variant(work, env, "train_diverges.py",
+    work, env = prepared
+    result = run_variant(work, env, f"train_diverges_{printed}.py",
                          replace=(LOSS_ANCHOR, f"{LOSS_ANCHOR} if step < 3 else {bad_loss}"))
     out = result.stdout
     assert result.returncode == 1, tail(result)

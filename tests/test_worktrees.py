@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from common import GIT_ENV, ROOT, cpu_env, git, parse_summary, run_script, shrunk_scripts, tail
 
@@ -26,6 +27,7 @@ def snapshot(directory):
                   for p in directory.rglob("*"))
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_in_two_worktrees(tmp_path, shard_server):
     repo, cache = tmp_path / "repo", tmp_path / "cache"
     shrunk_scripts(repo, dict(MAX_SEQ_LEN=128, TIME_BUDGET=1, EVAL_TOKENS=4 * 8 * 128, VOCAB_SIZE=512),
@@ -49,7 +51,8 @@ def test_two_runs_at_once_in_two_worktrees(tmp_path, shard_server):
 
     # One torch thread per run (cpu_env): two runs on a small test machine would otherwise spin against each
     # other
-    env = cpu_env(cache, HF_ENDPOINT=shard_server)
+    # torch.compile's cache apart: the shared data cache must be only read
+    env = cpu_env(cache, HF_ENDPOINT=shard_server, TORCHINDUCTOR_CACHE_DIR=tmp_path / "compile")
     prep = run_script(repo, "prepare.py", "--num-shards", "1", env=env)
     assert prep.returncode == 0, tail(prep)
     cache_before = snapshot(cache)
