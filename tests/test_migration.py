@@ -4,7 +4,7 @@ into the data sets' folders by what it holds: no validation shard ever lands in 
 import os
 import pickle
 
-from common import ROOT, cpu_env, run_script, shrunk_copy, write_shards
+from common import ROOT, cpu_env, run_script, shrunk_copy, write_byte_tokenizer, write_shards
 
 import prepare
 
@@ -104,3 +104,19 @@ def test_the_originals_tokenizer_files_are_never_taken_for_ours(tmp_path, monkey
     prepare.move_old_layout()
     assert sorted(os.listdir(tmp_path / "tokenizer")) == ["token_bytes.pt", "tokenizer.pkl"]
     assert not (tmp_path / "unpickled").exists()
+
+
+def test_this_projects_layout_before_data_sets_moves_into_their_folders(tmp_path, monkeypatch, capsys):
+    """This project's cache before data sets (FineWeb-Edu's shards in data/, its 8192-token tokenizer in
+    tokenizer/) is moved, not fetched, and the tokenizer still loads."""
+    write_shards(tmp_path / "data", [f"shard_{i:05d}.parquet" for i in (0, 1, 1822)], n_docs=50, seed=0)
+    write_byte_tokenizer(tmp_path / "tokenizer", 8192, prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
+    prepare.move_old_layout()
+    assert sorted(os.listdir(tmp_path / "data")) == ["fineweb-edu"]
+    ours = tmp_path / "tokenizer" / "fineweb-edu-8192"
+    assert sorted(os.listdir(ours)) == ["tokenizer.json", "tokenizer.tiktoken"]
+    assert prepare.Tokenizer.from_directory(str(ours)).get_vocab_size() == 8192
+    out = capsys.readouterr().out
+    assert "moved 3 shard files of an old layout (fineweb-edu: shard_01822.parquet is one)" in out
+    assert "moved 2 tokenizer files of an old layout" in out

@@ -689,23 +689,6 @@ def test_tokenizers_of_two_settings_live_side_by_side(prepared, corpus, tmp_path
         prepare.Tokenizer.from_directory(str(cache / "tokenizer" / "fineweb-edu-4096"))
 
 
-def test_old_cache_layout_moves_into_the_data_sets_folders(prepared, tmp_path, monkeypatch, capsys):
-    """A cache from before data sets (shards in data/, the 8192 tokenizer in tokenizer/) is moved, not
-    fetched."""
-    for sub in ("data", "tokenizer"):
-        (tmp_path / sub).mkdir()
-        for f in (prepared[0] / (DATA if sub == "data" else TOKENIZER)).iterdir():
-            shutil.copy(f, tmp_path / sub / f.name)
-    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
-    prepare.move_old_layout()
-    assert sorted(os.listdir(tmp_path / "data")) == ["fineweb-edu"]
-    assert sorted(os.listdir(tmp_path / TOKENIZER)) == ["tokenizer.json", "tokenizer.tiktoken"]
-    assert prepare.Tokenizer.from_directory(str(tmp_path / TOKENIZER)).get_vocab_size() == 8192
-    out = capsys.readouterr().out
-    assert "moved 3 shard files of an old layout (fineweb-edu: shard_01822.parquet is one)" in out
-    assert "moved 2 tokenizer files of an old layout" in out
-
-
 def test_num_shards_is_checked_against_the_data_sets_count(monkeypatch, capsys):
     asked = []
     def download_data(n, workers, dataset):
