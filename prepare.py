@@ -1,5 +1,5 @@
-"""One-time data preparation for autoresearch, plus the runtime utilities train.py imports.
-This file is frozen: the agent never edits it (it owns the data and the evaluation).
+"""One-time data preparation for autoresearch, plus what train.py imports at run time: the tokenizer, the data
+loader, the evaluation and, last, the run's harness. Frozen: the agent never edits it (data and score).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
     uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-
 # ---------------------------------------------------------------------------
 # Constants (fixed: changing them changes what val_bpb means)
 
@@ -81,24 +80,25 @@ def base_url(dataset=None):
                  "e.g. HF_ENDPOINT=https://hf-mirror.com")
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
-def split_parts(split, data_dir=None, dataset=None):
+def split_row_ranges(split, data_dir=None, dataset=None):
     """A split's documents as (file, first row, end row or None), in sorted file order: `val` and `heldout`
     are the pinned data above, `train` the rest. Raises FileNotFoundError, saying what to run, if none."""
-    data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)
+    data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
     dataset = dataset or DATASET
     spec = DATASETS[dataset]
     if "file" in spec:
         path = os.path.join(data_dir, spec["file"])
-        parts = [(path, *spec[split])] if os.path.exists(path) else []
+        ranges = [(path, *spec[split])] if os.path.exists(path) else []
     else:
         pinned = {shard_filename(spec["val"]): "val", shard_filename(spec["heldout"]): "heldout"}
         names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-        parts = [(os.path.join(data_dir, n), 0, None) for n in names
-                 if n.endswith(".parquet") and pinned.get(n, "train") == split]
-    if not parts:
-        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py"
-                                + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
-    return parts
+        ranges = [(os.path.join(data_dir, n), 0, None) for n in names
+                  if n.endswith(".parquet") and pinned.get(n, "train") == split]
+    if not ranges:
+        flag = "" if dataset == DATASET else f" --dataset {dataset}"
+        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py{flag}` "
+                                "first")
+    return ranges
 
 # ---------------------------------------------------------------------------
 # Before torch loads (seconds): the command line is read first, so that --help and a wrong argument answer at
@@ -106,7 +106,7 @@ def split_parts(split, data_dir=None, dataset=None):
 
 if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
     print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
-    sys.exit(2)  # a flag must not start a run
+    sys.exit(2)  # a flag must not start a run; 2: a usage error, as argparse's
 
 def parse_args():
     """prepare.py's command line, checked: a wrong value exits with argparse's usage line."""
@@ -126,11 +126,11 @@ def parse_args():
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
     args = parser.parse_args()
     spec = DATASETS[args.dataset]
-    if "file" not in spec and args.num_shards == -1:
-        args.num_shards = spec["heldout"]  # every training shard: 0 ... heldout - 1
-    elif "file" not in spec and not 1 <= args.num_shards <= spec["heldout"]:
-        parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 for "
-                     "all")
+    if "file" not in spec:  # shards: -1 is every training shard, 0 ... heldout - 1
+        args.num_shards = spec["heldout"] if args.num_shards == -1 else args.num_shards
+        if not 1 <= args.num_shards <= spec["heldout"]:
+            parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 "
+                         "for all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
     return args
@@ -152,9 +152,8 @@ try:
 except ModuleNotFoundError as e:  # a Python without the project's packages
     sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
              "which uses the project's environment (`uv sync` makes it)")
-
 # ---------------------------------------------------------------------------
-# Download
+# Data: download
 
 def check_shard(path, min_rows=0):
     """Raise if `path` is not a readable parquet file with a `text` column (reads only the footer)."""
@@ -162,8 +161,7 @@ def check_shard(path, min_rows=0):
     if "text" not in pf.schema_arrow.names:
         raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
     if pf.metadata.num_rows < min_rows:
-        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than the {min_rows:,} its validation rows "
-                         "need")
+        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than its {min_rows:,} validation rows")
 
 class ShardMissing(RuntimeError):
     """The server answered that it does not have a shard: final, retrying cannot help."""
@@ -177,16 +175,14 @@ class LocalWriteError(RuntimeError):
 LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 class Progress:
-    """One line of download progress, rewritten in place (throttled; one thread at a time)."""
+    """One line of download progress, rewritten in place at most every 0.5 s (one thread at a time)."""
     def __init__(self, total):
         self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
         self.lock = threading.Lock()
 
     def update(self, nbytes=0, shard_done=False):
         with self.lock:
-            self.bytes += nbytes
-            self.done += shard_done
-            now = time.time()
+            self.bytes, self.done, now = self.bytes + nbytes, self.done + shard_done, time.time()
             if shard_done or now - self.last > 0.5:
                 mb, self.last = self.bytes / 1e6, now
                 print(f"\rdownloading: {self.done}/{self.total} files, {mb:.1f} MB, "
@@ -208,7 +204,9 @@ def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=
             print(f"\n{name} on disk is unreadable ({e}); downloading it again")
             os.remove(path)
     for attempt in range(attempts):
-        if stop.wait(2 ** attempt) if attempt else stop.is_set():  # retry after 2, 4, 8 s; Ctrl-C ends it
+        if attempt:
+            stop.wait(2 ** attempt)  # five attempts wait 2, 4, 8 and 16 s between them; Ctrl-C ends a wait
+        if stop.is_set():
             return None
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
@@ -262,17 +260,15 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     """The first num_shards training shards and the validation shard (TinyStories: its one file), or exit;
     never the held-out shard (fetch_heldout)."""
     dataset = dataset or DATASET
-    spec, data_dir = DATASETS[dataset], data_dir or cache_dirs(dataset)[0]
-    url_base = base_url(dataset)
+    spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
     names = ([spec["file"]] if "file" in spec else
-             [shard_filename(i) for i in [*range(num_shards), spec["val"]]])
-    min_rows = spec["val"][1] if "file" in spec else 0
+             [shard_filename(i) for i in (*range(num_shards), spec["val"])])
     progress = Progress(len(names))
     stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
-    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop, min_rows=min_rows)
-               for n in names]
+    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop,
+                           min_rows=spec["val"][1] if "file" in spec else 0) for n in names]
 
     def ready():
         return sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
@@ -290,22 +286,27 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     pool.shutdown()
     print()
     errors = [f.exception() for f in futures if f.exception()]
-    local = [e for e in errors if isinstance(e, LocalWriteError)]
-    if errors:
-        print(*(f"error: {e}" if local else f"error: download failed for {e}" for e in local or errors),
-              sep="\n", file=sys.stderr)
-        print(f"error: {ready()} of {len(names)} files are ready in {data_dir}" + (
-            "." if local else f" (from {url_base}). " + (
-                "The server does not have every shard asked for: use a smaller --num-shards "
-                "(or check HF_ENDPOINT)." if any(isinstance(e, ShardMissing) for e in errors) else
-                ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "")
-                + "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
-                "finished shards are kept.")), file=sys.stderr)
-        sys.exit(1)
-    print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
+    if not errors:
+        print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
+        return
+    local = [e for e in errors if isinstance(e, LocalWriteError)]  # the disk, not the network: say only that
+    for e in local or errors:
+        print(f"error: {e}" if local else f"error: download failed for {e}", file=sys.stderr)
+    if local:
+        advice = "."
+    elif any(isinstance(e, ShardMissing) for e in errors):
+        advice = (f" (from {url_base}). The server does not have every shard asked for: use a smaller "
+                  "--num-shards (or check HF_ENDPOINT).")
+    else:
+        advice = f" (from {url_base}). "
+        if stop.is_set():  # a shard never connected
+            advice += "The server is unreachable, so the other downloads were stopped. "
+        advice += ("Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: finished "
+                   "shards are kept.")
+    sys.exit(f"error: {ready()} of {len(names)} files are ready in {data_dir}{advice}")
 
 def fetch_heldout(dataset=None):
-    """The held-out split's parts, downloaded first if missing: prepare.py's own run never fetches them, and
+    """The held-out split's row ranges, downloaded first if missing: prepare.py's own run never fetches them,
     only audit.py's --confirm reads them. Raises RuntimeError, in one line, if they cannot be had."""
     dataset = dataset or DATASET
     spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
@@ -317,14 +318,13 @@ def fetch_heldout(dataset=None):
     except OSError as e:
         raise LocalWriteError(data_dir, e) from None
     download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
-    return split_parts("heldout", data_dir, dataset)
-
+    return split_row_ranges("heldout", data_dir, dataset)
 # ---------------------------------------------------------------------------
-# Tokenizer training
+# Tokenizer: training
 
-def _split_texts(parts):
-    """One pass over the documents of a split's parts, in file, row-group and row order: lists of texts."""
-    for path, first, end in parts:
+def _split_texts(row_ranges):
+    """One pass over a split's documents, in file, row-group and row order: lists of texts."""
+    for path, first, end in row_ranges:
         try:
             pf, start = pq.ParquetFile(path), 0
             for rg in range(pf.num_row_groups):
@@ -333,8 +333,8 @@ def _split_texts(parts):
                 if lo < hi:  # row groups outside the part are not read at all
                     yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
         except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") \
-                from e
+            problem = f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again"
+            raise RuntimeError(problem) from e
 
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
     tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
@@ -342,7 +342,7 @@ def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
 
     def texts():  # training documents in file and row order, each cut short, TOKENIZER_MAX_CHARS in all
         total = 0
-        for batch in _split_texts(split_parts("train", data_dir, dataset)):
+        for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
             for text in batch:
                 yield text[:TOKENIZER_DOC_CHARS]
                 total += min(len(text), TOKENIZER_DOC_CHARS)
@@ -373,7 +373,7 @@ def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
           f"saved to {tokenizer_dir}")
 
 # ---------------------------------------------------------------------------
-# Runtime utilities (imported by train.py)
+# Runtime: the tokenizer (train.py imports it)
 
 class TokenizerError(FileNotFoundError):
     """A damaged saved tokenizer: a FileNotFoundError like a missing one (one `except` for both), one line."""
@@ -444,19 +444,19 @@ class Tokenizer:
 def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
 
-# What one run's calls share: the progress throttle, the checkpoint, the memory seen at start, what the
-# loaders served (the run record keeps it)
-_run = dict(last_print=0.0, checkpoint=None, memory=None)
+# ---------------------------------------------------------------------------
+# Runtime: the data loader
 
 def _default_device():
-    mps = torch.backends.mps.is_available()
-    return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 def _document_batches(split, batch_docs=128):
     """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
-    parts, epoch = split_parts(split), 1
+    row_ranges, epoch = split_row_ranges(split), 1
     while True:
-        for texts in _split_texts(parts):
+        for texts in _split_texts(row_ranges):
             for i in range(0, len(texts), batch_docs):
                 yield texts[i:i + batch_docs], epoch
         epoch += 1
@@ -524,9 +524,9 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     background thread. close() stops and joins the loader's threads."""
     assert split in ("train", "val"), split
     # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
-    parts = split_parts(split) + (split_parts("val") if split == "train" else [])
+    row_ranges = split_row_ranges(split) + (split_row_ranges("val") if split == "train" else [])
     try:
-        for path, _, end in parts:
+        for path, _, end in row_ranges:
             check_shard(path, end or 0)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
@@ -564,6 +564,9 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
         stop.set()
         free.put((None, None))
         thread.join(timeout=30)  # it stops at its next batch: well under a second (30: a generous bound)
+
+# ---------------------------------------------------------------------------
+# Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
 # What the training loader served, and validation batches read through make_dataloader (outside the
 # evaluation, which reads its own): written by the loader, read by the run record
@@ -644,8 +647,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     try:
         val_bpb, tokens, probe = score(model, own, batch_size)
     except BaseException:
-        if _run["checkpoint"]:  # a crash here loses no training
-            print(f"\nevaluation failed; the trained weights are saved at {_run['checkpoint']}")
+        if _saved_checkpoint:  # a crash here loses no training
+            print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         raise
     after = _fingerprint(model)
     rejected = None
@@ -656,7 +659,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         rejected = "the model's weights or buffers changed while it was scored (it learned from the evaluation)"
     enc = own.enc
     _record(val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens, causal_probe=probe,
-            dataset=DATASET, val_path=split_parts("val")[0][0], prepare_path=os.path.abspath(__file__),
+            dataset=DATASET, val_path=split_row_ranges("val")[0][0], prepare_path=os.path.abspath(__file__),
             tokenizer_bytes=[enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)],
             train_times=_served["train_times"], train_tokens=_served["train_tokens"],
             val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
@@ -667,9 +670,21 @@ def evaluate_bpb(model, tokenizer, batch_size):
         audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), os.environ["AUTORESEARCH_EXPORT"])
     return val_bpb
 
+
+def _record(**facts):
+    try:
+        import audit
+    except ImportError:  # a prepare.py copied without audit.py: the score still prints
+        print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
+        return
+    audit.append_run_record(facts)
+
+
 # ---------------------------------------------------------------------------
-# Run harness: the checks and reports train.py calls, one line each. A train.py that calls none of them (one
-# written for the original) still runs, without them.
+# Harness: the checks and reports train.py calls, each a line or two. They take plain numbers and never read
+# train.py's model, so that no edit of the model makes this frozen code raise; a number train.py leaves out
+# (None) skips the check that needs it, in one line. A train.py that calls none of them (one written for the
+# original) still runs, without them.
 
 # Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first: MFU's denominator
 GPU_BF16_PEAK_FLOPS = [
@@ -682,16 +697,25 @@ GPU_BF16_PEAK_FLOPS = [
 # + tokens per micro step * (a * depth * width + b * vocab), fitted to this model's measured peaks (all
 # within 6 %). cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at
 # 32/64/128: 12.3/24.0/47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS;
-# 2 cores, torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB
-# Python, torch). MPS: as cpu.
+# 2 cores; measured under torch 2.9.1, before the 2.11 pin): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at
+# 4, 16 x 512: 1.4, 2.9 GB (0.6 GB Python, torch). MPS: as cpu.
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
-CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8)
-MAX_UNTIMED_SECONDS = 600   # refuse if warm-up plus evaluation alone take longer (the agent's 10 minutes)
+MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
+# The run's time: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (a forward: a third of a
+# step's FLOPs per token), at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
+# matmuls measured for 0.3 s. CPU_EFFICIENCY, measured on 2 cores shared with other jobs (load 3-4; torch
+# 2.11, 2 threads; depth 2-6, 4-16 x 256-512 tokens): training steps 0.07-0.21 of that rate (median 0.15),
+# evaluation forwards 0.09-0.57 (median 0.23); unloaded, README's recipe reached about 0.8. 0.2: a run that
+# the estimate passes fits under such load; an idle machine finishes well inside it.
+CPU_EFFICIENCY = 0.2
+GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
+STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
+RUN_LIMIT_SECONDS = 600     # program.md runs train.py under `timeout 600`: a longer run is killed, a failure
 PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 CHECKPOINT = os.path.join("checkpoints", "model.pt")
 SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
-                         "human, MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small "
-                         "computers'.")
+                         "human, MAX_SEQ_LEN, EVAL_TOKENS and TIME_BUDGET in prepare.py): see README, "
+                         "'Tuning for small computers'.")
 
 def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
@@ -707,28 +731,30 @@ def setup_device(seed):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name()
         peak = gpu_peak_flops(name)
-        print(f"device: cuda ({name})" + ("" if peak else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS "
-                                                         "(prepare.py), so MFU reads n/a"))
+        line = f"device: cuda ({name})"
+    elif device.type == "mps":
+        line = "device: mps (no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Metal's memory)"
     else:
-        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's memory)"
-              if device.type == "mps" else
-              "device: cpu (no CUDA or MPS GPU: very slow; MFU reads 0, peak_vram_mb: peak resident memory)")
+        line = "device: cpu (no CUDA or MPS GPU: very slow; peak_vram_mb: peak resident memory)"
+    if not peak:  # the summary's format is fixed (a number with two decimals): there 0.00 stands for n/a
+        line += ("; no bf16 peak in GPU_BF16_PEAK_FLOPS (prepare.py) for it, so MFU reads n/a in the "
+                 "progress lines and 0.00 in the summary")
+    print(line)
     sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
     autocast = (contextlib.nullcontext() if device.type == "cpu"
                 else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
     return device, autocast, sync, peak
 
 def check_batch(total_batch_size, device_batch_size):
-    """The gradient-accumulation steps, or an exit saying which setting to change."""
+    """The gradient-accumulation steps, or a one-line exit saying which setting to change."""
     if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
         sys.exit(f"DEVICE_BATCH_SIZE ({device_batch_size}) and TOTAL_BATCH_SIZE ({total_batch_size}) must be "
                  "positive integers (write 2**12 or 4096, not 4096.0).")
     per_micro_step = device_batch_size * MAX_SEQ_LEN
     if total_batch_size % per_micro_step:
-        print(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * "
-              f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
-              "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
-        sys.exit(1)
+        sys.exit(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * "
+                 f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
+                 "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
     return total_batch_size // per_micro_step
 
 def or_exit(fn, *args):
@@ -738,21 +764,29 @@ def or_exit(fn, *args):
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
 
-def _step_memory(c, num_params, batch_size, device_type):
-    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
-    per_token = a * c.n_layer * c.n_embd + b * c.vocab_size
-    return fixed + 16 * num_params + batch_size * c.sequence_len * per_token
+def _positive(**numbers):
+    """Those of `numbers` that are positive ints or floats; None or anything else counts as not given."""
+    return {name: v for name, v in numbers.items() if isinstance(v, (int, float)) and v > 0}
 
-def _fitting_batch_size(c, num_params, device_type, memory, total_batch_size, failed_at=None):
+def _step_memory(size, batch_size, device_type):
+    """STEP_MEMORY's estimate (bytes) for a model of `size` (MEMORY_NEEDS) at batch_size sequences."""
+    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
+    per_token = a * size["depth"] * size["width"] + b * size["vocab_size"]
+    return fixed + 16 * size["num_params"] + batch_size * size["sequence_len"] * per_token
+
+def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=None):
     """Largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) dividing TOTAL_BATCH_SIZE that needs
-    at most 90 % of `memory` (10 % for the CUDA context, fragmentation; any if unknown), or None."""
-    fixed = _step_memory(c, num_params, 0, device_type)
-    per_sequence = _step_memory(c, num_params, 1, device_type) - fixed
-    if failed_at and memory:  # it needed more than `memory`: trust the larger of that and the estimate
+    at most 90 % of `memory` (10 % for the CUDA context, fragmentation; any if memory is None), or None."""
+    seq = size.get("sequence_len", MAX_SEQ_LEN)
+    sizes = [b for b in range(1, failed_at or total_batch_size // seq + 1)
+             if total_batch_size % (b * seq) == 0]
+    if not memory:
+        return max(sizes, default=None)
+    fixed = _step_memory(size, 0, device_type)
+    per_sequence = _step_memory(size, 1, device_type) - fixed
+    if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
         per_sequence = max(per_sequence, (memory - fixed) / failed_at)
-    sizes = range(1, (failed_at or total_batch_size // c.sequence_len + 1))
-    return max((b for b in sizes if total_batch_size % (b * c.sequence_len) == 0
-                and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
+    return max((b for b in sizes if fixed + b * per_sequence <= 0.9 * memory), default=None)
 
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
@@ -766,68 +800,94 @@ def _available_memory(device_type):
     except (OSError, StopIteration):
         return None
 
-def _untimed_seconds(flops_per_token, batch_size, total_batch_size, rate):
-    """Seconds of the 11 warm-up steps and of the evaluation (a forward: a third of the FLOPs), off CUDA."""
-    eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
-    per_token = flops_per_token / (CPU_EFFICIENCY * rate)
-    return 11 * total_batch_size * per_token, eval_tokens / 3 * per_token
+def _flop_rate(device_type):
+    """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
+    if device_type == "cuda":
+        peak = gpu_peak_flops(torch.cuda.get_device_name())
+        return peak * GPU_EFFICIENCY if peak else None
+    m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - t0 < 0.3:  # perf_counter: a test's fake time.time cannot skew it
+        (m @ m).sum().item()
+        n += 1
+    return CPU_EFFICIENCY * n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
 
-def preflight(model, tokenizer, batch_size, total_batch_size):
-    """Before the heavy work (model on the meta device): a row for every token? memory? warm-up and evaluation
-    in time off CUDA? room for the checkpoint? Stops on a CPU or MPS (else swapping or an OOM kill); on a GPU
-    a warning (an edited model may need less)."""
-    c, device_type, vocab = model.config, _default_device().type, tokenizer.get_vocab_size()
-    num_params = sum(p.numel() for p in model.parameters())
-    rows = min([m.num_embeddings for name, m in model.named_modules() if name.endswith("wte")]
-               + [c.vocab_size])
-    if rows < vocab:  # else token ids past its rows fail deep inside as "index out of range"
-        sys.exit(f"the model has {rows:,} token embeddings but the tokenizer has {vocab:,} tokens: build it "
-                 "with vocab_size=tokenizer.get_vocab_size().")
-    memory = _run["memory"] = _available_memory(device_type)
-    need = _step_memory(c, num_params, batch_size, device_type)
+def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate):
+    """The whole run's seconds by part; training is the budget plus the step that crosses it."""
+    step = total_batch_size * flops_per_token / rate
+    eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
+    return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
+            "evaluation": eval_tokens * flops_per_token / 3 / rate}
+
+_memory_at_start = None  # preflight's: the memory free before the run (out_of_memory's advice reads it)
+
+def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_per_token=None, depth=None,
+              width=None, vocab_size=None, sequence_len=MAX_SEQ_LEN):
+    """Before the heavy work, from plain numbers of train.py's model: a row for every token? memory? the whole
+    run within program.md's 10 minutes? room for the checkpoint? A failed check stops the run on a CPU or
+    MPS (else swapping, an OOM kill, or a run killed at 10 minutes); on a GPU it warns (an edited model may
+    need less). A number not given (None) skips the check that needs it, in one line."""
+    global _memory_at_start
+    device_type, vocab = _default_device().type, tokenizer.get_vocab_size()
+    size = _positive(num_params=num_params, flops_per_token=flops_per_token, depth=depth, width=width,
+                     vocab_size=vocab_size, sequence_len=sequence_len)
+    needs = {"vocabulary": ("vocab_size",), "memory": MEMORY_NEEDS, "time": ("flops_per_token",),
+             "disk": ("num_params",)}
+    missing = {check: [n for n in names if n not in size] for check, names in needs.items()}
+    skipped = [f"{check} check ({', '.join(names)} not given)" for check, names in missing.items() if names]
+    if skipped:
+        print(f"pre-flight: no {'; no '.join(skipped)}")
+    if not missing["vocabulary"] and vocab_size < vocab:  # else ids past its rows fail deep inside, later
+        sys.exit(f"the model has {vocab_size:,} token embeddings but the tokenizer has {vocab:,} tokens: "
+                 "build it with vocab_size=tokenizer.get_vocab_size().")
+    memory = _memory_at_start = _available_memory(device_type)
+    need = 0 if missing["memory"] else _step_memory(size, batch_size, device_type)
     if memory and need > memory:
-        fit = _fitting_batch_size(c, num_params, device_type, memory, total_batch_size)
-        too_big = (f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {c.n_layer} needs about {need / 1e9:.1f} GB "
+        fit = _fitting_batch_size(size, device_type, memory, total_batch_size)
+        too_big = (f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {depth} needs about {need / 1e9:.1f} GB "
                    f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}")
         if device_type != "cuda":
             sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
-        print(f"warning: {too_big}; if it runs out of memory, "
-              + (f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."))
-    if device_type != "cuda":  # the rate of fp32 1024 x 1024 matmuls here (FLOP/s), measured for 0.3 s
-        m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.time()
-        while time.time() - t0 < 0.3:
-            (m @ m).sum().item()
-            n += 1
-        warmup, evaluation = _untimed_seconds(model.estimate_flops(), batch_size, total_batch_size,
-                                              n * 2 * 1024 ** 3 / (time.time() - t0)) if n else (0, 0)
-        if warmup + evaluation > MAX_UNTIMED_SECONDS:
-            sys.exit(f"On this {device_type} the 11 untimed warm-up steps (11 x TOTAL_BATCH_SIZE = "
-                     f"{11 * total_batch_size:,} tokens: {warmup / 60:.0f} min) and the evaluation "
-                     f"(EVAL_TOKENS = {EVAL_TOKENS:,}: {evaluation / 60:.0f} min) would take about "
-                     f"{(warmup + evaluation) / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
+        advice = f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."
+        print(f"warning: {too_big}; if it runs out of memory, {advice}")
+    rate = None if missing["time"] else _flop_rate(device_type)
+    if rate:
+        seconds = _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate)
+        parts = ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items())
+        total = sum(seconds.values())
+        print(f"pre-flight: the whole run should take about {total / 60:.1f} min ({parts})")
+        lever = "TOTAL_BATCH_SIZE or DEPTH in train.py (the warm-up)"
+        if seconds["evaluation"] > seconds["warm-up"]:
+            lever = "DEPTH in train.py (or, as the human, EVAL_TOKENS in prepare.py: the evaluation)"
+        too_long = (f"On this {device_type} the whole run would take about {total / 60:.0f} min ({parts}), "
+                    f"over the {RUN_LIMIT_SECONDS} s program.md allows it: lower {lever}")
+        if total > RUN_LIMIT_SECONDS and device_type != "cuda":
+            sys.exit(f"{too_long}:\n{SMALL_COMPUTER_ADVICE}")
+        if total > RUN_LIMIT_SECONDS:
+            print(f"warning: {too_long}")
+    elif not missing["time"]:
+        print("pre-flight: no time check (this GPU's bf16 peak is not in GPU_BF16_PEAK_FLOPS)")
     folder = os.path.dirname(os.path.abspath(CHECKPOINT))
     free = shutil.disk_usage(folder if os.path.isdir(folder) else ".").free
-    if free < 4 * num_params:  # fp32 weights: a checkpoint that cannot be written fails at the end of the run
+    if not missing["disk"] and free < 4 * num_params:  # fp32 weights: else the save fails after training
         print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about "
               f"{4 * num_params / 1e6:.0f} MB: the checkpoint will not be saved (the run still trains and "
               "evaluates)")
 
-def out_of_memory(e, model, batch_size, total_batch_size):
-    """Re-raise `e` unless it is out of memory; then say which DEVICE_BATCH_SIZE should fit, and exit."""
+def out_of_memory(e, batch_size, total_batch_size, **model_size):
+    """Re-raise `e` unless it is out of memory; then exit with one line naming a DEVICE_BATCH_SIZE that should
+    fit, estimated from the numbers preflight took (`model_size`: the same keywords)."""
     if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
         raise e
-    memory, c = _run["memory"], model.config
-    fit = _fitting_batch_size(c, sum(p.numel() for p in model.parameters()), _default_device().type, memory,
-                              total_batch_size, failed_at=batch_size)
-    if memory and not fit:
-        sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
-                 "lower DEPTH.")
-    fit = fit or 1
-    print(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, "
-          f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
-          f"TOTAL_BATCH_SIZE = {total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro "
-          "steps per step.")
-    sys.exit(1)
+    size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
+    memory = _memory_at_start if all(n in size for n in MEMORY_NEEDS) else None  # no size: no estimate
+    fit = _fitting_batch_size(size, _default_device().type, memory, total_batch_size, failed_at=batch_size)
+    if fit is None:
+        sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}, and no smaller size would fit: lower "
+                 "DEPTH in train.py.")
+    sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, "
+             f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
+             f"TOTAL_BATCH_SIZE = {total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro "
+             "steps per step.")
 
 def cache_compiled_graphs():
     """Let AOTAutograd's cache keep train.py's graphs, which it refuses by default: they call sdpa_kernel's
@@ -839,30 +899,37 @@ def cache_compiled_graphs():
     for name in ("_backend_from_string", "_sdpa_kernel"):
         torch._inductor.config.unsafe_marked_cacheable_functions["torch.nn.attention." + name] = "1"
 
+_last_progress_print = 0.0  # print_progress's: when it last printed a line to a file
+
 def print_progress(line, step, last):
     """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
     run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, and the last."""
+    global _last_progress_print
     if sys.stdout.isatty():
         print(f"\r{line}    ", end="\n" if last else "", flush=True)
-    elif step <= 10 or last or time.time() - _run["last_print"] >= PROGRESS_EVERY:
+    elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:
         print(line, flush=True)
-        _run["last_print"] = time.time()
+        _last_progress_print = time.time()
+
+_saved_checkpoint = None  # save_checkpoint's: where the weights were saved (a failed evaluation names it)
 
 def save_checkpoint(model, path=CHECKPOINT):
     """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
     in one line, leaves an earlier file whole, and the run goes on to its evaluation."""
+    global _saved_checkpoint
     tmp = path + ".tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)
-        _run["checkpoint"] = os.path.abspath(path)
+        _saved_checkpoint = os.path.abspath(path)
         print(f"saved weights: {path}")
     except (OSError, RuntimeError) as e:  # torch.save: "PytorchStreamWriter failed writing file ..."
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        print(f"could not save the weights to {path} ({' '.join(str(e).split())[:120]})"
-              + ("; the earlier file is kept" if os.path.exists(path) else "") + "; evaluating anyway")
+        kept = "; the earlier file is kept" if os.path.exists(path) else ""
+        reason = " ".join(str(e).split())[:120]
+        print(f"could not save the weights to {path} ({reason}){kept}; evaluating anyway")
 
 def peak_memory_mb():
     """MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory now; on a CPU peak RSS."""
@@ -876,18 +943,6 @@ def peak_memory_mb():
     import resource
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-# ---------------------------------------------------------------------------
-# Run record: every evaluation hands its facts to audit.py (frozen too), which appends the record to
-# ledger.jsonl; audit.py also writes results.tsv's rows from the records and audits them
-
-def _record(**facts):
-    try:
-        import audit
-    except ImportError:  # a prepare.py copied without audit.py: the score still prints
-        print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
-        return
-    audit.append_run_record(facts)
 
 # ---------------------------------------------------------------------------
 # Main

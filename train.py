@@ -21,121 +21,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 # -----------------------------------------------------------------------------
-# Attention backend: Flash Attention 3 from the kernels hub; else cuDNN's sliding-window attention
-# (nvidia-cudnn-frontend) for the windowed layers; else flex_attention. All keep FA3's window semantics.
-# ATTENTION_BACKEND is the start-up line that says which one runs, and why the faster ones did not.
-
-# Tried in order: kernels-community/flash-attn3 has builds for torch 2.11 (v1: stable-ABI builds for any torch
-# >= 2.9; main: one per torch version); varunneal's, the original's pick for Hopper, showed none for 2.11.
-FA3_CANDIDATES = [("kernels-community/flash-attn3", dict(version=1)),
-                  ("kernels-community/flash-attn3", dict(revision="main")),
-                  ("varunneal/flash-attention-3", dict(revision="main", trust_remote_code=True))]
-# cuDNN is the fastest causal SDPA on H100 (1.37 ms vs flash 2.32 ms at this model's shapes)
-SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                 SDPBackend.MATH]
-_window_masks = {}
-
-def short_error(e):
-    return " ".join(f"{type(e).__name__}: {e}".split())[:160]
-
-def load_fa3():
-    """FA3's flash_attn_func from the first candidate that has a build for this torch and GPU, else None and
-    why. A network error ends the search: the other candidates live on the same hub."""
-    try:
-        from kernels import get_kernel
-    except ImportError as e:
-        return None, short_error(e)
-    reasons = []
-    for repo, how in FA3_CANDIDATES:
-        try:  # downloads and imports compiled code from the hub repo named here; the start-up line prints it
-            kernel = get_kernel(repo, **how)
-            return getattr(kernel, "flash_attn_interface", kernel).flash_attn_func, f"{repo} {how}"
-        except Exception as e:
-            reasons.append(f"{repo}: {short_error(e)}")
-            if not (isinstance(e, FileNotFoundError) or "not found" in str(e)):
-                break  # not "no build (or no such version) for this system": the hub is unreachable
-    return None, "; ".join(reasons)
-
-def check_window_attention(fn, device, T=128, window=16, D=128):
-    """None if fn (cuDNN's call convention) computes FA3's window_size=(window, 0), forward and backward, on a
-    tiny random problem, against masked SDPA in fp32; else what went wrong. On the H200 the right bound errs
-    by 0.2-0.3 % (bf16 rounding), a window one key off by 21-26 %: 2 % separates them."""
-    try:
-        gen = torch.Generator(device=device).manual_seed(0)
-        q, k, v, dy = (torch.randn(1, 2, T, D, generator=gen, device=device) for _ in range(4))
-        q, k, v = (t.bfloat16().requires_grad_() for t in (q, k, v))
-        y = fn(q, k, v, is_causal=True, left_bound=window + 1, right_bound=0)
-        grads = torch.autograd.grad(y, (q, k, v), dy.bfloat16())
-        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
-        y_ref = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=window_mask(window, T, device, False))
-        grads_ref = torch.autograd.grad(y_ref, (q32, k32, v32), dy)
-        for name, a, b in zip(("output", "dq", "dk", "dv"), (y, *grads), (y_ref, *grads_ref)):
-            err = ((a.float() - b).norm() / b.norm()).item()
-            if not err < 0.02:  # also catches NaN
-                return f"{name} differs from the reference by {100 * err:.1f} %"
-        return None
-    except Exception as e:  # no package, no cuDNN build for this GPU, an unsupported shape
-        return short_error(e)
-
-def window_mask(window, T, device, flex):
-    """Sliding-window causal mask, built once per (window, T, device): key j is visible to query i iff
-    i - window <= j <= i. A flex BlockMask (CUDA) or a boolean (T, T) tensor (SDPA elsewhere)."""
-    key = (window, T, str(device), flex)
-    if key not in _window_masks:
-        if flex:
-            def mask_mod(b, h, q_idx, kv_idx):
-                return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
-            _window_masks[key] = create_block_mask(mask_mod, None, None, T, T, device=device)
-        else:
-            i = torch.arange(T, device=device)
-            _window_masks[key] = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] <= window)
-    return _window_masks[key]
-
-def attention(q, k, v, window, use_flex=None):
-    """Causal attention with a left window, FA3's window_size=(window, 0): each query sees itself and
-    the `window` keys before it. q: (B, T, H, D); k, v: (B, T, Hkv, D) with H a multiple of Hkv."""
-    if fa3 is not None:
-        y = fa3(q, k, v, causal=True, window_size=(window, 0))
-        return y[0] if isinstance(y, tuple) else y  # some builds also return the log-sum-exp
-    T = q.size(1)
-    use_flex = q.is_cuda if use_flex is None else use_flex
-    gqa = k.size(2) != q.size(2)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex take (B, H, T, D)
-    if window >= T - 1:  # the window covers the whole causal context
-        with sdpa_kernel(SDPA_BACKENDS, set_priority=True) if q.is_cuda else nullcontext():
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    elif cudnn_attention is not None:  # cuDNN's left bound counts the query itself: FA3's window + 1
-        y = cudnn_attention(q, k, v, is_causal=True, left_bound=window + 1, right_bound=0, enable_gqa=gqa)
-    elif use_flex:
-        y = flex_attention(q, k, v, block_mask=window_mask(window, T, q.device, True), enable_gqa=gqa)
-    else:
-        mask = window_mask(window, T, q.device, False)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-    return y.transpose(1, 2)
-
-def pick_attention(device):
-    """(fa3, cudnn_attention, start-up line) on a CUDA device: FA3 if it loads, else cuDNN's sliding window if
-    its check passes, else flex_attention for the windowed layers (both None)."""
-    fa3, fa3_note = load_fa3()
-    if fa3 is not None:
-        return fa3, None, f"attention: FA3 ({fa3_note})"
-    try:
-        from cudnn.experimental.ops import scaled_dot_product_attention as cudnn_sdpa
-        note = check_window_attention(cudnn_sdpa, device)
-    except Exception as e:  # not installed (not on Linux), or it fails to load (an old driver)
-        note = short_error(e)
-    windowed = ("cuDNN sliding window (nvidia-cudnn-frontend)" if note is None
-                else f"flex_attention; cuDNN sliding window unavailable: {note}")
-    line = (f"attention: PyTorch fallback (SDPA cuDNN for full layers, {windowed} for windowed layers); "
-            f"FA3 unavailable: {fa3_note}")
-    return None, (cudnn_sdpa if note is None else None), line
-
-fa3, cudnn_attention, ATTENTION_BACKEND = (
-    pick_attention(torch.device("cuda")) if torch.cuda.is_available() else
-    (None, None, "attention: PyTorch SDPA (no CUDA, so no FA3; causal for full layers, boolean mask for "
-                 "windowed layers)"))
-
-# -----------------------------------------------------------------------------
 # GPT model
 
 @dataclass
@@ -186,7 +71,7 @@ class CausalSelfAttention(nn.Module):
         # and this one's backward is faster (q and k: 1.21 ms instead of 1.86 per layer and micro step, H200)
         q, k = norm(q), norm(k)
         q, k = apply_rotary_emb(q, *cos_sin), apply_rotary_emb(k, *cos_sin)
-        y = attention(q, k, v, window)
+        y = attention(q, k, v, window)  # the back-end chosen in the section after the model
         return self.c_proj(y.contiguous().view(B, T, -1))
 
 class MLP(nn.Module):
@@ -241,7 +126,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Initialise after materialising from the meta device (see the build in the setup section)."""
+        """Initialise after materialising from the meta device (main() builds the model there)."""
         c = self.config
         bound = (3 / c.n_embd) ** 0.5  # uniform with the std of normal(0, 1/sqrt(width))
         nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
@@ -353,6 +238,120 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         grad = torch.where(targets != -1, grad, 0.0)[:, None]
         dlogits = (torch.exp(ctx.softcap * t - lse[:, None]) - onehot.float()) * grad * (1 - t * t)
         return dlogits.to(logits.dtype), None, None
+
+# -----------------------------------------------------------------------------
+# Attention back-end, for the model's attention(): FA3 from the kernels hub; else cuDNN's sliding window
+# (nvidia-cudnn-frontend), else flex_attention, for the windowed layers; all with FA3's window semantics.
+
+# Tried in order: kernels-community/flash-attn3 has builds for torch 2.11 (v1: stable-ABI builds for any torch
+# >= 2.9; main: one per torch version); varunneal's, the original's pick for Hopper, showed none for 2.11.
+FA3_CANDIDATES = [("kernels-community/flash-attn3", dict(version=1)),
+                  ("kernels-community/flash-attn3", dict(revision="main")),
+                  ("varunneal/flash-attention-3", dict(revision="main", trust_remote_code=True))]
+# cuDNN is the fastest causal SDPA on H100 (1.37 ms vs flash 2.32 ms at this model's shapes)
+SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+_window_masks = {}
+
+def short_error(e):
+    return " ".join(f"{type(e).__name__}: {e}".split())[:160]
+
+def load_fa3():
+    """FA3's flash_attn_func from the first candidate that has a build for this torch and GPU, else None and
+    why. A network error ends the search: the other candidates live on the same hub."""
+    try:
+        from kernels import get_kernel
+    except ImportError as e:
+        return None, short_error(e)
+    reasons = []
+    for repo, how in FA3_CANDIDATES:
+        try:  # downloads and imports compiled code from the hub repo named here; the start-up line prints it
+            kernel = get_kernel(repo, **how)
+            return getattr(kernel, "flash_attn_interface", kernel).flash_attn_func, f"{repo} {how}"
+        except Exception as e:
+            reasons.append(f"{repo}: {short_error(e)}")
+            if not (isinstance(e, FileNotFoundError) or "not found" in str(e)):
+                break  # not "no build (or no such version) for this system": the hub is unreachable
+    return None, "; ".join(reasons)
+
+def check_window_attention(fn, device, T=128, window=16, D=128):
+    """None if fn (cuDNN's call convention) computes FA3's window_size=(window, 0), forward and backward, on a
+    tiny random problem, against masked SDPA in fp32; else what went wrong. On the H200 the right bound errs
+    by 0.2-0.3 % (bf16 rounding), a window one key off by 21-26 %: 2 % separates them."""
+    try:
+        gen = torch.Generator(device=device).manual_seed(0)
+        q, k, v, dy = (torch.randn(1, 2, T, D, generator=gen, device=device) for _ in range(4))
+        q, k, v = (t.bfloat16().requires_grad_() for t in (q, k, v))
+        y = fn(q, k, v, is_causal=True, left_bound=window + 1, right_bound=0)
+        grads = torch.autograd.grad(y, (q, k, v), dy.bfloat16())
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        y_ref = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=window_mask(window, T, device, False))
+        grads_ref = torch.autograd.grad(y_ref, (q32, k32, v32), dy)
+        for name, a, b in zip(("output", "dq", "dk", "dv"), (y, *grads), (y_ref, *grads_ref)):
+            err = ((a.float() - b).norm() / b.norm()).item()
+            if not err < 0.02:  # also catches NaN
+                return f"{name} differs from the reference by {100 * err:.1f} %"
+        return None
+    except Exception as e:  # no package, no cuDNN build for this GPU, an unsupported shape
+        return short_error(e)
+
+def window_mask(window, T, device, flex):
+    """Sliding-window causal mask, built once per (window, T, device): key j is visible to query i iff
+    i - window <= j <= i. A flex BlockMask (CUDA) or a boolean (T, T) tensor (SDPA elsewhere)."""
+    key = (window, T, str(device), flex)
+    if key not in _window_masks:
+        if flex:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
+            _window_masks[key] = create_block_mask(mask_mod, None, None, T, T, device=device)
+        else:
+            i = torch.arange(T, device=device)
+            _window_masks[key] = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] <= window)
+    return _window_masks[key]
+
+def attention(q, k, v, window, use_flex=None):
+    """Causal attention with a left window, FA3's window_size=(window, 0): each query sees itself and
+    the `window` keys before it. q: (B, T, H, D); k, v: (B, T, Hkv, D) with H a multiple of Hkv."""
+    if fa3 is not None:
+        y = fa3(q, k, v, causal=True, window_size=(window, 0))
+        return y[0] if isinstance(y, tuple) else y  # some builds also return the log-sum-exp
+    T = q.size(1)
+    use_flex = q.is_cuda if use_flex is None else use_flex
+    gqa = k.size(2) != q.size(2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA and flex take (B, H, T, D)
+    if window >= T - 1:  # the window covers the whole causal context
+        with sdpa_kernel(SDPA_BACKENDS, set_priority=True) if q.is_cuda else nullcontext():
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    elif cudnn_attention is not None:  # cuDNN's left bound counts the query itself: FA3's window + 1
+        y = cudnn_attention(q, k, v, is_causal=True, left_bound=window + 1, right_bound=0, enable_gqa=gqa)
+    elif use_flex:
+        y = flex_attention(q, k, v, block_mask=window_mask(window, T, q.device, True), enable_gqa=gqa)
+    else:
+        mask = window_mask(window, T, q.device, False)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return y.transpose(1, 2)
+
+def pick_attention(device):
+    """(fa3, cudnn_attention, start-up line) on a CUDA device: FA3 if it loads, else cuDNN's sliding window if
+    its check passes, else flex_attention for the windowed layers (both None)."""
+    fa3, fa3_note = load_fa3()
+    if fa3 is not None:
+        return fa3, None, f"attention: FA3 ({fa3_note})"
+    try:
+        from cudnn.experimental.ops import scaled_dot_product_attention as cudnn_sdpa
+        note = check_window_attention(cudnn_sdpa, device)
+    except Exception as e:  # not installed (not on Linux), or it fails to load (an old driver)
+        note = short_error(e)
+    windowed = ("cuDNN sliding window (nvidia-cudnn-frontend)" if note is None
+                else f"flex_attention; cuDNN sliding window unavailable: {note}")
+    line = (f"attention: PyTorch fallback (SDPA cuDNN for full layers, {windowed} for windowed layers); "
+            f"FA3 unavailable: {fa3_note}")
+    return None, (cudnn_sdpa if note is None else None), line
+
+fa3, cudnn_attention, ATTENTION_BACKEND = (
+    pick_attention(torch.device("cuda")) if torch.cuda.is_available() else
+    (None, None, "attention: PyTorch SDPA (no CUDA, so no FA3; causal for full layers, boolean mask for "
+                 "windowed layers)"))
 
 # -----------------------------------------------------------------------------
 # Optimizer: AdamW for embeddings, head and scalars; Muon (NorMuon variant) for the block matrices
@@ -523,6 +522,8 @@ def main():
     device, autocast_ctx, sync, peak_flops = setup_device(SEED)
     use_cuda = device.type == "cuda"
     print(ATTENTION_BACKEND)
+    if DEPTH < 1:  # no layers: GPT would fail deep inside, with an IndexError
+        sys.exit(f"DEPTH = {DEPTH} in train.py: the model needs at least one layer")
     grad_accum_steps = check_batch(TOTAL_BATCH_SIZE, DEVICE_BATCH_SIZE)
     tokenizer = or_exit(Tokenizer.from_directory)
     vocab_size = tokenizer.get_vocab_size()
@@ -534,7 +535,11 @@ def main():
     print(f"model config: {asdict(config)}")
     with torch.device("meta"):  # no memory or init work until the checks below pass
         model = GPT(config)
-    preflight(model, tokenizer, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)  # memory, time, vocabulary, disk
+    num_params, num_flops_per_token = model.num_scaling_params()["total"], model.estimate_flops()
+    # The model's size in plain numbers: all the harness reads of it (no edit of the model can crash it)
+    model_size = dict(num_params=num_params, flops_per_token=num_flops_per_token, depth=DEPTH,
+                      width=model_dim, vocab_size=config.vocab_size)
+    preflight(tokenizer, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, **model_size)  # vocabulary, memory, time, disk
     # every shard checked now, the validation one included; it packs batches while the model is built
     train_loader = or_exit(make_dataloader, tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
     model.to_empty(device=device)
@@ -542,8 +547,6 @@ def main():
     print("parameter counts:")
     for key, value in model.num_scaling_params().items():
         print(f"  {key:24s}: {value:,}")
-    num_params = model.num_scaling_params()["total"]
-    num_flops_per_token = model.estimate_flops()
     flops_per_step = num_flops_per_token * TOTAL_BATCH_SIZE
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
     print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {(model_dim / 768) ** -0.5:.6f}")
@@ -615,7 +618,7 @@ def main():
             if step > 10 and total_training_time >= TIME_BUDGET:
                 break
     except Exception as e:  # running out of memory gets a plain answer; anything else propagates as usual
-        out_of_memory(e, raw_model, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)
+        out_of_memory(e, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, **model_size)
     train_loader.close()  # stop its packing thread before saving and evaluating
 
     # -------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def reference_batches(tok, B, T, paths, buffer_size):
 
 @pytest.mark.parametrize("B,T,buffer_size", [(4, 64, 20), (8, 256, 1000), (2, 1024, 5)])
 def test_loader_matches_reference_packing(tok, data_dir, B, T, buffer_size):
-    paths = [path for path, _, _ in prepare.split_parts("train")]
+    paths = [path for path, _, _ in prepare.split_row_ranges("train")]
     loader = prepare.make_dataloader(tok, B, T, "train", buffer_size=buffer_size)
     ref = reference_batches(tok, B, T, paths, buffer_size)
     for _ in range(12):
@@ -621,7 +621,7 @@ def test_validation_data_is_never_in_a_training_batch(dataset, tok, tmp_path, mo
         assert set(whole) == {marker}, (split, seen.most_common(5))
     # the pinned rows: one shard each, or TinyStories' validation rows 10,000-19,999 and test rows 0-9,999
     for split, marker in (("val", "VALIDATION"), ("heldout", "HELDOUT")):
-        texts = [t for batch in prepare._split_texts(prepare.split_parts(split)) for t in batch]
+        texts = [t for batch in prepare._split_texts(prepare.split_row_ranges(split)) for t in batch]
         assert len(texts) == (10_000 if dataset == "tinystories" else 300)
         assert all(t.startswith(marker) for t in texts)
 
@@ -761,4 +761,4 @@ def test_a_download_is_checked_against_the_hubs_sha256_and_the_digest_kept(monke
         prepare.download_shard("shard_00001.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet", "shard_00000.parquet.sha256"]
-    assert [p for p, _, _ in prepare.split_parts("train", str(tmp_path))] == [str(tmp_path / "shard_00000.parquet")]
+    assert [p for p, _, _ in prepare.split_row_ranges("train", str(tmp_path))] == [str(tmp_path / "shard_00000.parquet")]
