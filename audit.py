@@ -12,12 +12,15 @@ code. Exit 0 when everything holds, else 1 with one line per finding naming the 
 
 import argparse
 import ast
+import base64
 import contextlib
 import fcntl
+import glob
 import hashlib
 import hmac
 import importlib.metadata
 import json
+import marshal
 import operator
 import os
 import re
@@ -37,29 +40,46 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 LEDGER = "ledger.jsonl"     # prepare.py's name for it
 CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
-LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # prepare.py's: the HMAC key of the record chain
+LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # the HMAC key of the record chain
+JOURNAL = os.path.join(CACHE_DIR, "evaluations.jsonl")  # every evaluation of this account, in any folder
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 STATUSES = ("keep", "discard", "crash")
 TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
-TOO_LONG = 1.5              # nor one whose timed batches span over 1.5 x TIME_BUDGET + 10 s + one step
+TOO_LONG = 1.1              # nor one whose timed batches span over 1.1 x TIME_BUDGET + 10 s + one step
 LOG_SLACK_S = 120           # run.log ends seconds after its record: newer by more, it is another run's
 MIN_FLOOR = 0.001           # the smallest noise floor (program.md)
+CAUSAL_TOLERANCE = 1e-3     # prepare.py's: a logit before changed tokens may move this much
 CLEAN_MATCH = 0.002         # a run's own score and the clean scorer's differ by bf16 noise only (~1e-4)
 SEEDS = (42, 43)            # a confirm reruns with the seed the row did not use
-TAG = "confirm"             # records of a confirm's reruns: never a row's
+CONFIRM_PREFIX = "autoresearch-confirm-"  # a confirm's worktrees (its records stay in their own ledgers)
 # What train.py may take from prepare.py: the original's five names and the harness helpers
-PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb", "cache_compiled_graphs",
-          "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight", "print_progress",
-          "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE", "DATASET"}
+PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb",
+          "cache_compiled_graphs", "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight",
+          "print_progress", "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE",
+          "DATASET"}
 CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.")
-BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars", "breakpoint"}
-BANNED_MODULES = {"importlib", "inspect", "ctypes", "builtins", "subprocess", "pyarrow", "tiktoken", "rustbpe",
-                  "requests", "urllib", "socket", "http", "multiprocessing", "signal", "pickle", "marshal",
-                  "fcntl", "hmac", "shutil", "sysconfig", "site", "audit"}
+# Builtins, modules and attributes no research edit needs: each reaches the evaluator's objects, runs code
+# the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
+BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
+                "breakpoint", "open", "locals"}
+BANNED_MODULES = {"importlib", "inspect", "ctypes", "builtins", "subprocess", "pyarrow", "tiktoken",
+                  "rustbpe", "requests", "urllib", "socket", "http", "multiprocessing", "signal", "pickle",
+                  "marshal", "fcntl", "hmac", "shutil", "sysconfig", "site", "audit", "base64", "binascii",
+                  "codecs", "zlib", "lzma", "bz2", "gzip", "zipfile", "tarfile", "pathlib", "glob", "io",
+                  "mmap", "runpy", "types", "threading", "atexit", "weakref", "copyreg", "dill",
+                  "safetensors", "pandas"}
 BANNED_ATTRS = {"__globals__", "__code__", "__dict__", "__closure__", "__builtins__", "__defaults__",
-                "__kwdefaults__", "__subclasses__", "f_globals", "f_locals", "f_back", "_getframe", "settrace",
-                "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "system", "popen",
-                "putenv", "modules"}
+                "__kwdefaults__", "__subclasses__", "f_globals", "f_locals", "f_back", "_getframe",
+                "settrace", "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "system",
+                "popen", "putenv", "__setattr__", "__delattr__", "__getattribute__", "__module__", "__self__",
+                "__func__", "__wrapped__", "__bases__", "__mro__", "__class__", "__import__", "__loader__",
+                "__spec__", "execv", "execve", "spawnv", "fork", "_exit", "register_forward_hook"}
+BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.from_file", "torch.hub", "torch.utils.model_zoo",
+                "numpy.load", "np.load", "numpy.frombuffer", "np.frombuffer", "numpy.fromfile", "np.fromfile",
+                "os.system", "sys.argv", "torch.compiler.is_exporting", "torch._dynamo.is_compiling",
+                "torch.compiler.is_compiling", "torch.is_grad_enabled"}
+MAX_SOURCE = 100_000        # characters: the original's train.py is ~26,000; ours ~30,000
+MAX_LITERAL = 2_000         # characters of one string literal (a long prompt-free script needs none)
 HARNESS_STRINGS = ("ledger", ".jsonl", "prepare.py", "audit.py", "results.tsv", ".cache", ".parquet",
                    ".tiktoken", "AUTORESEARCH_", "run.log")
 
@@ -156,13 +176,13 @@ def train_seconds(times, tokens):
 
 def append_run_record(facts):
     """The record of one evaluation: the facts prepare.py measured, with the commit, the files that ran and
-    what training was served. To $AUTORESEARCH_LEDGER, or ledger.jsonl beside a script run from prepare.py's
-    folder (train.py's runs are recorded; a test suite importing prepare.py is not)."""
+    what training was served. To ledger.jsonl beside a script run from prepare.py's folder (train.py's runs
+    are recorded; a test suite importing prepare.py is not), and a line to the account's journal."""
     script = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
     folder, here = os.path.dirname(script), os.path.dirname(facts["prepare_path"])
-    path = os.environ.get("AUTORESEARCH_LEDGER") or (os.path.join(here, LEDGER) if folder == here else None)
-    if not path:
+    if folder != here:
         return
+    path = os.path.join(here, LEDGER)
     commit = git(folder, "rev-parse", "HEAD")
     if not commit:  # a row names a commit: a record without one could stand for any
         print(f"warning: no run record: {folder} has no git commit (commit train.py first)", file=sys.stderr)
@@ -173,12 +193,15 @@ def append_run_record(facts):
     record = dict(
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
         dirty=bool(git(folder, "status", "--porcelain", "--untracked-files=no")),
-        tag=os.environ.get("AUTORESEARCH_TAG", ""), script=script, prepare_sha256=file_sha256(
+        script=script, prepare_sha256=file_sha256(
             facts.pop("prepare_path")), **facts, val_sha256=file_sha256(val), val_hub_sha256=hub,
         tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=file_sha256(script),
         train_batches=len(times), train_timed_s=round(timed, 1), train_step_s=round(step, 2))
     try:
         append_record(path, record)
+        with open(JOURNAL, "a") as f:  # a copy of the repo elsewhere still shows its runs of a commit
+            f.write(json.dumps(dict(time=record["time"], commit=commit, val_bpb=record["val_bpb"],
+                                    ledger=os.path.realpath(path))) + "\n")
     except OSError as e:  # the score still prints; without a record, its row cannot be written
         print(f"warning: no run record: cannot write {path}: {e.strerror or e}", file=sys.stderr)
 
@@ -222,11 +245,11 @@ def read_ledger(folder):
         except (ValueError, AssertionError):
             record = {}
             where = "the last line" if i == len(lines) - 1 else f"line {i + 1}"
-            findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while it was "
-                            "written?): it is ignored")
+            findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while "
+                            "it was written?): it is ignored")
         if key and record and record.get("prev") != chain_mac(key, previous):
-            findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks here: "
-                            "it, or the record before it, was edited, or records were deleted")
+            findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks "
+                            "here: it, or the record before it, was edited, or records were deleted")
         records.append(record)
         previous = line
     if records and not key:
@@ -255,8 +278,20 @@ def usable(row):
         return False
 
 def evaluations(records, full):
-    """The records of the agent's own evaluations of commit `full` (not a confirm's), oldest first."""
-    return [r for r in records if r.get("commit") == full and not r.get("tag")]
+    """The records of evaluations of commit `full`, oldest first."""
+    return [r for r in records if r.get("commit") == full]
+
+def journal_elsewhere(folder):
+    """{commit: evaluations recorded in another folder's ledger}, a confirm's worktrees left out."""
+    mine, counts = os.path.realpath(os.path.join(folder, LEDGER)), {}
+    with contextlib.suppress(OSError), open(JOURNAL, errors="replace") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                entry = json.loads(line)
+                where = os.path.basename(os.path.dirname(entry["ledger"]))
+                if entry["ledger"] != mine and not where.startswith(CONFIRM_PREFIX):
+                    counts[entry["commit"]] = counts.get(entry["commit"], 0) + 1
+    return counts
 
 def write_row(status, description, commit=None, results="results.tsv"):
     """Append results.tsv's row for `commit` (default HEAD) from its run's record: no score typed by hand."""
@@ -273,8 +308,8 @@ def write_row(status, description, commit=None, results="results.tsv"):
     if status != "crash":
         mine = evaluations(read_ledger(folder)[0], full)
         if not mine:
-            fail(f"no record of an evaluation of {full[:7]} in {os.path.join(folder, LEDGER)}: if its run printed "
-                 "no val_bpb, its status is crash")
+            fail(f"no record of an evaluation of {full[:7]} in {os.path.join(folder, LEDGER)}: if its run "
+                 "printed no val_bpb, its status is crash")
         record = mine[0]  # its first evaluation: a second run of the same commit is not a new draw
         made = time.mktime(time.strptime(record["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
         if made < int(git(folder, "log", "-1", "--format=%ct", full) or 0):
@@ -286,7 +321,8 @@ def write_row(status, description, commit=None, results="results.tsv"):
         if record.get("rejected"):
             fail(f"the evaluation of {full[:7]} was rejected ({record['rejected']}): log it as crash")
         if record.get("dirty") and record.get("train_sha256") != sha256(committed(folder, full, "train.py")):
-            fail(f"{full[:7]}'s run was of an uncommitted train.py: commit it, run it again, then write the row")
+            fail(f"{full[:7]}'s run was of an uncommitted train.py: commit it, run it again, then write "
+                 "the row")
         values = f"{record['val_bpb']:.6f}\t{record['peak_vram_mb'] / 1024:.1f}"
     row = f"{full[:7]}\t{values}\t{status}\t{description}\n"
     new = not os.path.exists(results) or os.path.getsize(results) == 0
@@ -304,11 +340,13 @@ def write_row(status, description, commit=None, results="results.tsv"):
 
 def source_findings(source):
     """One line per construct of train.py that reaches into the harness, the evaluation or the records."""
+    if len(source) > MAX_SOURCE:
+        return [f"train.py is {len(source):,} characters: over {MAX_SOURCE:,}, it can carry smuggled weights"]
     try:
         tree = ast.parse(source)
     except SyntaxError as e:
         return [f"train.py does not parse (line {e.lineno})"]
-    modules, from_prepare, found = set(), set(), []
+    modules, from_prepare, aliases, found = set(), set(), set(), []
 
     def say(node, what):
         found.append(f"train.py line {node.lineno}: {what}")
@@ -320,29 +358,45 @@ def source_findings(source):
             node = node.value
         return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
 
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
         n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 top = alias.name.split(".")[0]
                 modules.add(alias.asname or top)
-                if top in BANNED_MODULES:
-                    say(node, f"imports {alias.name}")
+                if top in BANNED_MODULES or top == "prepare":
+                    say(node, f"imports {alias.name}" + (" (take names with `from prepare import ...`)"
+                                                         if top == "prepare" else ""))
         elif isinstance(node, ast.ImportFrom):
             top = (node.module or "").split(".")[0]
-            if top in BANNED_MODULES:
-                say(node, f"imports from {node.module}")
+            if top in BANNED_MODULES or node.level:
+                say(node, f"imports from {node.module or '.'}")
             for alias in node.names:
                 if top == "prepare":
                     from_prepare.add(alias.asname or alias.name)
                     if alias.name not in PUBLIC:
                         say(node, f"takes {alias.name} from prepare.py, which is not train.py's to use")
                 else:
-                    modules.add(alias.asname or alias.name)  # a module or a class: neither is train.py's to patch
+                    modules.add(alias.asname or alias.name)  # a module or a class: not train.py's to patch
+        elif isinstance(node, ast.Assign):  # `F = torch.nn.functional`: an alias of a module is a module
+            pairs = [(t, node.value) for t in node.targets]
+            pairs += [p for t in node.targets if isinstance(t, ast.Tuple)
+                      and isinstance(node.value, ast.Tuple) for p in zip(t.elts, node.value.elts)]
+            for target, value in pairs:
+                if isinstance(target, ast.Name) and isinstance(value, (ast.Name, ast.Attribute)):
+                    aliases.add((target.id, value))
+    for _ in range(3):  # aliases of aliases
+        modules |= {n for n, v in aliases if (dotted(v) or "").split(".")[0] in modules | from_prepare}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)) and node.id in from_prepare:
+        stored = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
+        if isinstance(node, ast.Name) and stored and node.id in from_prepare:
             say(node, f"rebinds {node.id}, a name of prepare.py")
+        elif isinstance(node, ast.Name) and node.id in BANNED_CALLS:
+            say(node, f"uses {node.id}" + ("()" if id(node) in called else ""))
+        elif isinstance(node, ast.Name) and node.id in ("getattr", "hasattr") and id(node) not in called:
+            say(node, f"uses {node.id} as a value (an alias hides what it reads)")
         elif isinstance(node, ast.arg) and node.arg in from_prepare:
             say(node, f"rebinds {node.arg}, a name of prepare.py")
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in from_prepare:
@@ -350,43 +404,86 @@ def source_findings(source):
         elif isinstance(node, ast.Attribute):
             name = dotted(node)
             root = name.split(".")[0] if name else None
-            if node.attr in BANNED_ATTRS and not (node.attr == "modules" and root not in ("sys",)):
+            if node.attr in BANNED_ATTRS or (node.attr == "modules" and id(node) not in called):
                 say(node, f"uses .{node.attr}")
-            elif root == "prepare" and node.attr not in PUBLIC and isinstance(node.value, ast.Name):
-                say(node, f"uses prepare.{node.attr}, which is not train.py's to use")
-            elif (isinstance(node.ctx, (ast.Store, ast.Del)) and root in modules
+            elif name in BANNED_NAMES or (name or "").startswith(tuple(n + "." for n in BANNED_NAMES)):
+                say(node, f"uses {name}")
+            elif (isinstance(node.ctx, (ast.Store, ast.Del)) and root in modules | from_prepare
                   and not (name + ".").startswith(CONFIG)):
-                say(node, f"assigns {name}: it patches a module")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BANNED_CALLS:
-            say(node, f"calls {node.func.id}()")
-        elif isinstance(node, ast.Call) and dotted(node.func) in ("make_dataloader", "prepare.make_dataloader"):
+                say(node, f"assigns {name}: it patches " + ("a name of prepare.py" if root in from_prepare
+                                                            else "a module"))
+        elif isinstance(node, ast.Call) and dotted(node.func) in ("getattr", "hasattr"):
+            target = dotted(node.args[0]) if node.args else None
+            if target and target.split(".")[0] in modules | from_prepare and not (
+                    len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value not in BANNED_ATTRS):
+                say(node, f"reads an attribute of {target} by a computed name")
+        elif isinstance(node, ast.Call) and dotted(node.func) == "make_dataloader":
             split = node.args[3] if len(node.args) > 3 else next(
                 (k.value for k in node.keywords if k.arg == "split"), None)
             if not (isinstance(split, ast.Constant) and split.value == "train"):
-                say(node, "makes a loader of a split other than \"train\" (validation data is the evaluation's)")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            hit = next((s for s in HARNESS_STRINGS if s in node.value), None)
+                say(node, "makes a loader of a split other than \"train\" (validation data is the "
+                          "evaluation's)")
+        elif isinstance(node, ast.Constant) and type(node.value) in (str, bytes) and id(node) not in notes:
+            text = node.value if isinstance(node.value, str) else node.value.decode(errors="replace")
+            hit = next((s for s in HARNESS_STRINGS if s in text), None)
             if hit:
                 say(node, f"names {hit!r}, a file or setting of the harness")
+            elif text in BANNED_ATTRS:
+                say(node, f"names the attribute {text!r}")
+            elif len(text) > MAX_LITERAL:
+                say(node, f"holds a literal of {len(text):,} characters (data or weights carried in source)")
     return found
 
 # ---------------------------------------------------------------------------
 # The audit: every row against its record, the frozen files and the baseline's record
 
+UV_SHIM = {"_virtualenv.pth": "import _virtualenv"}  # what uv writes into every environment it makes
+
 def unowned_files(site):
-    """Files in a site-packages folder that no installed distribution lists (a planted .pth hook, say)."""
-    owned = set()
+    """Files in a site-packages folder that no installed distribution lists (a planted .pth hook, say), and
+    Python files that differ from the hash their distribution's RECORD lists (an edited package)."""
+    owned, found = {}, []
     for dist in importlib.metadata.distributions(path=[site]):
         for f in dist.files or []:
-            owned.add(os.path.normpath(os.path.join(site, f)))
-    found = []
+            owned[os.path.normpath(os.path.join(site, f))] = f.hash
     for folder, dirs, files in os.walk(site):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in files:
             path = os.path.normpath(os.path.join(folder, name))
-            if path not in owned and not name.endswith(".pyc") and name not in ("_virtualenv.pth",
-                                                                                   "_virtualenv.py"):
-                found.append(os.path.relpath(path, site))
+            if name in UV_SHIM:
+                if open(path, errors="replace").read().strip() != UV_SHIM[name]:
+                    found.append(f"{os.path.relpath(path, site)} is not what uv writes")
+            elif path not in owned and not name.endswith(".pyc") and name != "_virtualenv.py":
+                found.append(f"{os.path.relpath(path, site)} belongs to no installed package")
+            elif name.endswith((".py", ".pth")) and owned.get(path) and owned[path].mode == "sha256":
+                digest = hashlib.sha256(open(path, "rb").read()).digest()
+                if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != owned[path].value:
+                    found.append(f"{os.path.relpath(path, site)} differs from its package's RECORD (edited)")
+    return found
+
+def stray_code(folder):
+    """Code train.py could import that is not committed: untracked Python files and compiled files that do not
+    come from their source (Python loads a stale-looking .pyc whose header matches the source's)."""
+    found = []
+    for name in git(folder, "ls-files", "--others", "-z").split("\0"):
+        if name.endswith((".py", ".pth", ".so", ".pyd")) and not name.startswith((".venv/", "worktrees/")):
+            found.append((name, "untracked code beside train.py: it can be imported, and no commit holds it"))
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in (".venv", ".git", "worktrees")]
+        for name in files:
+            path = os.path.join(root, name)
+            if not re.fullmatch(rf"\w+\.{sys.implementation.cache_tag}(\.opt-\d)?\.pyc", name):
+                continue  # another Python's (it would not load it) or pytest's rewritten tests
+            source = os.path.join(os.path.dirname(root), name.split(".")[0] + ".py")
+            try:
+                code = marshal.loads(open(path, "rb").read()[16:])  # after the 16-byte header
+                ok = os.path.basename(root) == "__pycache__" and code == compile(
+                    open(source, "rb").read(), source, "exec", dont_inherit=True)
+            except (OSError, ValueError, EOFError, TypeError, SyntaxError):
+                ok = False
+            if not ok:
+                found.append((os.path.relpath(path, folder), "compiled code that is not its source's"))
     return found
 
 def check_run(record, base, frozen, folder, commit, expect_train=None):
@@ -436,7 +533,7 @@ def audit(results="results.tsv"):
             findings.append(f"{name}: the file in {folder} is not the baseline's")
     site = sysconfig.get_paths()["purelib"]
     if sys.prefix != sys.base_prefix:  # a virtual environment (uv run): a file no package owns is a plant
-        findings += [f"environment: {site}/{path} belongs to no installed package" for path in unowned_files(site)]
+        findings += [f"environment: {site}/{line}" for line in unowned_files(site)]
     seen = set()
     for row in rows:
         if len(row) != 5:
@@ -474,11 +571,19 @@ def audit(results="results.tsv"):
             findings.append(f"{row[0]}: evaluated {len(mine)} times; the row is not its first evaluation "
                             f"({mine[0]['val_bpb']:.6f}): runs of one commit are not draws to pick from")
         findings += check_run(matching[0], base, frozen, folder, full)
-    for r in records:  # a confirm's records come from its temporary worktrees, never from the agent's runs
-        if r.get("tag") and not os.path.basename(os.path.dirname(r.get("script", ""))).startswith(
-                "autoresearch-confirm-"):
-            findings.append(f"{r.get('commit', '?')[:7]}: a record tagged {r['tag']!r} that no confirm made "
-                            "(an evaluation hidden from the rows)")
+    elsewhere = journal_elsewhere(folder)
+    for full in sorted(seen, key=lambda c: c in elsewhere):
+        if elsewhere.get(full):
+            findings.append(f"{full[:7]}: evaluated {elsewhere[full]} more time(s) in another folder's "
+                            f"ledger (see {JOURNAL}): runs of one commit are not draws to pick from")
+    for full in dict.fromkeys(r["commit"] for r in records if r.get("commit") and r["commit"] not in seen):
+        findings.append(f"{full[:7]}: evaluated ({LEDGER}) but has no row: every run gets one, crashes too")
+    for r in records:
+        ran = r.get("train_sha256")
+        if r.get("dirty") and ran != sha256(committed(folder, r.get("commit", ""), "train.py")):
+            findings.append(f"{r.get('commit', '?')[:7]}: a run of an uncommitted train.py at "
+                            f"{r.get('time')} (an evaluation no row can stand for)")
+    findings += [f"{path}: {why}" for path, why in stray_code(folder)]
     for line in findings:
         print(line)
     pinned = base.get("val_hub_sha256")
@@ -540,16 +645,21 @@ def score_artifact(path, batch_size):
     mutated = program.graph_signature.buffers_to_mutate
     result = dict(val=None, heldout=None, probe=None)
     if foreign or mutated:
-        result["error"] = (f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}" if foreign else
-                           "it writes to its buffers (state carried from batch to batch)")
+        result["error"] = "it writes to its buffers (state carried from batch to batch)"
+        if foreign:
+            result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
+        files = [path for path, *_ in prepare.split_parts("val")]
         try:
-            prepare.fetch_heldout()
+            files += [path for path, *_ in prepare.fetch_heldout()]
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
         except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
+        # what it scored on: the same for both models of a confirm, or the cache changed between them
+        digests = b"".join(file_sha256(f).encode() for f in files)
+        result["data"] = sha256(digests + tokenizer.token_bytes.numpy().tobytes())
     print(json.dumps(result))
 
 def fresh_python(tree):
@@ -580,44 +690,63 @@ def run_capped(command, cwd, env, log, cap):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-def rerun(folder, commit, frozen, scorer):
-    """Rerun `commit` with the other seed in a fresh worktree and environment; its record and the clean
-    scores. `scorer`: (python, worktree) of the baseline's, or None for the baseline itself."""
-    tree = tempfile.mkdtemp(prefix="autoresearch-confirm-")
+def end_processes_in(tree):
+    """Kill what still runs with its working folder in `tree` (a process that left the rerun's group)."""
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/cwd").startswith(tree) and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)
+
+def rerun(folder, commit, frozen):
+    """Rerun `commit` with the other seed in a fresh worktree and environment (its record goes to the
+    worktree's own ledger, never to the night's); its record, what is wrong with it, and the artifact."""
+    tree = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
     git(folder, "worktree", "add", "--detach", tree, commit)
-    try:
-        source = open(os.path.join(tree, "train.py")).read()
-        seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
-        source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
-        open(os.path.join(tree, "train.py"), "w").write(source)
-        python, note = fresh_python(tree)
-        tag, artifact = f"{TAG}-{os.path.basename(tree)}", os.path.join(tree, "model.pt2")
-        env = dict(os.environ, AUTORESEARCH_LEDGER=os.path.join(folder, LEDGER), AUTORESEARCH_TAG=tag,
-                   AUTORESEARCH_EXPORT=artifact)
-        cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
-        print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...", flush=True)
-        log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
-        code = run_capped([python, "train.py"], tree, env, log, cap)
-        record = next((r for r in read_ledger(folder)[0] if r.get("tag") == tag), None)
-        if record is None:
-            fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
-                f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
-        scorer_python, scorer_tree = scorer or (python, tree)
-        if os.path.exists(artifact + ".failed"):
-            clean = dict(error="it could not be exported: " + open(artifact + ".failed").read().strip())
-        else:
-            done = subprocess.run([scorer_python, os.path.join(scorer_tree, "audit.py"), "--score", artifact,
-                                   str(record["batch_size"])], cwd=scorer_tree, capture_output=True, text=True,
-                                  start_new_session=True, env={k: v for k, v in os.environ.items()
-                                                               if not k.startswith("AUTORESEARCH_E")})
-            lines = done.stdout.strip().splitlines()
-            clean = json.loads(lines[-1]) if done.returncode == 0 and lines else dict(
-                error="the clean scorer failed: " + " ".join(done.stderr.split())[-300:])
-        return dict(record=record, clean=clean, note=note, seed=seed, source=source.encode(),
-                    python=python, tree=tree)
-    except BaseException:
-        git(folder, "worktree", "remove", "--force", tree)
-        raise
+    source = open(os.path.join(tree, "train.py")).read()
+    seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
+    source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
+    open(os.path.join(tree, "train.py"), "w").write(source)
+    python, note = fresh_python(tree)
+    site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
+    problems = [note] if note else []
+    problems += [f"its fresh environment: {line}" for line in unowned_files(site[0])] if site else []
+    artifact = os.path.join(tree, "model.pt2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
+    cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
+    print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...",
+          flush=True)
+    log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
+    code = run_capped([python, "train.py"], tree, dict(env, AUTORESEARCH_EXPORT=artifact), log, cap)
+    end_processes_in(tree)
+    records, chain = read_ledger(tree)
+    record = next((r for r in reversed(records) if r.get("commit") == commit), None)
+    if record is None:
+        fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
+            f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
+    return dict(record=record, problems=problems + chain, seed=seed, source=source.encode(), python=python,
+                tree=tree, artifact=artifact)
+
+def clean_score(run, base, base_full, folder):
+    """The clean scorer's result for a rerun's artifact, run with the baseline's Python and tree, once both
+    are checked to be the baseline's still (a rerun runs with this account's rights: it could change them)."""
+    for name in ("prepare.py", "audit.py"):
+        if open(os.path.join(base["tree"], name), "rb").read() != committed(folder, base_full, name):
+            return dict(error=f"the scorer's {name} was changed during the confirm")
+    site = glob.glob(os.path.join(base["tree"], ".venv", "lib", "python*", "site-packages"))
+    changed = unowned_files(site[0]) if site and base["python"] != sys.executable else []
+    if changed:
+        return dict(error=f"the scorer's environment was changed during the confirm: {changed[0]}")
+    if os.path.exists(run["artifact"] + ".failed"):
+        return dict(error="it could not be exported: " + open(run["artifact"] + ".failed").read().strip())
+    command = [base["python"], os.path.join(base["tree"], "audit.py"), "--score", run["artifact"],
+               str(run["record"]["batch_size"])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
+    done = subprocess.run(command, cwd=base["tree"], capture_output=True, text=True, start_new_session=True,
+                          env=env)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        return dict(error="the clean scorer failed: " + " ".join(done.stderr.split())[-300:])
+    return json.loads(lines[-1])
 
 def confirm(commit, results="results.tsv"):
     """Rerun the baseline, then `commit`, cleanly with the other seed; score both out of process on the
@@ -632,29 +761,35 @@ def confirm(commit, results="results.tsv"):
     pair = [float(r[1]) for r in scored if r[4].startswith("baseline")][:2]
     floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, MIN_FLOOR)
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
-    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and environment; "
-          "scored by a separate process that runs none of train.py", flush=True)
-    base = rerun(folder, base_full, frozen, None)
+    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and "
+          "environment; scored by a separate process that runs none of train.py", flush=True)
+    runs = []
     try:
-        mine = rerun(folder, full, frozen, (base["python"], base["tree"]))
-        git(folder, "worktree", "remove", "--force", mine["tree"])
+        for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
+            runs.append(rerun(folder, c, frozen))
+            runs[-1]["clean"] = clean_score(runs[-1], runs[0], base_full, folder)
     finally:
-        git(folder, "worktree", "remove", "--force", base["tree"])
+        for run in runs:
+            git(folder, "worktree", "remove", "--force", run["tree"])
+    base, mine = runs
     findings = []
     for run, c in ((base, base_full), (mine, full)):
         r, clean = run["record"], run["clean"]
-        findings += [f"{c[:7]}: {n}" for n in (run["note"],) if n]
+        findings += [f"{c[:7]}: {n}" for n in run["problems"]]
         findings += check_run(r, base["record"], frozen, folder, c, expect_train=run["source"])
         findings += [f"{c[:7]} (rerun): {line}" for line in source_findings(run["source"].decode())]
         if clean.get("error"):
             findings.append(f"{c[:7]}: no clean score ({clean['error']}): only its own process's (weaker)")
             clean["val"] = r["val_bpb"]
         elif abs(clean["val"] - r["val_bpb"]) > CLEAN_MATCH:
-            findings.append(f"{c[:7]}: its run reported {r['val_bpb']:.6f}, the clean scorer {clean['val']:.6f}: "
-                            "the run's own evaluation was tampered with")
-        if clean.get("probe") is not None and clean["probe"] > 1e-3:
+            findings.append(f"{c[:7]}: its run reported {r['val_bpb']:.6f}, the clean scorer "
+                            f"{clean['val']:.6f}: the run's own evaluation was tampered with")
+        if (clean.get("probe") or 0) > CAUSAL_TOLERANCE:
             findings.append(f"{c[:7]}: the clean scorer finds the model not causal (logits moved by "
                             f"{clean['probe']:.3g})")
+        if clean.get("data") and clean["data"] != base["clean"].get("data"):
+            findings.append(f"{c[:7]}: scored on other data or another tokenizer than the baseline's: the "
+                            "cache was changed during the confirm")
         print(f"{c[:7]}: SEED = {run['seed']}: clean val_bpb {clean['val']:.6f}" + (
             f", held-out {clean['heldout']:.6f}" if clean.get("heldout") is not None else "")
             + f" (its own evaluation: {r['val_bpb']:.6f})")
@@ -662,18 +797,20 @@ def confirm(commit, results="results.tsv"):
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
         held = base["clean"]["heldout"] - mine["clean"]["heldout"]
-        if gain - held > floor:
-            findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on the "
-                            "held-out data: it trained on, or overfits to, the validation data")
+        if held < gain / 2 and gain - held > floor:  # two shards of one distribution: gains move together
+            findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on "
+                            "the held-out data: it trained on, or overfits to, the validation data")
     else:
-        findings.append(f"{full[:7]}: no held-out score (" + (mine["clean"].get("heldout_error") or
-                        base["clean"].get("heldout_error") or "no clean score") + "): that check was not made")
-    holds = gain > floor and (held is None or held > floor)
+        why = mine["clean"].get("heldout_error") or base["clean"].get("heldout_error") or "no clean score"
+        findings.append(f"{full[:7]}: no held-out score ({why}): that check was not made")
     for line in findings:
         print(line)
+    verdict = "the gain does not hold"
+    if gain > floor and held is not None and held > floor:
+        verdict = f"unconfirmed: {len(findings)} finding(s) above" if findings else "the gain holds"
     print(f"{full[:7]}: gain {gain:+.6f} on validation" + ("" if held is None else f", {held:+.6f} held-out")
-          + f", noise floor {floor:.6f}: " + ("the gain holds" if holds else "the gain does not hold"))
-    return 0 if holds and not findings else 1
+          + f", noise floor {floor:.6f}: {verdict}")
+    return 0 if verdict == "the gain holds" else 1
 
 # ---------------------------------------------------------------------------
 # Main
@@ -682,12 +819,15 @@ def main():
     parser = argparse.ArgumentParser(
         description="Run records of autoresearch: write results.tsv's rows from them, audit the night, "
                     "confirm a gain with a clean rerun. Exit 0 when everything holds, else 1.")
-    parser.add_argument("results", nargs="?", default="results.tsv", help="the results file (default: results.tsv)")
+    parser.add_argument("results", nargs="?", default="results.tsv",
+                        help="the results file (default: results.tsv)")
     parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
-                        help="append the row of --commit (default HEAD) from its run record: keep, discard or crash")
+                        help="append the row of --commit (default HEAD) from its run record: keep, discard "
+                             "or crash")
     parser.add_argument("--commit", help="with --row: the commit whose run it is (at least 7 hex digits)")
     parser.add_argument("--confirm", metavar="COMMIT",
-                        help="rerun the baseline and COMMIT in fresh worktrees and environments (two whole runs)")
+                        help="rerun the baseline and COMMIT in fresh worktrees and environments (two whole "
+                             "runs)")
     parser.add_argument("--score", nargs=2, metavar=("ARTIFACT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.score:

@@ -591,19 +591,24 @@ def _losses(logits, targets):
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
-def _causality_probe(model, x, logits):
+def _causality_probe(model, x):
     """The largest change of a logit at a position <= t_b when the tokens after t_b change (row b; t_b drawn at
-    random, the new tokens taken from the next row: real text). A causal model's logits do not move."""
+    random, the new tokens real text from other rows at a random offset). Run before the batch itself is
+    scored, so the model cannot answer the changed batch from the real one. A causal model's logits do not
+    move. Returns (probe, logits of x)."""
     B, T = x.shape
     gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
-    donor = x.roll(1, 0) if B > 1 else x.roll(T // 2, 1)
-    changed = model(torch.where(after, donor, x))
-    rows = max(1, LOSS_CHUNK // (T * logits.size(-1)))
-    moved = torch.cat([(a.float() - b.float()).abs().amax(-1)
-                       for a, b in zip(changed.split(rows), logits.split(rows))])
-    return moved[~after].max().item()
+    rows, shift = (int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T))
+    donor = x.roll((rows, shift), (0, 1))  # another row's text (the row itself, shifted, if B is 1)
+    changed, logits = model(torch.where(after, donor, x)), model(x)
+    if not (torch.is_tensor(changed) and torch.is_tensor(logits) and changed.shape == logits.shape):
+        return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
+    chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
+    moved = torch.cat([(a.float() - b.float()).abs().amax(-1) for a, b in zip(changed.split(chunk),
+                                                                             logits.split(chunk))])
+    return moved[~after].max().item(), logits
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
@@ -621,7 +626,10 @@ def score(model, tokenizer, batch_size, split="val"):
     try:
         for step in range(steps):
             x, y, _ = next(loader)
-            logits = model(x)
+            if step == probe_at:
+                probe, logits = _causality_probe(model, x)
+            else:
+                logits = model(x)
             if not (torch.is_tensor(logits) and logits.dim() == 3 and logits.shape[:2] == x.shape
                     and logits.size(-1) >= len(token_bytes)):
                 shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
@@ -630,8 +638,6 @@ def score(model, tokenizer, batch_size, split="val"):
             nbytes = token_bytes[y.flatten()]
             total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(acc)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
-            if step == probe_at:
-                probe = _causality_probe(model, x, logits)
     finally:
         loader.close()
     return float(total_nats) / (LN2 * float(total_bytes)), steps * batch_size * MAX_SEQ_LEN, probe
