@@ -651,7 +651,7 @@ def score_artifact(path, batch_size):
     else:
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
-        files = [path for path, *_ in prepare.split_parts("val")]
+        files = [path for path, *_ in prepare.split_row_ranges("val")]
         try:
             files += [path for path, *_ in prepare.fetch_heldout()]
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
