@@ -109,7 +109,6 @@ if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and le
     sys.exit(2)  # a flag must not start a run; 2: a usage error, as argparse's
 
 def parse_args():
-    """prepare.py's command line, checked: a wrong value exits with argparse's usage line."""
     moved = [a.split("=")[0] for a in sys.argv[1:] if a.split("=")[0] in ("--row", "--audit", "--confirm")]
     if moved:  # these lived here before audit.py
         sys.exit(f"{moved[0]} moved to audit.py: uv run audit.py --help")
@@ -121,16 +120,15 @@ def parse_args():
     parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
                         help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
     parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all (FineWeb-Edu 1821, ClimbMix 6541; "
-                             "TinyStories is one file); the validation shard is always added (default: 10)")
+                        help="training shards to download, -1 for all; the validation shard is always added "
+                             "(TinyStories: one file) (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
     args = parser.parse_args()
-    spec = DATASETS[args.dataset]
-    if "file" not in spec:  # shards: -1 is every training shard, 0 ... heldout - 1
-        args.num_shards = spec["heldout"] if args.num_shards == -1 else args.num_shards
-        if not 1 <= args.num_shards <= spec["heldout"]:
-            parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 "
-                         "for all")
+    most = DATASETS[args.dataset]["heldout"]  # a shard set trains on shards 0 ... heldout - 1
+    if "file" not in DATASETS[args.dataset]:
+        args.num_shards = most if args.num_shards == -1 else args.num_shards
+        if not 1 <= args.num_shards <= most:
+            parser.error(f"--num-shards must be between 1 and {most} for {args.dataset}, or -1 for all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
     return args
@@ -142,7 +140,6 @@ if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
-
 try:
     import numpy as np
     import pyarrow.parquet as pq
@@ -153,80 +150,60 @@ except ModuleNotFoundError as e:  # a Python without the project's packages
     sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
              "which uses the project's environment (`uv sync` makes it)")
 # ---------------------------------------------------------------------------
-# Data: download
+# Data: download (what retrying cannot mend raises a one-line RuntimeError, which main prints)
 
 def check_shard(path, min_rows=0):
-    """Raise if `path` is not a readable parquet file with a `text` column (reads only the footer)."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path)  # the footer only: cheap
     if "text" not in pf.schema_arrow.names:
         raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
     if pf.metadata.num_rows < min_rows:
         raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than its {min_rows:,} validation rows")
 
 class ShardMissing(RuntimeError):
-    """The server answered that it does not have a shard: final, retrying cannot help."""
+    """The server answered that it does not have a file."""
 
-class LocalWriteError(RuntimeError):
-    """The cache could not be written (full disk, read-only, no permission): final, and not the network."""
+class WriteError(RuntimeError):
+    """The cache cannot be written: strerror names the cause (no permission, read-only, no space, quota)."""
     def __init__(self, path, e):
-        super().__init__(f"cannot write {path}: {e.strerror or e}. Free space there (or set "
-                         "AUTORESEARCH_CACHE_DIR to a writable disk with room) and run prepare.py again")
+        room = "free space there or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        super().__init__(f"cannot write {path}: {e.strerror or e}: {room}set AUTORESEARCH_CACHE_DIR to a "
+                         "folder you can write, with room, then run prepare.py again")
 
-LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+def make_dirs(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise WriteError(path, e) from None
 
-class Progress:
-    """One line of download progress, rewritten in place at most every 0.5 s (one thread at a time)."""
-    def __init__(self, total):
-        self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
-        self.lock = threading.Lock()
-
-    def update(self, nbytes=0, shard_done=False):
-        with self.lock:
-            self.bytes, self.done, now = self.bytes + nbytes, self.done + shard_done, time.time()
-            if shard_done or now - self.last > 0.5:
-                mb, self.last = self.bytes / 1e6, now
-                print(f"\rdownloading: {self.done}/{self.total} files, {mb:.1f} MB, "
-                      f"{mb / max(now - self.t0, 1e-9):.1f} MB/s   ", end="", flush=True)
-
-def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS,
-                   min_rows=0):
-    """Download one file into data_dir (if missing or corrupt); None if `stop` is set first. Raises
-    ShardMissing at once on a 4xx, LocalWriteError on a local write error, RuntimeError after `attempts`."""
-    stop = stop or threading.Event()
-    update = progress.update if progress else lambda nbytes=0, shard_done=False: None
+def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0):
+    """One file into data_dir (its bytes counted in counts[name]) unless a good copy is there; None if `stop`
+    is set first. Raises ShardMissing on a 4xx, WriteError on a local write error, RuntimeError at the end."""
+    stop, counts = stop or threading.Event(), {} if counts is None else counts
     path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
         try:
             check_shard(path, min_rows)
-            update(shard_done=True)
             return path
         except Exception as e:
-            print(f"\n{name} on disk is unreadable ({e}); downloading it again")
+            print(f"\n{name} on disk is unreadable ({e}); downloading it again", flush=True)
             os.remove(path)
-    for attempt in range(attempts):
-        if attempt:
-            stop.wait(2 ** attempt)  # five attempts wait 2, 4, 8 and 16 s between them; Ctrl-C ends a wait
-        if stop.is_set():
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        if stop.is_set():  # the server is down, or the disk cannot be written
             return None
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):  # 408/429 mean "later"
                     raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code})")
                 r.raise_for_status()
-                expected, received, digest = r.headers.get("Content-Length"), 0, hashlib.sha256()
                 # the hub names an LFS file's sha256 in X-Linked-Etag (on its redirect): checked, and kept
                 hub = next((h.headers["X-Linked-Etag"].strip('"') for h in (*r.history, r)
                             if "X-Linked-Etag" in h.headers), "")
-                with open(tmp, "wb") as f:
+                digest, counts[name] = hashlib.sha256(), 0
+                with open(tmp, "wb") as f:  # a body shorter than its Content-Length raises (urllib3 2)
                     for chunk in r.raw.stream(CHUNK_BYTES, decode_content=False):
-                        if stop.is_set():  # Ctrl-C, or another shard found the server unreachable
-                            return None
                         f.write(chunk)
                         digest.update(chunk)
-                        received += len(chunk)
-                        update(len(chunk))
-            if expected is not None and received != int(expected):
-                raise IOError(f"truncated body: {received} of {expected} bytes")
+                        counts[name] += len(chunk)
             if len(hub) == 64 and digest.hexdigest() != hub:
                 raise IOError(f"sha256 {digest.hexdigest()[:12]}... is not the hub's {hub[:12]}...")
             check_shard(tmp, min_rows)
@@ -234,89 +211,63 @@ def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=
             if len(hub) == 64:
                 with open(path + ".sha256", "w") as f:
                     f.write(hub + "\n")
-            update(shard_done=True)
             return path
         except ShardMissing:
             raise
         except Exception as e:  # network errors, 5xx, truncation, unreadable parquet: all retried
-            if getattr(e, "errno", None) in LOCAL_ERRNOS and not isinstance(e, requests.RequestException):
-                stop.set()  # a full or read-only disk fails every download alike
-                raise LocalWriteError(tmp, e) from None
-            error = e
-        finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if isinstance(e, OSError) and e.errno and not isinstance(e, requests.RequestException):
+                stop.set()  # the disk (full, read-only, ...): it fails every download alike
+                raise WriteError(tmp, e) from None
+            error = e
+        if attempt < DOWNLOAD_ATTEMPTS:  # a line of its own (the progress line goes on below it)
+            print(f"\n{name}: attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed ({type(error).__name__}), "
+                  f"retrying in {2 ** attempt} s", flush=True)
+            stop.wait(2 ** attempt)  # 2, 4, 8, 16 s
     if isinstance(error, requests.ConnectionError):
         stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
-    raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
-
-def make_dirs(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:  # read-only, or no permission: one line, not a traceback
-        sys.exit(f"error: {LocalWriteError(path, e)}")
+    raise RuntimeError(f"{name}: failed {attempt} attempts, last error: {type(error).__name__}: {error}")
 
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
-    """The first num_shards training shards and the validation shard (TinyStories: its one file), or exit;
-    never the held-out shard (fetch_heldout)."""
+    """The first num_shards training shards and the validation shard (TinyStories: its one file)."""
     dataset = dataset or DATASET
     spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
-    names = ([spec["file"]] if "file" in spec else
-             [shard_filename(i) for i in (*range(num_shards), spec["val"])])
-    progress = Progress(len(names))
-    stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
+    names = [spec.get("file") or shard_filename(i) for i in (*range(num_shards), spec["val"])]
+    names = names[-1:] if "file" in spec else names  # never the held-out shard (fetch_heldout)
+    stop, counts, t0 = stop or threading.Event(), dict.fromkeys(names, 0), time.time()
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
-    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop,
-                           min_rows=spec["val"][1] if "file" in spec else 0) for n in names]
-
-    def ready():
-        return sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
-
-    try:
-        while wait(futures, timeout=0.5).not_done:  # not f.result(): it would not see Ctrl-C
-            pass
-    except KeyboardInterrupt:
-        stop.set()
-        wait(futures, timeout=2)  # workers stop between 1 MiB chunks and remove their partial .tmp files
-        print(f"\ninterrupted: kept the {ready()} complete shards in {data_dir}; "
-              "run prepare.py again to fetch the rest", file=sys.stderr, flush=True)
-        sys.stdout.flush()  # os._exit skips it
-        os._exit(130)  # not sys.exit: a worker stuck in a stalled read (60 s timeout) would hold up the exit
-    pool.shutdown()
-    print()
+    futures = pending = [pool.submit(download_shard, n, data_dir, url_base, counts, stop,
+                                     min_rows=spec["val"][1] if "file" in spec else 0) for n in names]
+    while pending:  # a progress line, rewritten in place; wait, not f.result(), which would not see Ctrl-C
+        done, pending = wait(futures, timeout=0.5)
+        mb = sum(counts.values()) / 1e6
+        print(f"\rdownloading: {len(done)}/{len(names)} files, {mb:.1f} MB, {mb / (time.time() - t0):.1f} "
+              "MB/s   ", end="" if pending else "\n", flush=True)
     errors = [f.exception() for f in futures if f.exception()]
-    if not errors:
-        print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
-        return
-    local = [e for e in errors if isinstance(e, LocalWriteError)]  # the disk, not the network: say only that
-    for e in local or errors:
-        print(f"error: {e}" if local else f"error: download failed for {e}", file=sys.stderr)
-    if local:
-        advice = "."
-    elif any(isinstance(e, ShardMissing) for e in errors):
-        advice = (f" (from {url_base}). The server does not have every shard asked for: use a smaller "
-                  "--num-shards (or check HF_ENDPOINT).")
-    else:
-        advice = f" (from {url_base}). "
-        if stop.is_set():  # a shard never connected
-            advice += "The server is unreachable, so the other downloads were stopped. "
-        advice += ("Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: finished "
-                   "shards are kept.")
-    sys.exit(f"error: {ready()} of {len(names)} files are ready in {data_dir}{advice}")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    stopped = "The server is unreachable, so the other downloads were stopped. " * stop.is_set()
+    advice = (f" (from {url_base}). {stopped}Check your network (or point HF_ENDPOINT at a mirror) and run "
+              "prepare.py again: finished shards are kept.")
+    if any(isinstance(e, ShardMissing) for e in errors):  # never "later": the file is not there
+        fix = "" if "file" in spec else "use a smaller --num-shards, or "
+        advice = f" (from {url_base}): {fix}check HF_ENDPOINT (the hub, or a mirror with all of them)."
+    ready = f"{sum(os.path.exists(os.path.join(data_dir, n)) for n in names)} of {len(names)} files"
+    if errors:  # a disk's own line says what to do
+        raise RuntimeError(f"{ready} are ready in {data_dir}"
+                           + ("." if any(isinstance(e, WriteError) for e in errors) else advice))
+    print(f"data: {ready} ready in {data_dir}")
 
 def fetch_heldout(dataset=None):
-    """The held-out split's row ranges, downloaded first if missing: prepare.py's own run never fetches them,
-    only audit.py's --confirm reads them. Raises RuntimeError, in one line, if they cannot be had."""
+    """The held-out split's row ranges, downloaded first if missing (only audit.py's --confirm reads them)."""
     dataset = dataset or DATASET
     spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
     name = spec.get("file") or shard_filename(spec["heldout"])
     if not os.path.exists(os.path.join(data_dir, name)):
         print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as e:
-        raise LocalWriteError(data_dir, e) from None
+    make_dirs(data_dir)
     download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
     return split_row_ranges("heldout", data_dir, dataset)
 # ---------------------------------------------------------------------------
@@ -333,44 +284,41 @@ def _split_texts(row_ranges):
                 if lo < hi:  # row groups outside the part are not read at all
                     yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
         except (OSError, ValueError) as e:
-            problem = f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again"
-            raise RuntimeError(problem) from e
+            raise RuntimeError(f"cannot read {path} ({e}): delete it, run `uv run prepare.py` again") from e
+
+def _training_texts(data_dir, dataset):
+    total = 0
+    for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
+        for text in batch:
+            yield text[:TOKENIZER_DOC_CHARS]
+            total += min(len(text), TOKENIZER_DOC_CHARS)
+            if total >= TOKENIZER_MAX_CHARS:
+                return
 
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
-    tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
-
-    def texts():  # training documents in file and row order, each cut short, TOKENIZER_MAX_CHARS in all
-        total = 0
-        for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
-            for text in batch:
-                yield text[:TOKENIZER_DOC_CHARS]
-                total += min(len(text), TOKENIZER_DOC_CHARS)
-                if total >= TOKENIZER_MAX_CHARS:
-                    return
-
-    t0, bpe = time.time(), rustbpe.Tokenizer()
-    bpe.train_from_iterator(texts(), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    t0, bpe, tokenizer_dir = time.time(), rustbpe.Tokenizer(), tokenizer_dir or TOKENIZER_DIR
+    # in a worker thread: the main thread, waiting, sees Ctrl-C at once (never while inside rustbpe's Rust)
+    work = ThreadPoolExecutor(1).submit(bpe.train_from_iterator, _training_texts(data_dir, dataset),
+                                        VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    work.result()  # an unreadable shard raises its one-line RuntimeError here
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda token_rank: token_rank[1])
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     # tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
-    rank_text = "".join(f"{base64.b64encode(bytes(t)).decode()} {r}\n" for t, r in ranks)
-    meta_text = json.dumps({"pattern": bpe.get_pattern(), "special_tokens": specials}, indent=1)
-    make_dirs(tokenizer_dir)
-    for name, text in [("tokenizer.tiktoken", rank_text), ("tokenizer.json", meta_text)]:
-        path = os.path.join(tokenizer_dir, name)
-        try:
-            with open(path + ".tmp", "w") as f:
+    files = {"tokenizer.tiktoken": "".join(f"{base64.b64encode(bytes(t)).decode()} {r}\n" for t, r in ranks),
+             "tokenizer.json": json.dumps({"pattern": bpe.get_pattern(), "special_tokens": specials})}
+    try:
+        os.makedirs(tokenizer_dir, exist_ok=True)
+        for name, text in files.items():
+            with open(os.path.join(tokenizer_dir, name + ".tmp"), "w") as f:
                 f.write(text)
-            os.replace(path + ".tmp", path)  # never a half-written file under the final name
-        except OSError as e:
-            sys.exit(f"error: {LocalWriteError(path, e)}")
+            os.replace(f.name, os.path.join(tokenizer_dir, name))  # never a half-written file under its name
+    except OSError as e:
+        raise WriteError(tokenizer_dir, e) from None
     tokenizer = Tokenizer.from_directory(tokenizer_dir)
     if tokenizer.decode(tokenizer.encode(ROUNDTRIP_TEXT)) != ROUNDTRIP_TEXT:
-        sys.exit(f"error: the trained tokenizer does not round-trip {ROUNDTRIP_TEXT!r}; "
-                 f"delete {tokenizer_dir} and retry")
-    print(f"tokenizer: vocab {tokenizer.get_vocab_size()} trained in {time.time() - t0:.1f}s, "
-          f"saved to {tokenizer_dir}")
+        raise RuntimeError(f"the trained tokenizer does not round-trip a sample text: delete {tokenizer_dir}")
+    print(f"tokenizer: vocab {VOCAB_SIZE} trained in {time.time() - t0:.1f}s, saved to {tokenizer_dir}")
 
 # ---------------------------------------------------------------------------
 # Runtime: the tokenizer (train.py imports it)
@@ -990,23 +938,46 @@ def _move(names, old, new, what):
             if name not in kept:
                 os.replace(os.path.join(old, name), os.path.join(new, name))
     except OSError as e:
-        sys.exit(f"error: {LocalWriteError(os.path.join(old, name), e)}")
+        raise WriteError(os.path.join(old, name), e) from None
     left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
     print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
 
 def main(args=None):
     args = args or parse_args()
     print(f"cache: {CACHE_DIR}")
-    move_old_layout()
+    if args.dataset == "tinystories" and VOCAB_SIZE > 4096:  # the original suggests 4096 down to 256 for it
+        print(f"warning: VOCAB_SIZE = {VOCAB_SIZE} for TinyStories: README's small-computer recipe sets "
+              f"VOCAB_SIZE = 2048 in prepare.py (this run trains a tokenizer of {VOCAB_SIZE}, as set)",
+              file=sys.stderr)
     data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    download_data(args.num_shards, args.download_workers, dataset=args.dataset)
+    then = "fetch the rest"  # what running prepare.py again does after a Ctrl-C
     try:
-        Tokenizer.from_directory(tokenizer_dir)
-        print(f"tokenizer: already trained in {tokenizer_dir}")
-    except FileNotFoundError as e:  # missing, or damaged (TokenizerError)
-        if isinstance(e, TokenizerError):
-            print(f"tokenizer: {e.problem}; training it again")
-        train_tokenizer(data_dir, tokenizer_dir, args.dataset)
+        move_old_layout()
+        download_data(args.num_shards, args.download_workers, dataset=args.dataset)
+        shards = len(split_row_ranges("train", data_dir, args.dataset))
+        if "file" not in DATASETS[args.dataset] and shards > args.num_shards:  # fine, but not what was asked
+            print(f"data: training uses all {shards} training shards on disk, not only the {args.num_shards} "
+                  "asked for")
+        then = "train the tokenizer (nothing is downloaded again)"
+        try:
+            Tokenizer.from_directory(tokenizer_dir)
+            print(f"tokenizer: already trained in {tokenizer_dir}")
+        except FileNotFoundError as e:  # missing, or damaged (TokenizerError)
+            if isinstance(e, TokenizerError):
+                print(f"tokenizer: {e.problem}; training it again")
+            train_tokenizer(data_dir, tokenizer_dir, args.dataset)
+    except (RuntimeError, FileNotFoundError) as e:  # one line: what failed and what to do, not a traceback
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+        for name in names:
+            if name.endswith(".tmp"):  # a download cut short
+                with contextlib.suppress(OSError):  # its worker may have removed it meanwhile
+                    os.remove(os.path.join(data_dir, name))
+        sys.stdout.flush()
+        print(f"\ninterrupted: kept the {sum(n.endswith('.parquet') for n in names)} complete files in "
+              f"{data_dir}; run prepare.py again to {then}", file=sys.stderr, flush=True)
+        os._exit(130)  # at once (a stalled read or rustbpe would hold up sys.exit); 130: Ctrl-C
     print("ready: run `uv run train.py`" if args.dataset == DATASET else
           f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
 
