@@ -523,7 +523,7 @@ def main():
     use_cuda = device.type == "cuda"
     print(ATTENTION_BACKEND)
     if DEPTH < 1:  # no layers: GPT would fail deep inside, with an IndexError
-        sys.exit(f"DEPTH = {DEPTH} in train.py: the model needs at least one layer")
+        sys.exit(f"DEPTH = {DEPTH} in train.py: DEPTH must be at least 1 (a layer).")
     grad_accum_steps = check_batch(TOTAL_BATCH_SIZE, DEVICE_BATCH_SIZE)
     tokenizer = or_exit(Tokenizer.from_directory)
     vocab_size = tokenizer.get_vocab_size()
