@@ -454,15 +454,6 @@ def _default_device():
         return torch.device("cuda")
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
-def _document_batches(split, batch_docs=128):
-    """Endless (texts, epoch): the split's documents in file, row-group and row order, <= 128 at a time."""
-    row_ranges, epoch = split_row_ranges(split), 1
-    while True:
-        for texts in _split_texts(row_ranges):
-            for i in range(0, len(texts), batch_docs):
-                yield texts[i:i + batch_docs], epoch
-        epoch += 1
-
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
     """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
     it on `ready`. Documents are indexed by length (sorted lengths, a FIFO each): best fit is a bisect."""
@@ -471,7 +462,14 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
-    docs = _document_batches(split)
+    def document_batches(row_ranges, epoch=1):  # endless: file, row-group and row order, <= 128 at a time
+        while True:
+            for texts in _split_texts(row_ranges):
+                for i in range(0, len(texts), 128):
+                    yield texts[i:i + 128], epoch
+            epoch += 1
+
+    docs = document_batches(split_row_ranges(split))
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
     pending = collections.deque()  # tokenization runs ahead, in order
@@ -581,8 +579,8 @@ def _fingerprint(model):
     trains on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
     if not isinstance(model, torch.nn.Module):
         return None
-    acc = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
-    sums = [torch.stack((t.to(acc).sum(), t.to(acc).square().sum()))
+    sum_dtype = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
+    sums = [torch.stack((t.to(sum_dtype).sum(), t.to(sum_dtype).square().sum()))
             for t in (*model.parameters(), *model.buffers())]
     return torch.stack(sums).cpu() if sums else torch.zeros(0)
 
@@ -618,7 +616,7 @@ def score(model, tokenizer, batch_size, split="val"):
     is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
-    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     probe_at, probe = secrets.randbelow(steps), None
     loader = _loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)
@@ -637,7 +635,7 @@ def score(model, tokenizer, batch_size, split="val"):
                 raise ValueError(f"model(x) returned {shape} for x of {tuple(x.shape)}: the evaluation "
                                  f"needs logits (B, T, >= {len(token_bytes)}) from model(x) without targets")
             nbytes = token_bytes[y.flatten()]
-            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(acc)
+            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(sum_dtype)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
     finally:
         loader.close()
@@ -649,10 +647,10 @@ def evaluate_bpb(model, tokenizer, batch_size):
     here, with the tokenizer read afresh from disk (`tokenizer` is taken for the original's signature). A
     model that sees the future, or whose weights change while it is scored, is rejected. Each evaluation
     hands a run record to audit.py (ledger.jsonl)."""
-    own = Tokenizer.from_directory()
+    own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
-        val_bpb, tokens, probe = score(model, own, batch_size)
+        val_bpb, tokens, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
@@ -675,7 +673,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
             causal_probe=probe, dataset=DATASET, val_path=split_row_ranges("val")[0][0],
             prepare_path=os.path.abspath(__file__),
-            tokenizer_bytes=[own.enc.decode_single_token_bytes(i) for i in range(own.enc.n_vocab)],
+            tokenizer_bytes=[own_tokenizer.enc.decode_single_token_bytes(i)
+                             for i in range(own_tokenizer.get_vocab_size())],
             train_times=_served["train_times"], train_tokens=_served["train_tokens"],
             val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
@@ -714,6 +713,8 @@ STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compi
 RUN_LIMIT_SECONDS = 600     # program.md runs train.py under `timeout 600`: a longer run is killed, a failure
 PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 CHECKPOINT = os.path.join("checkpoints", "model.pt")
+DEVICE_NOTES = {"mps": "no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Metal's memory",
+                "cpu": "no CUDA or MPS GPU: very slow; peak_vram_mb: peak resident memory"}
 SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
                          "human, MAX_SEQ_LEN, EVAL_TOKENS and TIME_BUDGET in prepare.py): see README, "
                          "'Tuning for small computers'.")
@@ -733,14 +734,12 @@ def setup_device(seed):
     torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
     device, peak = _default_device(), None
-    line = {"mps": "device: mps (no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Metal's memory)",
-            "cpu": "device: cpu (no CUDA or MPS GPU: very slow; peak_vram_mb: peak resident memory)"}
-    line = line.get(device.type)
+    line = f"device: {device.type} ({DEVICE_NOTES.get(device.type)})"
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        peak = gpu_peak_flops(torch.cuda.get_device_name())
-        line = f"device: cuda ({torch.cuda.get_device_name()})"
+        name = torch.cuda.get_device_name()
+        line, peak = f"device: cuda ({name})", gpu_peak_flops(name)
     if not peak:  # the summary's format is fixed (a number with two decimals): there 0.00 stands for n/a
         line += ("; no bf16 peak in GPU_BF16_PEAK_FLOPS (prepare.py) for it, so MFU reads n/a in the "
                  "progress lines and 0.00 in the summary")
@@ -873,9 +872,9 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
               "evaluates)")
 
 def cache_compiled_graphs():
-    """Let AOTAutograd's cache keep train.py's graphs, which it refuses by default: they call sdpa_kernel's
-    helpers and a custom autograd.Function (re-tracing cost ~9.5 s of each warm start, H100). Both are traced
-    into the graph it hashes (the backends, the Function's forward and backward): edits recompile (tested)."""
+    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs ~9.5 s of each warm start, H100),
+    which it refuses by default: they call sdpa_kernel's helpers and a custom autograd.Function. Both are
+    traced into the graph it hashes (the backends, the Function's forward and backward): edits recompile."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
@@ -903,13 +902,12 @@ def out_of_memory(e, batch_size, total_batch_size, **model_size):
     size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
     memory = _memory_at_start if all(n in size for n in MEMORY_NEEDS) else None  # no size: no estimate
     fit = _fitting_batch_size(size, _default_device().type, memory, total_batch_size, failed_at=batch_size)
-    if fit is None:
-        sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}, and no smaller size would fit: lower "
-                 "DEPTH in train.py.")
-    sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, "
-             f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
-             f"TOTAL_BATCH_SIZE = {total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro "
-             "steps per step.")
+    advice = ", and no smaller size would fit: lower DEPTH in train.py."
+    if fit:
+        advice = (f". Lower DEVICE_BATCH_SIZE in train.py, keeping TOTAL_BATCH_SIZE divisible by "
+                  f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = {total_batch_size} "
+                  f"gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
+    sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
 
 def save_checkpoint(model, path=CHECKPOINT):
     """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
