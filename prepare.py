@@ -340,14 +340,16 @@ class Tokenizer:
                                          for i in range(enc.n_vocab)], dtype=torch.int32)
 
     @classmethod
-    def from_directory(cls, dir=TOKENIZER_DIR, tokenizer_dir=None):  # tokenizer_dir=: the original's keyword
-        """The saved tokenizer, checked: a damaged one raises TokenizerError, not a traceback."""
-        dir = tokenizer_dir or dir
-        rank_file, meta_file = os.path.join(dir, "tokenizer.tiktoken"), os.path.join(dir, "tokenizer.json")
+    def from_directory(cls, tokenizer_dir=None):
+        """The saved tokenizer (default: TOKENIZER_DIR), checked: a damaged one raises TokenizerError."""
+        tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
+        rank_file = os.path.join(tokenizer_dir, "tokenizer.tiktoken")
+        meta_file = os.path.join(tokenizer_dir, "tokenizer.json")
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
-            kept = sorted(os.listdir(os.path.dirname(dir))) if os.path.isdir(os.path.dirname(dir)) else []
-            raise FileNotFoundError(f"no tokenizer in {dir}: run `uv run prepare.py` first"
-                                    + (f" (the others stay as they are: {', '.join(kept)})" if kept else ""))
+            parent = os.path.dirname(tokenizer_dir)
+            others = ", ".join(sorted(os.listdir(parent))) if os.path.isdir(parent) else ""
+            raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: run `uv run prepare.py` first"
+                                    + (f" (the others stay as they are: {others})" if others else ""))
         n = VOCAB_SIZE - len(SPECIAL_TOKENS)
         try:  # a line cut short, not base64 or not a number: ValueError
             with open(rank_file) as f:
@@ -361,8 +363,8 @@ class Tokenizer:
             m = len(ranks)  # whole and consistent, but of another size: say so, it is not damaged
             if m != n and sorted(ranks.values()) == list(range(m)) and meta.get("special_tokens") == {
                     name: m + i for i, name in enumerate(SPECIAL_TOKENS)}:
-                raise TokenizerError(dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
-                                          f"not VOCAB_SIZE = {VOCAB_SIZE}")
+                raise TokenizerError(tokenizer_dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
+                                                    f"not VOCAB_SIZE = {VOCAB_SIZE}")
             if sorted(ranks.values()) != list(range(n)):
                 raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
             if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
@@ -390,7 +392,7 @@ class Tokenizer:
         return self.enc.decode(ids)
 
 def get_token_bytes(device="cpu"):  # the original's helper
-    return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
+    return Tokenizer.from_directory().token_bytes.to(device)
 
 # ---------------------------------------------------------------------------
 # Runtime: the data loader
@@ -400,15 +402,6 @@ def _default_device():
         return torch.device("cuda")
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
-def _document_batches(split, batch_docs=128):
-    """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
-    row_ranges, epoch = split_row_ranges(split), 1
-    while True:
-        for texts in _split_texts(row_ranges):
-            for i in range(0, len(texts), batch_docs):
-                yield texts[i:i + batch_docs], epoch
-        epoch += 1
-
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
     """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
     it on `ready`. Documents are indexed by length (sorted lengths, a FIFO each): best fit is a bisect."""
@@ -417,7 +410,14 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
-    docs = _document_batches(split)
+    def document_batches(row_ranges, epoch=1):  # endless: file, row-group and row order, <= 128 at a time
+        while True:
+            for texts in _split_texts(row_ranges):
+                for i in range(0, len(texts), 128):
+                    yield texts[i:i + 128], epoch
+            epoch += 1
+
+    docs = document_batches(split_row_ranges(split))
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
     pending = collections.deque()  # tokenization runs ahead, in order
@@ -523,13 +523,13 @@ CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much 
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
 def _fingerprint(model):
-    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that trains
-    on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
+    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that
+    trains on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
     if not isinstance(model, torch.nn.Module):
         return None
-    acc = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
-    sums = [torch.stack((t.to(acc).sum(), t.to(acc).square().sum())) for t in (*model.parameters(),
-                                                                                  *model.buffers())]
+    sum_dtype = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
+    sums = [torch.stack((t.to(sum_dtype).sum(), t.to(sum_dtype).square().sum()))
+            for t in (*model.parameters(), *model.buffers())]
     return torch.stack(sums).cpu() if sums else torch.zeros(0)
 
 def _losses(logits, targets):
@@ -540,10 +540,9 @@ def _losses(logits, targets):
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
 def _causality_probe(model, x):
-    """The largest change of a logit at a position <= t_b when the tokens after t_b change (row b; t_b drawn at
-    random, the new tokens real text from other rows at a random offset). Run before the batch itself is
-    scored, so the model cannot answer the changed batch from the real one. A causal model's logits do not
-    move. Returns (probe, logits of x)."""
+    """(probe, logits of x): the largest change of a logit at a position <= t_b when the tokens after t_b
+    change (row b; t_b random, the new tokens another row's text at a random offset). A causal model's logits
+    do not move. Run before x is scored, so the model cannot answer the changed batch from the real one."""
     B, T = x.shape
     gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
@@ -565,7 +564,7 @@ def score(model, tokenizer, batch_size, split="val"):
     is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
-    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     probe_at, probe = secrets.randbelow(steps), None
     loader = _loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)
@@ -584,7 +583,7 @@ def score(model, tokenizer, batch_size, split="val"):
                 raise ValueError(f"model(x) returned {shape} for x of {tuple(x.shape)}: the evaluation "
                                  f"needs logits (B, T, >= {len(token_bytes)}) from model(x) without targets")
             nbytes = token_bytes[y.flatten()]
-            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(acc)
+            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(sum_dtype)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
     finally:
         loader.close()
@@ -595,11 +594,11 @@ def evaluate_bpb(model, tokenizer, batch_size):
     The model only gives logits (model(x), no targets); the loss, the byte counts and the batches are made
     here, with the tokenizer read afresh from disk (`tokenizer` is taken for the original's signature). A
     model that sees the future, or whose weights change while it is scored, is rejected. Each evaluation
-    appends a run record to ledger.jsonl."""
-    own = Tokenizer.from_directory(TOKENIZER_DIR)
+    hands a run record to audit.py (ledger.jsonl)."""
+    own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
-        val_bpb, tokens, probe = score(model, own, batch_size)
+        val_bpb, tokens, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
@@ -610,69 +609,72 @@ def evaluate_bpb(model, tokenizer, batch_size):
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
     elif before is not None and not torch.equal(before, after):
-        rejected = "the model's weights or buffers changed while it was scored (it learned from the evaluation)"
-    enc = own.enc
-    _record(val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens, causal_probe=probe,
-            dataset=DATASET, val_path=split_row_ranges("val")[0][0], prepare_path=os.path.abspath(__file__),
-            tokenizer_bytes=[enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)],
-            train_times=_served["train_times"], train_tokens=_served["train_tokens"],
-            val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
-    if rejected:
-        sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
-    if os.environ.get("AUTORESEARCH_EXPORT"):  # audit.py --confirm scores the model in a clean process
-        import audit
-        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), os.environ["AUTORESEARCH_EXPORT"])
-    return val_bpb
-
-
-def _record(**facts):
+        rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
+                    "evaluation)")
     try:
         import audit
     except ImportError:  # a prepare.py copied without audit.py: the score still prints
+        audit = None
         print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
-        return
-    audit.append_run_record(facts)
-
+    if audit:
+        audit.append_run_record(dict(
+            val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
+            causal_probe=probe, dataset=DATASET, val_path=split_row_ranges("val")[0][0],
+            prepare_path=os.path.abspath(__file__),
+            tokenizer_bytes=[own_tokenizer.enc.decode_single_token_bytes(i)
+                             for i in range(own_tokenizer.get_vocab_size())],
+            train_times=_served["train_times"], train_tokens=_served["train_tokens"],
+            val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1)))
+    if rejected:
+        sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
+    export = os.environ.get("AUTORESEARCH_EXPORT")
+    if audit and export:  # audit.py --confirm scores the model in a clean process
+        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)
+    return val_bpb
 
 # ---------------------------------------------------------------------------
-# Harness: the checks and reports train.py calls, each a line or two. They take plain numbers and never read
-# train.py's model, so that no edit of the model makes this frozen code raise; a number train.py leaves out
-# (None) skips the check that needs it, in one line. A train.py that calls none of them (one written for the
-# original) still runs, without them.
+# Harness: the checks and reports train.py calls. They take plain numbers, never train.py's model, so that no
+# edit of the model can make this frozen code raise; a number left out (None) skips its check, in one line. A
+# train.py that calls none of them (one written for the original) runs without them.
 
-# Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first: MFU's denominator
+# Dense bf16 peak FLOP/s by device-name substring, most specific first: MFU's denominator
 GPU_BF16_PEAK_FLOPS = [
     ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
     ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
     ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
     ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
 ]
-# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers)
-# + tokens per micro step * (a * depth * width + b * vocab), fitted to this model's measured peaks (all
-# within 6 %). cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at
-# 32/64/128: 12.3/24.0/47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS;
-# 2 cores; measured under torch 2.9.1, before the 2.11 pin): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at
-# 4, 16 x 512: 1.4, 2.9 GB (0.6 GB Python, torch). MPS: as cpu.
+# A step's peak bytes ~ fixed + 16 a parameter (fp32 weights, grads, two optimizer buffers) + tokens a micro
+# step * (a * depth * width + b * vocab), fitted to measured peaks (within 6 %). cuda (bf16, compiled, H100,
+# torch 2.11, batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/47.2 GB; 4 at 64: 7.7; 12 at 32: 26.5.
+# cpu (fp32, peak RSS, measured under torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512:
+# 1.4, 2.9 GB. MPS: as cpu.
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
 MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
-# The run's time: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (a forward: a third of a
-# step's FLOPs per token), at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
-# matmuls measured for 0.3 s. CPU_EFFICIENCY, measured on 2 cores shared with other jobs (load 3-4; torch
-# 2.11, 2 threads; depth 2-6, 4-16 x 256-512 tokens): training steps 0.07-0.21 of that rate (median 0.15),
-# evaluation forwards 0.09-0.57 (median 0.23); unloaded, README's recipe reached about 0.8. 0.2: a run that
-# the estimate passes fits under such load; an idle machine finishes well inside it.
+# The whole run: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (forwards: a third of a
+# step's FLOPs a token) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
+# matmuls: on 2 cores shared with other jobs (load 3-4) steps ran at 0.07-0.21 of that rate, evaluation at
+# 0.09-0.57; at 0.2 a run that passes fits such load (idle, README's recipe reached about 0.8).
 CPU_EFFICIENCY = 0.2
 GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
 STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
 RUN_LIMIT_SECONDS = 600     # program.md runs train.py under `timeout 600`: a longer run is killed, a failure
 PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 CHECKPOINT = os.path.join("checkpoints", "model.pt")
+DEVICE_NOTES = {"mps": "no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Metal's memory",
+                "cpu": "no CUDA or MPS GPU: very slow; peak_vram_mb: peak resident memory"}
 SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
                          "human, MAX_SEQ_LEN, EVAL_TOKENS and TIME_BUDGET in prepare.py): see README, "
                          "'Tuning for small computers'.")
+# State, each written by one function: the memory free at preflight (out_of_memory's advice reads it), when
+# print_progress last wrote to a file, where save_checkpoint saved the weights (a failed evaluation names it)
+_memory_at_start, _last_progress_print, _saved_checkpoint = None, 0.0, None
 
 def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
+
+# ---------------------------------------------------------------------------
+# Harness: before training (the device, the settings, the pre-flight estimates)
 
 def setup_device(seed):
     """Seeds, matmul precision and the device's start-up line: (device, autocast, synchronize, bf16 peak
@@ -680,16 +682,12 @@ def setup_device(seed):
     torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
     device, peak = _default_device(), None
+    line = f"device: {device.type} ({DEVICE_NOTES.get(device.type)})"
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name()
-        peak = gpu_peak_flops(name)
-        line = f"device: cuda ({name})"
-    elif device.type == "mps":
-        line = "device: mps (no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Metal's memory)"
-    else:
-        line = "device: cpu (no CUDA or MPS GPU: very slow; peak_vram_mb: peak resident memory)"
+        line, peak = f"device: cuda ({name})", gpu_peak_flops(name)
     if not peak:  # the summary's format is fixed (a number with two decimals): there 0.00 stands for n/a
         line += ("; no bf16 peak in GPU_BF16_PEAK_FLOPS (prepare.py) for it, so MFU reads n/a in the "
                  "progress lines and 0.00 in the summary")
@@ -729,8 +727,8 @@ def _step_memory(size, batch_size, device_type):
     return fixed + 16 * size["num_params"] + batch_size * size["sequence_len"] * per_token
 
 def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=None):
-    """Largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) dividing TOTAL_BATCH_SIZE that needs
-    at most 90 % of `memory` (10 % for the CUDA context, fragmentation; any if memory is None), or None."""
+    """The largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) that divides the batch and needs
+    at most 90 % of `memory` (10 %: the CUDA context, fragmentation; any size if memory is None), or None."""
     seq = size.get("sequence_len", MAX_SEQ_LEN)
     sizes = [b for b in range(1, failed_at or total_batch_size // seq + 1)
              if total_batch_size % (b * seq) == 0]
@@ -744,15 +742,11 @@ def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=N
 
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
-    if device_type == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    if device_type == "mps":
-        return torch.mps.recommended_max_memory()
-    try:
-        with open("/proc/meminfo") as f:  # Linux
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return None
+    if device_type != "cpu":
+        return torch.cuda.mem_get_info()[0] if device_type == "cuda" else torch.mps.recommended_max_memory()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as f:  # Linux only
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    return None
 
 def _flop_rate(device_type):
     """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
@@ -772,14 +766,17 @@ def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rat
     return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
             "evaluation": eval_tokens * flops_per_token / 3 / rate}
 
-_memory_at_start = None  # preflight's: the memory free before the run (out_of_memory's advice reads it)
+def _refuse_or_warn(device_type, problem, gpu_advice):
+    """Stop on a CPU or MPS (else swapping, an OOM kill or a run killed at 600 s); warn on a GPU, where an
+    edited model may need less than the estimate."""
+    if device_type != "cuda":
+        sys.exit(f"{problem}:\n{SMALL_COMPUTER_ADVICE}")
+    print(f"warning: {problem}; {gpu_advice}")
 
 def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_per_token=None, depth=None,
               width=None, vocab_size=None, sequence_len=MAX_SEQ_LEN):
-    """Before the heavy work, from plain numbers of train.py's model: a row for every token? memory? the whole
-    run within program.md's 10 minutes? room for the checkpoint? A failed check stops the run on a CPU or
-    MPS (else swapping, an OOM kill, or a run killed at 10 minutes); on a GPU it warns (an edited model may
-    need less). A number not given (None) skips the check that needs it, in one line."""
+    """Before the heavy work, from plain numbers of train.py's model: a row for every token? memory for a
+    step? the whole run within program.md's 600 s? room for the checkpoint?"""
     global _memory_at_start
     device_type, vocab = _default_device().type, tokenizer.get_vocab_size()
     size = _positive(num_params=num_params, flops_per_token=flops_per_token, depth=depth, width=width,
@@ -797,27 +794,22 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
     need = 0 if missing["memory"] else _step_memory(size, batch_size, device_type)
     if memory and need > memory:
         fit = _fitting_batch_size(size, device_type, memory, total_batch_size)
-        too_big = (f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {depth} needs about {need / 1e9:.1f} GB "
-                   f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}")
-        if device_type != "cuda":
-            sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
         advice = f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."
-        print(f"warning: {too_big}; if it runs out of memory, {advice}")
+        _refuse_or_warn(device_type, f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {depth} needs about "
+                        f"{need / 1e9:.1f} GB (estimate), more than the {memory / 1e9:.1f} GB free on this "
+                        f"{device_type}", f"if it runs out of memory, {advice}")
     rate = None if missing["time"] else _flop_rate(device_type)
     if rate:
         seconds = _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate)
-        parts = ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items())
-        total = sum(seconds.values())
+        parts, total = ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items()), sum(seconds.values())
         print(f"pre-flight: the whole run should take about {total / 60:.1f} min ({parts})")
         lever = "TOTAL_BATCH_SIZE or DEPTH in train.py (the warm-up)"
         if seconds["evaluation"] > seconds["warm-up"]:
             lever = "DEPTH in train.py (or, as the human, EVAL_TOKENS in prepare.py: the evaluation)"
-        too_long = (f"On this {device_type} the whole run would take about {total / 60:.0f} min ({parts}), "
-                    f"over the {RUN_LIMIT_SECONDS} s program.md allows it: lower {lever}")
-        if total > RUN_LIMIT_SECONDS and device_type != "cuda":
-            sys.exit(f"{too_long}:\n{SMALL_COMPUTER_ADVICE}")
         if total > RUN_LIMIT_SECONDS:
-            print(f"warning: {too_long}")
+            _refuse_or_warn(device_type, f"On this {device_type} the whole run would take about "
+                            f"{total / 60:.0f} min ({parts}), over the {RUN_LIMIT_SECONDS} s program.md "
+                            f"allows it: lower {lever}", "program.md's `timeout 600` would kill it.")
     elif not missing["time"]:
         print("pre-flight: no time check (this GPU's bf16 peak is not in GPU_BF16_PEAK_FLOPS)")
     folder = os.path.dirname(os.path.abspath(CHECKPOINT))
@@ -827,33 +819,18 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
               f"{4 * num_params / 1e6:.0f} MB: the checkpoint will not be saved (the run still trains and "
               "evaluates)")
 
-def out_of_memory(e, batch_size, total_batch_size, **model_size):
-    """Re-raise `e` unless it is out of memory; then exit with one line naming a DEVICE_BATCH_SIZE that should
-    fit, estimated from the numbers preflight took (`model_size`: the same keywords)."""
-    if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
-        raise e
-    size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
-    memory = _memory_at_start if all(n in size for n in MEMORY_NEEDS) else None  # no size: no estimate
-    fit = _fitting_batch_size(size, _default_device().type, memory, total_batch_size, failed_at=batch_size)
-    if fit is None:
-        sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}, and no smaller size would fit: lower "
-                 "DEPTH in train.py.")
-    sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, "
-             f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
-             f"TOTAL_BATCH_SIZE = {total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro "
-             "steps per step.")
-
 def cache_compiled_graphs():
-    """Let AOTAutograd's cache keep train.py's graphs, which it refuses by default: they call sdpa_kernel's
-    helpers and a custom autograd.Function (re-tracing cost ~9.5 s of each warm start, H100). Both are traced
-    into the graph it hashes (the backends, the Function's forward and backward): edits recompile (tested)."""
+    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs ~9.5 s of each warm start, H100),
+    which it refuses by default: they call sdpa_kernel's helpers and a custom autograd.Function. Both are
+    traced into the graph it hashes (the backends, the Function's forward and backward): edits recompile."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
     for name in ("_backend_from_string", "_sdpa_kernel"):
         torch._inductor.config.unsafe_marked_cacheable_functions["torch.nn.attention." + name] = "1"
 
-_last_progress_print = 0.0  # print_progress's: when it last printed a line to a file
+# ---------------------------------------------------------------------------
+# Harness: during and after training (progress, out of memory, the checkpoint, peak memory)
 
 def print_progress(line, step, last):
     """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
@@ -865,7 +842,20 @@ def print_progress(line, step, last):
         print(line, flush=True)
         _last_progress_print = time.time()
 
-_saved_checkpoint = None  # save_checkpoint's: where the weights were saved (a failed evaluation names it)
+def out_of_memory(e, batch_size, total_batch_size, **model_size):
+    """Re-raise `e` unless it is out of memory; then exit with one line naming a DEVICE_BATCH_SIZE that should
+    fit, estimated from the numbers preflight took (`model_size`: the same keywords)."""
+    if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
+        raise e
+    size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
+    memory = _memory_at_start if all(n in size for n in MEMORY_NEEDS) else None  # no size: no estimate
+    fit = _fitting_batch_size(size, _default_device().type, memory, total_batch_size, failed_at=batch_size)
+    advice = ", and no smaller size would fit: lower DEPTH in train.py."
+    if fit:
+        advice = (f". Lower DEVICE_BATCH_SIZE in train.py, keeping TOTAL_BATCH_SIZE divisible by "
+                  f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = {total_batch_size} "
+                  f"gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
+    sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
 
 def save_checkpoint(model, path=CHECKPOINT):
     """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
@@ -894,18 +884,17 @@ def peak_memory_mb():
         return torch.mps.driver_allocated_memory() / 2**20
     if sys.platform == "win32":  # native Windows: no getrusage
         return 0.0
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+    import resource  # ru_maxrss: KB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 # ---------------------------------------------------------------------------
 # Main
 
 def move_old_layout():
-    """The original autoresearch (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the
-    shards in data/ and the tokenizer in tokenizer/. Move the shards into the folder of the data set whose
-    validation shard is among them (a rename: nothing is fetched again), never guessing; our old tokenizer
-    into fineweb-edu-8192/. The original's tokenizer is a pickle: it stays where it is, never loaded."""
+    """The original (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the shards in
+    data/ and the tokenizer in tokenizer/. The shards move, by rename, into the folder of the data set whose
+    validation shard is among them, never guessed; our old tokenizer into fineweb-edu-8192/. The original's
+    tokenizer is a pickle: it stays where it is, never loaded."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
@@ -978,8 +967,10 @@ def main(args=None):
         print(f"\ninterrupted: kept the {sum(n.endswith('.parquet') for n in names)} complete files in "
               f"{data_dir}; run prepare.py again to {then}", file=sys.stderr, flush=True)
         os._exit(130)  # at once (a stalled read or rustbpe would hold up sys.exit); 130: Ctrl-C
-    print("ready: run `uv run train.py`" if args.dataset == DATASET else
-          f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
+    if args.dataset == DATASET:
+        print("ready: run `uv run train.py`")
+    else:
+        print(f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
 
 if __name__ == "__main__":
     main(ARGS)
