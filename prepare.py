@@ -241,10 +241,11 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     futures = pending = [pool.submit(download_shard, n, data_dir, url_base, counts, stop,
                                      min_rows=spec["val"][1] if "file" in spec else 0) for n in names]
     while pending:  # a progress line, rewritten in place; wait, not f.result(), which would not see Ctrl-C
-        done, pending = wait(futures, timeout=0.5)
-        mb = sum(counts.values()) / 1e6
-        print(f"\rdownloading: {len(done)}/{len(names)} files, {mb:.1f} MB, {mb / (time.time() - t0):.1f} "
-              "MB/s   ", end="" if pending else "\n", flush=True)
+        pending = wait(futures, timeout=0.5).not_done
+        ready = sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
+        mb, seconds = sum(counts.values()) / 1e6, max(time.time() - t0, 1e-3)  # a coarse clock may read 0
+        print(f"\rdownloading: {ready}/{len(names)} files, {mb:.1f} MB, {mb / seconds:.1f} MB/s   ",
+              end="" if pending else "\n", flush=True)
     errors = [f.exception() for f in futures if f.exception()]
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
@@ -254,11 +255,10 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     if any(isinstance(e, ShardMissing) for e in errors):  # never "later": the file is not there
         fix = "" if "file" in spec else "use a smaller --num-shards, or "
         advice = f" (from {url_base}): {fix}check HF_ENDPOINT (the hub, or a mirror with all of them)."
-    ready = f"{sum(os.path.exists(os.path.join(data_dir, n)) for n in names)} of {len(names)} files"
     if errors:  # a disk's own line says what to do
-        raise RuntimeError(f"{ready} are ready in {data_dir}"
+        raise RuntimeError(f"{ready} of {len(names)} files are ready in {data_dir}"
                            + ("." if any(isinstance(e, WriteError) for e in errors) else advice))
-    print(f"data: {ready} ready in {data_dir}")
+    print(f"data: {ready} of {len(names)} files ready in {data_dir}")
 
 def fetch_heldout(dataset=None):
     """The held-out split's row ranges, downloaded first if missing (only audit.py's --confirm reads them)."""

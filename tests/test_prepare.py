@@ -193,6 +193,7 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     assert "shard_00001.parquet: failed 5 attempts" in err and "ConnectionError" in err
     assert prepare.VAL_FILENAME not in err + str(info.value) and "unreachable" in str(info.value)
     assert str(info.value).startswith("1 of 3 files are ready") and "HF_ENDPOINT" in str(info.value)
+    assert out.split("\r")[-1].startswith("downloading: 1/3 files")  # failed files are not counted as done
     # each wait of the ~30 s of backoff is announced: which shard, which attempt, how long
     assert [line for line in out.split("\n") if "retrying" in line] == [
         f"shard_00001.parquet: attempt {n} of 5 failed (ConnectionError), retrying in {2 ** n} s" for n in (1, 2, 3, 4)]
