@@ -254,7 +254,7 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
               "prepare.py again: finished shards are kept.")
     if any(isinstance(e, ShardMissing) for e in errors):  # never "later": the file is not there
         fix = "" if "file" in spec else "use a smaller --num-shards, or "
-        advice = f" (from {url_base}): {fix}check HF_ENDPOINT (the hub, or a mirror with all of them)."
+        advice = f" (from {url_base}): {fix}check HF_ENDPOINT (the hub, or a complete mirror)."
     if errors:  # a disk's own line says what to do
         raise RuntimeError(f"{ready} of {len(names)} files are ready in {data_dir}"
                            + ("." if any(isinstance(e, WriteError) for e in errors) else advice))

@@ -400,7 +400,7 @@ def test_shard_the_server_does_not_have_fails_at_once(monkeypatch, corpus, tmp_p
     assert server.requests["shard_00002.parquet"] == 1 and no_sleep.waits == []  # no retries, no backoff
     assert "error: shard_00002.parquet: the server does not have it (HTTP 404" in capsys.readouterr().err
     assert str(info.value) == (f"3 of 4 files are ready in {tmp_path} (from {prepare.base_url()}): use a smaller "
-                               "--num-shards, or check HF_ENDPOINT (the hub, or a mirror with all of them).")
+                               "--num-shards, or check HF_ENDPOINT (the hub, or a complete mirror).")
 
 
 def test_a_one_file_data_set_missing_on_the_server_says_to_check_the_endpoint(monkeypatch, tmp_path, no_sleep):
@@ -410,7 +410,7 @@ def test_a_one_file_data_set_missing_on_the_server_says_to_check_the_endpoint(mo
         prepare.download_data(10, 2, data_dir=str(tmp_path / "data"), stop=no_sleep, dataset="tinystories")
     server.close()
     assert no_sleep.waits == [] and "--num-shards" not in str(info.value)  # one file: no shard count to lower
-    assert str(info.value).endswith("check HF_ENDPOINT (the hub, or a mirror with all of them).")
+    assert str(info.value).endswith("check HF_ENDPOINT (the hub, or a complete mirror).")
 
 
 def test_hf_endpoint_without_scheme_fails_before_any_request(monkeypatch, tmp_path):
@@ -540,7 +540,7 @@ def test_a_failure_reaches_the_user_as_one_line_and_exit_1(monkeypatch, tmp_path
     server.close()
     assert info.value.code == (f"error: 0 of 2 files are ready in {tmp_path / 'cache' / DATA} (from "
                                f"{prepare.base_url()}): use a smaller --num-shards, or check HF_ENDPOINT (the hub, "
-                               "or a mirror with all of them).")
+                               "or a complete mirror).")
 
 
 def damage(tdir, how):
