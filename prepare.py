@@ -62,7 +62,7 @@ if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads 
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
 DOWNLOAD_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20                             # 1 MiB: Ctrl-C is seen between chunks
+CHUNK_BYTES = 1 << 20                             # 1 MiB: the progress line counts bytes a chunk at a time
 
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
@@ -120,8 +120,8 @@ def parse_args():
     parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
                         help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
     parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all; the validation shard is always added "
-                             "(TinyStories: one file) (default: 10)")
+                        help="training shards to download, -1 for all (TinyStories is one file); the "
+                             "validation shard is always added (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
     args = parser.parse_args()
     most = DATASETS[args.dataset]["heldout"]  # a shard set trains on shards 0 ... heldout - 1
@@ -317,7 +317,7 @@ def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
         raise WriteError(tokenizer_dir, e) from None
     tokenizer = Tokenizer.from_directory(tokenizer_dir)
     if tokenizer.decode(tokenizer.encode(ROUNDTRIP_TEXT)) != ROUNDTRIP_TEXT:
-        raise RuntimeError(f"the trained tokenizer does not round-trip a sample text: delete {tokenizer_dir}")
+        raise RuntimeError(f"the new tokenizer fails a round trip: delete {tokenizer_dir}, train it again")
     print(f"tokenizer: vocab {VOCAB_SIZE} trained in {time.time() - t0:.1f}s, saved to {tokenizer_dir}")
 
 # ---------------------------------------------------------------------------
