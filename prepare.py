@@ -303,7 +303,8 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
             advice += "The server is unreachable, so the other downloads were stopped. "
         advice += ("Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: finished "
                    "shards are kept.")
-    sys.exit(f"error: {ready()} of {len(names)} files are ready in {data_dir}{advice}")
+    print(f"error: {ready()} of {len(names)} files are ready in {data_dir}{advice}", file=sys.stderr)
+    sys.exit(1)
 
 def fetch_heldout(dataset=None):
     """The held-out split's row ranges, downloaded first if missing: prepare.py's own run never fetches them,
