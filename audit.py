@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LEDGER = "ledger.jsonl"     # prepare.py's name for it
 CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
 LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # the HMAC key of the record chain
-JOURNAL = os.path.join(CACHE_DIR, "evaluations.jsonl")  # every evaluation of this account, whatever its folder
+JOURNAL = os.path.join(CACHE_DIR, "evaluations.jsonl")  # every evaluation of this account, in any folder
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 STATUSES = ("keep", "discard", "crash")
 TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
@@ -53,25 +53,27 @@ CLEAN_MATCH = 0.002         # a run's own score and the clean scorer's differ by
 SEEDS = (42, 43)            # a confirm reruns with the seed the row did not use
 CONFIRM_PREFIX = "autoresearch-confirm-"  # a confirm's worktrees (its records stay in their own ledgers)
 # What train.py may take from prepare.py: the original's five names and the harness helpers
-PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb", "cache_compiled_graphs",
-          "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight", "print_progress",
-          "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE", "DATASET"}
+PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb",
+          "cache_compiled_graphs", "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight",
+          "print_progress", "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE",
+          "DATASET"}
 CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.")
 # Builtins, modules and attributes no research edit needs: each reaches the evaluator's objects, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
-BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars", "breakpoint",
-                "open", "locals"}
-BANNED_MODULES = {"importlib", "inspect", "ctypes", "builtins", "subprocess", "pyarrow", "tiktoken", "rustbpe",
-                  "requests", "urllib", "socket", "http", "multiprocessing", "signal", "pickle", "marshal",
-                  "fcntl", "hmac", "shutil", "sysconfig", "site", "audit", "base64", "binascii", "codecs",
-                  "zlib", "lzma", "bz2", "gzip", "zipfile", "tarfile", "pathlib", "glob", "io", "mmap", "runpy",
-                  "types", "threading", "atexit", "weakref", "copyreg", "dill", "safetensors", "pandas"}
+BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
+                "breakpoint", "open", "locals"}
+BANNED_MODULES = {"importlib", "inspect", "ctypes", "builtins", "subprocess", "pyarrow", "tiktoken",
+                  "rustbpe", "requests", "urllib", "socket", "http", "multiprocessing", "signal", "pickle",
+                  "marshal", "fcntl", "hmac", "shutil", "sysconfig", "site", "audit", "base64", "binascii",
+                  "codecs", "zlib", "lzma", "bz2", "gzip", "zipfile", "tarfile", "pathlib", "glob", "io",
+                  "mmap", "runpy", "types", "threading", "atexit", "weakref", "copyreg", "dill",
+                  "safetensors", "pandas"}
 BANNED_ATTRS = {"__globals__", "__code__", "__dict__", "__closure__", "__builtins__", "__defaults__",
-                "__kwdefaults__", "__subclasses__", "f_globals", "f_locals", "f_back", "_getframe", "settrace",
-                "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "system", "popen",
-                "putenv", "__setattr__", "__delattr__", "__getattribute__", "__module__", "__self__", "__func__",
-                "__wrapped__", "__bases__", "__mro__", "__class__", "__import__", "__loader__", "__spec__",
-                "execv", "execve", "spawnv", "fork", "_exit", "register_forward_hook"}
+                "__kwdefaults__", "__subclasses__", "f_globals", "f_locals", "f_back", "_getframe",
+                "settrace", "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "system",
+                "popen", "putenv", "__setattr__", "__delattr__", "__getattribute__", "__module__", "__self__",
+                "__func__", "__wrapped__", "__bases__", "__mro__", "__class__", "__import__", "__loader__",
+                "__spec__", "execv", "execve", "spawnv", "fork", "_exit", "register_forward_hook"}
 BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.from_file", "torch.hub", "torch.utils.model_zoo",
                 "numpy.load", "np.load", "numpy.frombuffer", "np.frombuffer", "numpy.fromfile", "np.fromfile",
                 "os.system", "sys.argv", "torch.compiler.is_exporting", "torch._dynamo.is_compiling",
@@ -243,11 +245,11 @@ def read_ledger(folder):
         except (ValueError, AssertionError):
             record = {}
             where = "the last line" if i == len(lines) - 1 else f"line {i + 1}"
-            findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while it was "
-                            "written?): it is ignored")
+            findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while "
+                            "it was written?): it is ignored")
         if key and record and record.get("prev") != chain_mac(key, previous):
-            findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks here: "
-                            "it, or the record before it, was edited, or records were deleted")
+            findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks "
+                            "here: it, or the record before it, was edited, or records were deleted")
         records.append(record)
         previous = line
     if records and not key:
@@ -306,8 +308,8 @@ def write_row(status, description, commit=None, results="results.tsv"):
     if status != "crash":
         mine = evaluations(read_ledger(folder)[0], full)
         if not mine:
-            fail(f"no record of an evaluation of {full[:7]} in {os.path.join(folder, LEDGER)}: if its run printed "
-                 "no val_bpb, its status is crash")
+            fail(f"no record of an evaluation of {full[:7]} in {os.path.join(folder, LEDGER)}: if its run "
+                 "printed no val_bpb, its status is crash")
         record = mine[0]  # its first evaluation: a second run of the same commit is not a new draw
         made = time.mktime(time.strptime(record["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
         if made < int(git(folder, "log", "-1", "--format=%ct", full) or 0):
@@ -319,7 +321,8 @@ def write_row(status, description, commit=None, results="results.tsv"):
         if record.get("rejected"):
             fail(f"the evaluation of {full[:7]} was rejected ({record['rejected']}): log it as crash")
         if record.get("dirty") and record.get("train_sha256") != sha256(committed(folder, full, "train.py")):
-            fail(f"{full[:7]}'s run was of an uncommitted train.py: commit it, run it again, then write the row")
+            fail(f"{full[:7]}'s run was of an uncommitted train.py: commit it, run it again, then write "
+                 "the row")
         values = f"{record['val_bpb']:.6f}\t{record['peak_vram_mb'] / 1024:.1f}"
     row = f"{full[:7]}\t{values}\t{status}\t{description}\n"
     new = not os.path.exists(results) or os.path.getsize(results) == 0
@@ -356,7 +359,7 @@ def source_findings(source):
         return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
 
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+    notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
         n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -376,21 +379,24 @@ def source_findings(source):
                     if alias.name not in PUBLIC:
                         say(node, f"takes {alias.name} from prepare.py, which is not train.py's to use")
                 else:
-                    modules.add(alias.asname or alias.name)  # a module or a class: neither is train.py's to patch
+                    modules.add(alias.asname or alias.name)  # a module or a class: not train.py's to patch
         elif isinstance(node, ast.Assign):  # `F = torch.nn.functional`: an alias of a module is a module
             pairs = [(t, node.value) for t in node.targets]
-            pairs += [p for t in node.targets if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple)
-                      for p in zip(t.elts, node.value.elts)]
+            pairs += [p for t in node.targets if isinstance(t, ast.Tuple)
+                      and isinstance(node.value, ast.Tuple) for p in zip(t.elts, node.value.elts)]
             for target, value in pairs:
                 if isinstance(target, ast.Name) and isinstance(value, (ast.Name, ast.Attribute)):
                     aliases.add((target.id, value))
     for _ in range(3):  # aliases of aliases
         modules |= {n for n, v in aliases if (dotted(v) or "").split(".")[0] in modules | from_prepare}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)) and node.id in from_prepare:
+        stored = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
+        if isinstance(node, ast.Name) and stored and node.id in from_prepare:
             say(node, f"rebinds {node.id}, a name of prepare.py")
         elif isinstance(node, ast.Name) and node.id in BANNED_CALLS:
             say(node, f"uses {node.id}" + ("()" if id(node) in called else ""))
+        elif isinstance(node, ast.Name) and node.id in ("getattr", "hasattr") and id(node) not in called:
+            say(node, f"uses {node.id} as a value (an alias hides what it reads)")
         elif isinstance(node, ast.arg) and node.arg in from_prepare:
             say(node, f"rebinds {node.arg}, a name of prepare.py")
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in from_prepare:
@@ -416,14 +422,17 @@ def source_findings(source):
             split = node.args[3] if len(node.args) > 3 else next(
                 (k.value for k in node.keywords if k.arg == "split"), None)
             if not (isinstance(split, ast.Constant) and split.value == "train"):
-                say(node, "makes a loader of a split other than \"train\" (validation data is the evaluation's)")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and id(node) not in docstrings:
+                say(node, "makes a loader of a split other than \"train\" (validation data is the "
+                          "evaluation's)")
+        elif isinstance(node, ast.Constant) and type(node.value) in (str, bytes) and id(node) not in notes:
             text = node.value if isinstance(node.value, str) else node.value.decode(errors="replace")
             hit = next((s for s in HARNESS_STRINGS if s in text), None)
             if hit:
                 say(node, f"names {hit!r}, a file or setting of the harness")
+            elif text in BANNED_ATTRS:
+                say(node, f"names the attribute {text!r}")
             elif len(text) > MAX_LITERAL:
-                say(node, f"holds a literal of {len(text):,} characters (data, or weights, carried in the source)")
+                say(node, f"holds a literal of {len(text):,} characters (data or weights carried in source)")
     return found
 
 # ---------------------------------------------------------------------------
@@ -448,8 +457,8 @@ def unowned_files(site):
             elif path not in owned and not name.endswith(".pyc") and name != "_virtualenv.py":
                 found.append(f"{os.path.relpath(path, site)} belongs to no installed package")
             elif name.endswith((".py", ".pth")) and owned.get(path) and owned[path].mode == "sha256":
-                digest = base64.urlsafe_b64encode(hashlib.sha256(open(path, "rb").read()).digest()).rstrip(b"=")
-                if digest.decode() != owned[path].value:
+                digest = hashlib.sha256(open(path, "rb").read()).digest()
+                if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != owned[path].value:
                     found.append(f"{os.path.relpath(path, site)} differs from its package's RECORD (edited)")
     return found
 
@@ -565,14 +574,15 @@ def audit(results="results.tsv"):
     elsewhere = journal_elsewhere(folder)
     for full in sorted(seen, key=lambda c: c in elsewhere):
         if elsewhere.get(full):
-            findings.append(f"{full[:7]}: evaluated {elsewhere[full]} more time(s) in another folder's ledger "
-                            f"(see {JOURNAL}): runs of one commit are not draws to pick from")
-    for full in dict.fromkeys(r.get("commit") for r in records if r.get("commit") and r["commit"] not in seen):
+            findings.append(f"{full[:7]}: evaluated {elsewhere[full]} more time(s) in another folder's "
+                            f"ledger (see {JOURNAL}): runs of one commit are not draws to pick from")
+    for full in dict.fromkeys(r["commit"] for r in records if r.get("commit") and r["commit"] not in seen):
         findings.append(f"{full[:7]}: evaluated ({LEDGER}) but has no row: every run gets one, crashes too")
     for r in records:
-        if r.get("dirty") and r.get("train_sha256") != sha256(committed(folder, r.get("commit", ""), "train.py")):
-            findings.append(f"{r.get('commit', '?')[:7]}: a run of an uncommitted train.py at {r.get('time')} "
-                            "(an evaluation no row can stand for)")
+        ran = r.get("train_sha256")
+        if r.get("dirty") and ran != sha256(committed(folder, r.get("commit", ""), "train.py")):
+            findings.append(f"{r.get('commit', '?')[:7]}: a run of an uncommitted train.py at "
+                            f"{r.get('time')} (an evaluation no row can stand for)")
     findings += [f"{path}: {why}" for path, why in stray_code(folder)]
     for line in findings:
         print(line)
@@ -635,8 +645,9 @@ def score_artifact(path, batch_size):
     mutated = program.graph_signature.buffers_to_mutate
     result = dict(val=None, heldout=None, probe=None)
     if foreign or mutated:
-        result["error"] = (f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}" if foreign else
-                           "it writes to its buffers (state carried from batch to batch)")
+        result["error"] = "it writes to its buffers (state carried from batch to batch)"
+        if foreign:
+            result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
@@ -647,8 +658,8 @@ def score_artifact(path, batch_size):
         except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
         # what it scored on: the same for both models of a confirm, or the cache changed between them
-        result["data"] = sha256(b"".join(file_sha256(f).encode() for f in files) + tokenizer.token_bytes.numpy()
-                                .tobytes())
+        digests = b"".join(file_sha256(f).encode() for f in files)
+        result["data"] = sha256(digests + tokenizer.token_bytes.numpy().tobytes())
     print(json.dumps(result))
 
 def fresh_python(tree):
@@ -702,7 +713,8 @@ def rerun(folder, commit, frozen):
     artifact = os.path.join(tree, "model.pt2")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
     cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
-    print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...", flush=True)
+    print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...",
+          flush=True)
     log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
     code = run_capped([python, "train.py"], tree, dict(env, AUTORESEARCH_EXPORT=artifact), log, cap)
     end_processes_in(tree)
@@ -726,10 +738,11 @@ def clean_score(run, base, base_full, folder):
         return dict(error=f"the scorer's environment was changed during the confirm: {changed[0]}")
     if os.path.exists(run["artifact"] + ".failed"):
         return dict(error="it could not be exported: " + open(run["artifact"] + ".failed").read().strip())
-    done = subprocess.run([base["python"], os.path.join(base["tree"], "audit.py"), "--score", run["artifact"],
-                           str(run["record"]["batch_size"])], cwd=base["tree"], capture_output=True, text=True,
-                          start_new_session=True, env={k: v for k, v in os.environ.items()
-                                                       if not k.startswith("AUTORESEARCH_E")})
+    command = [base["python"], os.path.join(base["tree"], "audit.py"), "--score", run["artifact"],
+               str(run["record"]["batch_size"])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
+    done = subprocess.run(command, cwd=base["tree"], capture_output=True, text=True, start_new_session=True,
+                          env=env)
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         return dict(error="the clean scorer failed: " + " ".join(done.stderr.split())[-300:])
@@ -748,8 +761,8 @@ def confirm(commit, results="results.tsv"):
     pair = [float(r[1]) for r in scored if r[4].startswith("baseline")][:2]
     floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, MIN_FLOOR)
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
-    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and environment; "
-          "scored by a separate process that runs none of train.py", flush=True)
+    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and "
+          "environment; scored by a separate process that runs none of train.py", flush=True)
     runs = []
     try:
         for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
@@ -769,8 +782,8 @@ def confirm(commit, results="results.tsv"):
             findings.append(f"{c[:7]}: no clean score ({clean['error']}): only its own process's (weaker)")
             clean["val"] = r["val_bpb"]
         elif abs(clean["val"] - r["val_bpb"]) > CLEAN_MATCH:
-            findings.append(f"{c[:7]}: its run reported {r['val_bpb']:.6f}, the clean scorer {clean['val']:.6f}: "
-                            "the run's own evaluation was tampered with")
+            findings.append(f"{c[:7]}: its run reported {r['val_bpb']:.6f}, the clean scorer "
+                            f"{clean['val']:.6f}: the run's own evaluation was tampered with")
         if (clean.get("probe") or 0) > CAUSAL_TOLERANCE:
             findings.append(f"{c[:7]}: the clean scorer finds the model not causal (logits moved by "
                             f"{clean['probe']:.3g})")
@@ -785,11 +798,11 @@ def confirm(commit, results="results.tsv"):
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
         held = base["clean"]["heldout"] - mine["clean"]["heldout"]
         if held < gain / 2 and gain - held > floor:  # two shards of one distribution: gains move together
-            findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on the "
-                            "held-out data: it trained on, or overfits to, the validation data")
+            findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on "
+                            "the held-out data: it trained on, or overfits to, the validation data")
     else:
-        findings.append(f"{full[:7]}: no held-out score (" + (mine["clean"].get("heldout_error") or
-                        base["clean"].get("heldout_error") or "no clean score") + "): that check was not made")
+        why = mine["clean"].get("heldout_error") or base["clean"].get("heldout_error") or "no clean score"
+        findings.append(f"{full[:7]}: no held-out score ({why}): that check was not made")
     for line in findings:
         print(line)
     verdict = "the gain does not hold"
@@ -806,12 +819,15 @@ def main():
     parser = argparse.ArgumentParser(
         description="Run records of autoresearch: write results.tsv's rows from them, audit the night, "
                     "confirm a gain with a clean rerun. Exit 0 when everything holds, else 1.")
-    parser.add_argument("results", nargs="?", default="results.tsv", help="the results file (default: results.tsv)")
+    parser.add_argument("results", nargs="?", default="results.tsv",
+                        help="the results file (default: results.tsv)")
     parser.add_argument("--row", nargs=2, metavar=("STATUS", "DESCRIPTION"),
-                        help="append the row of --commit (default HEAD) from its run record: keep, discard or crash")
+                        help="append the row of --commit (default HEAD) from its run record: keep, discard "
+                             "or crash")
     parser.add_argument("--commit", help="with --row: the commit whose run it is (at least 7 hex digits)")
     parser.add_argument("--confirm", metavar="COMMIT",
-                        help="rerun the baseline and COMMIT in fresh worktrees and environments (two whole runs)")
+                        help="rerun the baseline and COMMIT in fresh worktrees and environments (two whole "
+                             "runs)")
     parser.add_argument("--score", nargs=2, metavar=("ARTIFACT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.score:
