@@ -56,6 +56,7 @@ needs_uv = pytest.mark.skipif(not shutil.which("uv"), reason="the confirm syncs 
 
 # ---------------------------------------------------------------------------
 # A short train.py: a bigram table, trained on 300 batches of the training split in a second, then evaluated.
+# Plain SGD by hand: torch.optim imports torch._dynamo, which doubles the run's start-up on a loaded machine.
 # An attack adds definitions (MIDDLE), its own model class (MODEL) or lines run just before the evaluation
 # (LATE: after training, so that a patch breaks nothing training imports).
 
@@ -76,20 +77,20 @@ class Bigram(torch.nn.Module):
 MIDDLE
 tokenizer = Tokenizer.from_directory()
 model = MODEL(tokenizer.get_vocab_size())
-optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 loader = make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train")
 for step in range(300):
     x, y, _ = next(loader)
     torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
-    optimizer.step()
-    optimizer.zero_grad()
+    with torch.no_grad():
+        model.table -= LR * model.table.grad
+    model.zero_grad()
 loader.close()
 LATE
 print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")
 '''
 
 
-def tiny(middle="", model="Bigram", late="", lr=0.05):
+def tiny(middle="", model="Bigram", late="", lr=100):
     return TINY.replace("LR", str(lr)).replace("MODEL", model).replace("MIDDLE", middle).replace("LATE", late)
 
 
@@ -189,8 +190,8 @@ class Reader(Bigram):
 
 '''
 
-# Remembers the validation text: logits looked up by a hash of the last 8 tokens, filled from validation batches
-# drawn through make_dataloader as train.py draws its training ones (or_exit and all)
+# Remembers the validation text: logits looked up by a hash of the last 8 tokens, filled from validation
+# batches drawn through make_dataloader as train.py draws its training ones (or_exit and all)
 MEMORIZER = '''\
 """Next-token logits by a hash of the last 8 tokens, filled from the text it is shown."""
 import torch
@@ -233,34 +234,37 @@ from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_data
 
 TIME_BUDGET = 8 * TIME_BUDGET
 tokenizer = Tokenizer.from_directory()
-table = torch.nn.Parameter(torch.zeros(tokenizer.get_vocab_size(), tokenizer.get_vocab_size()))
-optimizer = torch.optim.Adam([table], lr=0.05)
+table = torch.zeros(tokenizer.get_vocab_size(), tokenizer.get_vocab_size(), requires_grad=True)
 loader = make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train")
 step, t0 = 0, None
 while t0 is None or time.time() - t0 < TIME_BUDGET:
     x, y, _ = next(loader)
     t0 = time.time() if step == 11 else t0
     torch.nn.functional.cross_entropy(table[x].flatten(0, 1), y.flatten()).backward()
-    optimizer.step()
-    optimizer.zero_grad()
+    with torch.no_grad():
+        table -= 100 * table.grad
+    table.grad = None
     step += 1
 loader.close()
 model = torch.nn.Embedding.from_pretrained(table.detach())
 print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")
 '''
 
-# One commit evaluated three times (more steps each): a row may pick the best
+# One commit evaluated three times (after 300 steps, then trained afresh for 100 and for 200): a row may pick
 FISHING = tiny(late='''
-for steps in (100, 200):
-    model.table.data.zero_()
-    loader = make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train")
-    for step in range(steps):
-        x, y, _ = next(loader)
-        torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    loader.close()
-    print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")
+for steps in (0, 100, 200):
+    if steps:
+        model.table.data.zero_()
+        loader = make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train")
+        for step in range(steps):
+            x, y, _ = next(loader)
+            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+            with torch.no_grad():
+                model.table -= 100 * model.table.grad
+            model.zero_grad()
+        loader.close()
+    if steps < 200:
+        print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")
 ''')
 
 
@@ -356,7 +360,7 @@ class Night:
         return other
 
     def attack(self, message, source, description=None):
-        """Commit train.py, run it, write its row as a keep: (commit, the run's exit code and log, the row)."""
+        """Commit train.py, run it, write its row as a keep: (commit, the run's exit code and log, row)."""
         commit = self.commit(message, source)
         code, out = self.train(check=False)
         return commit, code, out, self.row("keep", description or message)
@@ -373,7 +377,8 @@ def head_file(cache, ledger):
 
 def findings(result):
     """The audit's lines that name something (not its closing two)."""
-    return [line for line in result.stdout.splitlines() if not line.startswith(("validation data:", "audit:"))]
+    closing = ("validation data:", "audit:")
+    return [line for line in result.stdout.splitlines() if not line.startswith(closing)]
 
 
 def named(result, commit):
@@ -454,7 +459,7 @@ def test_the_rows_are_the_records(night):
     assert [r[1] for r in rows] == [f"{rec['val_bpb']:.6f}" for rec in records]
     # near-uniform logits (log2 of 512 is 9 bits a token, a byte a token): only the initial weights differ
     assert 8.5 < float(rows[0][1]) < 9.5 and abs(float(rows[1][1]) - float(rows[0][1])) < 0.01
-    assert float(rows[2][1]) < float(rows[0][1]) - 1  # the edit learned; the zero-learning-rate baseline cannot
+    assert float(rows[2][1]) < float(rows[0][1]) - 1  # the edit learned; the zero-learning-rate one cannot
 
 
 # ---------------------------------------------------------------------------
@@ -519,7 +524,8 @@ REJECTIONS = {"future": "the model is not causal", "state": "the model's weights
 @pytest.mark.slow
 def test_the_evaluation_rejects_the_model_and_records_why(rejected):
     kind, n, commit, code, out, row = rejected
-    assert code != 0 and re.search(rf"^evaluation rejected: {REJECTIONS[kind]}", out, re.MULTILINE), out[-3000:]
+    said = re.search(rf"^evaluation rejected: {REJECTIONS[kind]}", out, re.MULTILINE)
+    assert code != 0 and said, out[-3000:]
     assert "val_bpb:" not in out and "Traceback" not in out
     assert n.records()[-1]["rejected"].startswith(REJECTIONS[kind])
 
@@ -528,7 +534,8 @@ def test_the_evaluation_rejects_the_model_and_records_why(rejected):
 def test_a_rejected_evaluation_gets_no_keep_row(rejected):
     kind, n, commit, code, out, row = rejected
     assert row.returncode == 1 and row.stdout == "", row.stdout
-    assert re.fullmatch(rf"error: the evaluation of {commit} was rejected \(.*\): log it as crash\n", row.stderr)
+    assert re.fullmatch(rf"error: the evaluation of {commit} was rejected \(.*\): log it as crash\n",
+                        row.stderr), row.stderr
 
 
 @pytest.mark.slow
@@ -612,8 +619,8 @@ def test_training_far_past_the_budget_is_named(clock):
     n, commit, result = clock
     # the loop ran 8 budgets from the 12th batch on: past 1.1 budgets + 10 s however slow each step was
     assert n.records()[-1]["train_timed_s"] >= 8 * BIGRAM_BUDGET - 1
-    assert any(re.fullmatch(rf"{commit}: its timed training took \d+ s, far past TIME_BUDGET = {BIGRAM_BUDGET} s",
-                            line) for line in findings(result)), result.stdout
+    far = rf"{commit}: its timed training took \d+ s, far past TIME_BUDGET = {BIGRAM_BUDGET} s"
+    assert any(re.fullmatch(far, line) for line in findings(result)), result.stdout
 
 
 # ---------------------------------------------------------------------------
@@ -626,14 +633,14 @@ def test_a_row_that_is_not_the_commits_first_evaluation_is_named(bigrams, tmp_pa
     commit = n.commit("bigram", FISHING)
     code, out = n.train()
     values = [r["val_bpb"] for r in n.records()[1:]]
-    assert values == parse_val(out) and len(set(values)) == 3, values
+    assert [round(v, 6) for v in values] == parse_val(out) and len(set(values)) == 3, values
     best = min(values[1:])
     with open(n.repo / "results.tsv", "a") as f:  # the agent types the best of its three runs
         f.write(f"{commit}\t{best:.6f}\t0.1\tkeep\tbigram\n")
     result = n.audit()
     assert result.returncode == 1
-    assert (f"{commit}: evaluated 3 times; the row is not its first evaluation ({values[0]:.6f}): runs of one "
-            "commit are not draws to pick from") in findings(result), result.stdout
+    assert (f"{commit}: evaluated 3 times; the row is not its first evaluation ({values[0]:.6f}): runs of "
+            "one commit are not draws to pick from") in findings(result), result.stdout
 
 
 def write_pair_tokenizer(folder):
@@ -651,7 +658,7 @@ def write_pair_tokenizer(folder):
 def test_a_tokenizer_other_than_the_baselines_is_named(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "tokenizer")
     write_pair_tokenizer(n.cache / TOKENIZER)
-    commit, code, out, row = n.attack("bigram", tiny())
+    commit, code, out, row = n.attack("bigram, half the learning rate", tiny(lr=50))
     assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
     assert n.records()[-1]["tokenizer_sha256"] != n.records()[0]["tokenizer_sha256"]
     result = n.audit()
@@ -726,8 +733,10 @@ def append_as_evaluated(n, record):
             "record = json.loads(sys.argv[1])\n"
             "audit.append_record('ledger.jsonl', record)\n"
             "with open(audit.JOURNAL, 'a') as f:\n"
-            "    f.write(json.dumps(dict(time=record['time'], commit=record['commit'], val_bpb=record['val_bpb'],"
-            " ledger=audit.os.path.realpath('ledger.jsonl'))) + '\\n')\n")
+            "entry = dict(time=record['time'], commit=record['commit'], val_bpb=record['val_bpb'],\n"
+            "             ledger=audit.os.path.realpath('ledger.jsonl'))\n"
+            "with open(audit.JOURNAL, 'a') as f:\n"
+            "    f.write(json.dumps(entry) + '\\n')\n")
     subprocess.run([sys.executable, "-c", code, json.dumps(record)], cwd=n.repo, env=n.env, check=True)
 
 
@@ -751,9 +760,9 @@ def test_a_deleted_last_record_is_found(night, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "the head keeps a count and the last line's HMAC only, and the audit reads the journal for other folders' "
-    "ledgers only: the journal's entry of the deleted evaluation (its commit) is never compared with this "
-    "ledger's records, so the finding names no commit"))
+    "the head keeps a count and the last line's HMAC only, and the audit reads the journal for other "
+    "folders' ledgers only: the journal's entry of the deleted evaluation (its commit) is never compared "
+    "with this ledger's records, so the finding names no commit"))
 @pytest.mark.slow
 def test_a_deleted_last_record_is_named(night, tmp_path):
     n = night.clone(tmp_path)
@@ -822,9 +831,9 @@ def memorizer_confirm(memorizer, tmp_path_factory):
 def test_confirm_names_a_gain_on_validation_data_alone(memorizer_confirm):
     commit, result = memorizer_confirm
     assert result.returncode == 1, result.stdout + result.stderr
-    assert any(re.fullmatch(rf"{commit}: a gain of \+\d+\.\d{{6}} on the validation data but [+-]\d+\.\d{{6}} "
-                            r"on the held-out data: it trained on, or overfits to, the validation data", line)
-               for line in result.stdout.splitlines()), result.stdout
+    alone = (rf"{commit}: a gain of \+\d+\.\d{{6}} on the validation data but [+-]\d+\.\d{{6}} on the "
+             r"held-out data: it trained on, or overfits to, the validation data")
+    assert any(re.fullmatch(alone, line) for line in result.stdout.splitlines()), result.stdout
 
 
 @pytest.mark.slow
@@ -862,8 +871,8 @@ def test_a_truncated_last_line_is_the_ledgers_only_finding(night, tmp_path):
         f.write('{"time": "2026-')
     result = n.audit()
     assert [line for line in findings(result) if "ledger" in line] == [
-        "ledger.jsonl: the last line is not a whole record (a crash or a full disk while it was written?): it "
-        "is ignored"], result.stdout
+        "ledger.jsonl: the last line is not a whole record (a crash or a full disk while it was written?): "
+        "it is ignored"], result.stdout
 
 
 def test_concurrent_appends_keep_one_valid_chain(tmp_path):
@@ -875,7 +884,7 @@ def test_concurrent_appends_keep_one_valid_chain(tmp_path):
     procs = [subprocess.Popen([BASE_PYTHON, "-c", write, f"writer {w}"], cwd=tmp_path, env=env)
              for w in range(6)]
     assert [p.wait(timeout=120) for p in procs] == [0] * 6
-    read = "import json, audit; records, found = audit.read_ledger('.'); print(json.dumps([len(records), found]))"
+    read = "import json, audit; r, found = audit.read_ledger('.'); print(json.dumps([len(r), found]))"
     out = subprocess.run([BASE_PYTHON, "-c", read], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) == [140, []]
@@ -912,8 +921,8 @@ def test_a_repository_with_no_commit_gets_no_record_and_no_row(bigrams, tmp_path
 
 def test_a_commit_prefix_under_7_digits_is_refused(tmp_path):
     row = subprocess.run([BASE_PYTHON, ROOT / "audit.py", "--row", "keep", "x", "--commit", "abc12",
-                          tmp_path / "results.tsv"], env=dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path)),
-                         capture_output=True, text=True)
+                          tmp_path / "results.tsv"], capture_output=True, text=True,
+                         env=dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path)))
     assert row.returncode == 1 and row.stdout == ""
     assert row.stderr == "error: 'abc12' is not a commit: give at least 7 hex digits of its hash\n"
 
@@ -927,7 +936,8 @@ def test_row_refuses_a_record_older_than_its_commit(night, tmp_path):
     append_as_evaluated(n, old)
     row = n.row("keep", "tweak")
     assert row.returncode == 1 and row.stdout == ""
-    assert row.stderr == f"error: the record of {commit} ({old['time']}) is older than the commit: run it again\n"
+    assert row.stderr == (f"error: the record of {commit} ({old['time']}) is older than the commit: run it "
+                          "again\n")
 
 
 @pytest.mark.slow
@@ -939,7 +949,8 @@ def test_row_refuses_a_record_older_than_run_log(night, tmp_path):
     before = (n.repo / "results.tsv").read_text()
     row = n.row("keep", "learning rates on")
     assert row.returncode == 1 and row.stdout == "" and (n.repo / "results.tsv").read_text() == before
-    assert row.stderr.startswith(f"error: run.log is newer than {n.commits['learning rates on']}'s"), row.stderr
+    kept = n.commits["learning rates on"]
+    assert row.stderr.startswith(f"error: run.log is newer than {kept}'s latest record"), row.stderr
 
 
 @pytest.fixture
@@ -947,8 +958,8 @@ def one_commit(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, env=GIT_ENV, check=True)
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "baseline"], cwd=tmp_path, env=GIT_ENV,
                    check=True)
-    return tmp_path, subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, env=GIT_ENV, capture_output=True,
-                                    text=True).stdout.strip()[:7]
+    return tmp_path, subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, env=GIT_ENV,
+                                    capture_output=True, text=True).stdout.strip()[:7]
 
 
 @pytest.mark.parametrize("command", ["audit", "confirm"])
@@ -963,4 +974,5 @@ def test_a_missing_or_scoreless_results_file_is_one_line(one_commit, command, co
     done = subprocess.run([BASE_PYTHON, ROOT / "audit.py", *args, results], capture_output=True, text=True,
                           env=dict(GIT_ENV, AUTORESEARCH_CACHE_DIR=str(folder / "cache")), timeout=60)
     assert done.returncode == 1 and done.stdout == "", done.stdout
-    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: ") and "results.tsv" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "results.tsv" in done.stderr
