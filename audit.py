@@ -663,17 +663,18 @@ def score_artifact(path, batch_size):
     print(json.dumps(result))
 
 def fresh_python(tree):
-    """(python, note): the locked environment synced fresh into the worktree by uv; without uv this Python
-    (a weaker check: an earlier commit could have planted code in its environment)."""
-    uv = shutil.which("uv")
-    if not uv:
-        return sys.executable, "uv not found: this Python's environment, not a fresh one (weaker)"
+    """(python, caveat): the locked environment synced fresh into the worktree by uv (from uv's cache when the
+    network is unreachable); failing that, this Python, its files checked against their packages' records
+    (weaker: a hook hidden where the check does not look would survive)."""
+    uv, why = shutil.which("uv"), "uv not found"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
-    done = subprocess.run([uv, "sync", "--locked", "--no-dev", "--quiet"], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=3600)
-    if done.returncode:
-        fail(f"uv sync in {tree} failed: {' '.join(done.stderr.split())[:300]}")
-    return os.path.join(tree, ".venv", "bin", "python"), None
+    for offline in ([], ["--offline"]) if uv else ():
+        done = subprocess.run([uv, "sync", "--locked", "--no-dev", "--quiet", *offline], cwd=tree, env=env,
+                              capture_output=True, text=True, timeout=3600)
+        if done.returncode == 0:
+            return os.path.join(tree, ".venv", "bin", "python"), None
+        why = f"uv sync failed ({' '.join(done.stderr.split())[:160]})"
+    return sys.executable, f"{why}: reran in this Python's environment, not a fresh one (weaker)"
 
 def run_capped(command, cwd, env, log, cap):
     """Run `command` in a process group of its own, at most `cap` seconds; the group is ended afterwards
@@ -706,10 +707,12 @@ def rerun(folder, commit, frozen):
     seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
     source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
     open(os.path.join(tree, "train.py"), "w").write(source)
-    python, note = fresh_python(tree)
+    python, caveat = fresh_python(tree)
     site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
-    problems = [note] if note else []
-    problems += [f"its fresh environment: {line}" for line in unowned_files(site[0])] if site else []
+    if caveat and sys.prefix != sys.base_prefix:  # this Python's own virtual environment: checked instead
+        site = [sysconfig.get_paths()["purelib"]]
+    unowned = unowned_files(site[0]) if site else []
+    problems = [f"its environment: {line}" for line in unowned]
     artifact = os.path.join(tree, "model.pt2")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
     cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
@@ -724,7 +727,7 @@ def rerun(folder, commit, frozen):
         fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
             f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
     return dict(record=record, problems=problems + chain, seed=seed, source=source.encode(), python=python,
-                tree=tree, artifact=artifact)
+                tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned)
 
 def clean_score(run, base, base_full, folder):
     """The clean scorer's result for a rerun's artifact, run with the baseline's Python and tree, once both
@@ -732,8 +735,7 @@ def clean_score(run, base, base_full, folder):
     for name in ("prepare.py", "audit.py"):
         if open(os.path.join(base["tree"], name), "rb").read() != committed(folder, base_full, name):
             return dict(error=f"the scorer's {name} was changed during the confirm")
-    site = glob.glob(os.path.join(base["tree"], ".venv", "lib", "python*", "site-packages"))
-    changed = unowned_files(site[0]) if site and base["python"] != sys.executable else []
+    changed = [f for f in unowned_files(base["site"][0]) if f not in base["unowned"]] if base["site"] else []
     if changed:
         return dict(error=f"the scorer's environment was changed during the confirm: {changed[0]}")
     if os.path.exists(run["artifact"] + ".failed"):
@@ -808,8 +810,11 @@ def confirm(commit, results="results.tsv"):
     verdict = "the gain does not hold"
     if gain > floor and held is not None and held > floor:
         verdict = f"unconfirmed: {len(findings)} finding(s) above" if findings else "the gain holds"
+    caveat = base["caveat"] or mine["caveat"]
+    if caveat:
+        print(f"weaker: {caveat}")
     print(f"{full[:7]}: gain {gain:+.6f} on validation" + ("" if held is None else f", {held:+.6f} held-out")
-          + f", noise floor {floor:.6f}: {verdict}")
+          + f", noise floor {floor:.6f}: {verdict}" + (" (weaker, see above)" if caveat else ""))
     return 0 if verdict == "the gain holds" else 1
 
 # ---------------------------------------------------------------------------
