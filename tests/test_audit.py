@@ -41,7 +41,9 @@ TOKENIZER = Path("tokenizer") / f"{prepare.DATASET}-{PREPARE['VOCAB_SIZE']}"
 VAL, HELDOUT = (prepare.shard_filename(prepare.DATASETS[prepare.DATASET][s]) for s in ("val", "heldout"))
 # The audit and --row need the standard library only: the base interpreter skips the environment check, which
 # hashes every file of torch (seconds a call); the tests of that check run it in environments of their own
-BASE_PYTHON = next((p for p in (Path(sys.base_prefix) / "bin" / "python3",) if p.exists()), sys.executable)
+BASE_PYTHON = Path(sys.base_prefix) / "bin" / "python3"
+if not BASE_PYTHON.exists():
+    BASE_PYTHON = Path(sys.executable)
 
 
 def uv_cache():
@@ -732,7 +734,6 @@ def append_as_evaluated(n, record):
     code = ("import json, sys, audit\n"
             "record = json.loads(sys.argv[1])\n"
             "audit.append_record('ledger.jsonl', record)\n"
-            "with open(audit.JOURNAL, 'a') as f:\n"
             "entry = dict(time=record['time'], commit=record['commit'], val_bpb=record['val_bpb'],\n"
             "             ledger=audit.os.path.realpath('ledger.jsonl'))\n"
             "with open(audit.JOURNAL, 'a') as f:\n"
