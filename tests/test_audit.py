@@ -99,6 +99,7 @@ def tiny(middle="", model="Bigram", late="", lr=100):
 # Each line reaches into the evaluation from the training process (issue 22, "same process"); one run has them
 SAME_PROCESS = '''\
 import math
+import audit
 import prepare
 import prepare as p
 import torch.nn.functional as F
@@ -123,8 +124,8 @@ def _doubled(self, enc):
 
 
 Tokenizer.__init__ = _doubled
-_record = prepare._record
-prepare._record = lambda **facts: _record(**dict(facts, val_bpb=facts["val_bpb"] - 0.1))
+_append = audit.append_run_record
+audit.append_run_record = lambda facts: _append(dict(facts, val_bpb=facts["val_bpb"] - 0.1))
 prepare._fingerprint = lambda model: None
 prepare._causality_probe = lambda model, x: (0.0, model(x))
 '''
@@ -132,7 +133,7 @@ PATCHES = {  # what each line patches: the line the audit must name
     "prepare.EVAL_TOKENS": "prepare.EVAL_TOKENS = ", "import prepare as p": "p.MAX_SEQ_LEN = ",
     "setattr": "setattr(prepare", "an alias of prepare": "harness.LN2 = ", "math.log": "math.log = ",
     "F.cross_entropy": "F.cross_entropy = ", "torch.nn.functional": "torch.nn.functional.cross_entropy = ",
-    "Tokenizer (token_bytes)": "Tokenizer.__init__ = ", "_record": "prepare._record = ",
+    "Tokenizer (token_bytes)": "Tokenizer.__init__ = ", "_record": "audit.append_run_record = ",
     "_fingerprint": "prepare._fingerprint = ", "_causality_probe": "prepare._causality_probe = ",
 }
 
