@@ -799,7 +799,7 @@ def confirm(commit, results="results.tsv"):
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
         held = base["clean"]["heldout"] - mine["clean"]["heldout"]
-        if held < gain / 2 and gain - held > floor:  # two shards of one distribution: gains move together
+        if gain > floor and held < gain / 2 and gain - held > floor:  # one kind of data: gains move together
             findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on "
                             "the held-out data: it trained on, or overfits to, the validation data")
     else:
