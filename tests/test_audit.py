@@ -492,7 +492,6 @@ def test_a_changed_EVAL_TOKENS_shows_in_the_record(same_process):
     assert f"{commit}: it evaluated 1,024 tokens, not what EVAL_TOKENS = 4,096 gives" in findings(result)
 
 
-@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "source_findings follows aliases made by assignment only: a function's parameter (def f(cls): "
     "cls.__init__ = ...; f(Tokenizer)) is not one, and no record field covers the byte counts the evaluation "
