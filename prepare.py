@@ -559,7 +559,7 @@ def _causality_probe(model, x):
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens scored, causality probe) of `model` (idx -> logits) on a split, computed here:
+    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, computed here:
     the cross entropy of its logits, the targets' byte counts from `tokenizer`; one batch, drawn at random,
     is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
     device = _default_device()
@@ -587,7 +587,8 @@ def score(model, tokenizer, batch_size, split="val"):
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
     finally:
         loader.close()
-    return float(total_nats) / (LN2 * float(total_bytes)), steps * batch_size * MAX_SEQ_LEN, probe
+    total_bytes = int(total_bytes)
+    return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the pinned validation data: vocabulary-independent, comparable across tokenizers.
@@ -598,7 +599,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
     own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
-        val_bpb, tokens, probe = score(model, own_tokenizer, batch_size)
+        val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
@@ -619,8 +620,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     if audit:
         audit.append_run_record(dict(
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
-            causal_probe=probe, dataset=DATASET, val_path=split_row_ranges("val")[0][0],
-            prepare_path=os.path.abspath(__file__),
+            bytes_evaluated=nbytes, causal_probe=probe, dataset=DATASET,
+            val_path=split_row_ranges("val")[0][0], prepare_path=os.path.abspath(__file__),
             tokenizer_bytes=[own_tokenizer.enc.decode_single_token_bytes(i)
                              for i in range(own_tokenizer.get_vocab_size())],
             train_times=_served["train_times"], train_tokens=_served["train_tokens"],
