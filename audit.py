@@ -567,8 +567,8 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
             f"{frozen['EVAL_TOKENS']:,} gives",
         record["tokens_evaluated"] == base["tokens_evaluated"]
         and record.get("bytes_evaluated") != base.get("bytes_evaluated")
-        and f"its evaluation divided by {record.get('bytes_evaluated')} bytes where the baseline's, of the same "
-            f"tokens, divided by {base.get('bytes_evaluated')}: the byte counts were changed",
+        and f"its evaluation divided by {record.get('bytes_evaluated')} bytes where the baseline's, of the "
+            f"same tokens, divided by {base.get('bytes_evaluated')}: the byte counts were changed",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
