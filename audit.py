@@ -58,26 +58,31 @@ PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluat
           "print_progress", "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE",
           "DATASET"}
 CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.")
-# Builtins, modules and attributes no research edit needs: each reaches the evaluator's objects, runs code
+# An allow-list of the modules train.py may import and, of four, the attributes it may use (the rest of `os`
+# opens files and processes, of `sys` reaches modules and frames). Research code needs nothing else of them.
+MODULES = {"torch", "math", "time", "gc", "sys", "os", "contextlib", "dataclasses", "functools", "itertools",
+           "collections", "typing", "random", "warnings", "copy", "enum", "abc", "statistics", "kernels",
+           "cudnn", "prepare"}
+MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
+                "sys": {"exit", "stdout", "stderr", "platform", "version", "version_info", "maxsize"},
+                "gc": {"collect", "freeze", "unfreeze", "disable", "enable", "isenabled"},
+                "time": {"time", "perf_counter", "monotonic", "sleep", "strftime", "localtime", "time_ns"}}
+# Builtins and attributes no research edit needs: each reaches the evaluator's objects or frames, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
                 "breakpoint", "open", "locals"}
-BANNED_MODULES = {"importlib", "inspect", "ctypes", "builtins", "subprocess", "pyarrow", "tiktoken",
-                  "rustbpe", "requests", "urllib", "socket", "http", "multiprocessing", "signal", "pickle",
-                  "marshal", "fcntl", "hmac", "shutil", "sysconfig", "site", "audit", "base64", "binascii",
-                  "codecs", "zlib", "lzma", "bz2", "gzip", "zipfile", "tarfile", "pathlib", "glob", "io",
-                  "mmap", "runpy", "types", "threading", "atexit", "weakref", "copyreg", "dill",
-                  "safetensors", "pandas"}
-BANNED_ATTRS = {"__globals__", "__code__", "__dict__", "__closure__", "__builtins__", "__defaults__",
-                "__kwdefaults__", "__subclasses__", "f_globals", "f_locals", "f_back", "_getframe",
-                "settrace", "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "system",
-                "popen", "putenv", "__setattr__", "__delattr__", "__getattribute__", "__module__", "__self__",
-                "__func__", "__wrapped__", "__bases__", "__mro__", "__class__", "__import__", "__loader__",
-                "__spec__", "execv", "execve", "spawnv", "fork", "_exit", "register_forward_hook"}
-BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.from_file", "torch.hub", "torch.utils.model_zoo",
-                "numpy.load", "np.load", "numpy.frombuffer", "np.frombuffer", "numpy.fromfile", "np.fromfile",
-                "os.system", "sys.argv", "torch.compiler.is_exporting", "torch._dynamo.is_compiling",
-                "torch.compiler.is_compiling", "torch.is_grad_enabled"}
+BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_frame", "gi_code", "cr_frame",
+                "ag_frame", "tb_frame", "tb_next", "co_consts", "co_code", "_getframe", "settrace",
+                "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "get_referents",
+                "from_file", "register_forward_hook", "register_forward_pre_hook",
+                "register_module_forward_hook", "register_module_forward_pre_hook"}
+DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__"}  # dunders readable as values
+BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.hub", "torch.utils.model_zoo", "torch.jit.load",
+                "torch.export", "torch.package", "torch.library", "torch.overrides", "torch._C", "torch.ops",
+                "torch._ops", "torch.utils._python_dispatch", "torch.compiler.is_exporting",
+                "torch._dynamo.is_compiling", "torch.compiler.is_compiling", "torch.is_grad_enabled",
+                "torch.is_inference_mode_enabled"}
+TORCH_HOOKS = {"TorchFunctionMode", "TorchDispatchMode", "__torch_function__", "__torch_dispatch__"}
 MAX_SOURCE = 100_000        # characters: the original's train.py is ~26,000; ours ~30,000
 MAX_LITERAL = 2_000         # characters of one string literal (a long prompt-free script needs none)
 HARNESS_STRINGS = ("ledger", ".jsonl", "prepare.py", "audit.py", "results.tsv", ".cache", ".parquet",
@@ -248,17 +253,23 @@ def read_ledger(folder):
             findings.append(f"ledger.jsonl: {where} is not a whole record (a crash or a full disk while "
                             "it was written?): it is ignored")
         if key and record and record.get("prev") != chain_mac(key, previous):
+            before = records[-1].get("commit", "?")[:7] if records else "none"
             findings.append(f"ledger record {i + 1} ({record.get('commit', '?')[:7]}): the chain breaks "
-                            "here: it, or the record before it, was edited, or records were deleted")
+                            f"here: it, or the record before it ({before}), was edited, or records were "
+                            "deleted")
         records.append(record)
         previous = line
     if records and not key:
         findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
+    whole = lines[:-1] if records and not records[-1] else lines  # the head counts whole lines written
     head = ledger_head(path)
     count, mac = (open(head).read().split() + ["", ""])[:2] if os.path.exists(head) else ("0", "")
-    if key and lines and (count != str(len(lines)) or mac != chain_mac(key, lines[-1])):
-        findings.append(f"ledger.jsonl: {len(lines)} records, but its head ({head}) says {count}: records "
+    if key and whole and count != str(len(whole)):
+        findings.append(f"ledger.jsonl: {len(whole)} records, but its head ({head}) says {count}: records "
                         "were deleted from its end, or it was replaced (or the folder moved)")
+    elif key and whole and mac != chain_mac(key, whole[-1]):
+        findings.append(f"ledger record {len(whole)} ({records[len(whole) - 1].get('commit', '?')[:7]}): "
+                        f"not the last record its head ({head}) holds: it was edited or replaced")
     return records, findings
 
 def read_rows(results):
@@ -281,17 +292,21 @@ def evaluations(records, full):
     """The records of evaluations of commit `full`, oldest first."""
     return [r for r in records if r.get("commit") == full]
 
-def journal_elsewhere(folder):
-    """{commit: evaluations recorded in another folder's ledger}, a confirm's worktrees left out."""
-    mine, counts = os.path.realpath(os.path.join(folder, LEDGER)), {}
+def journal(folder, records):
+    """From the account's journal of evaluations: ({commit: evaluations recorded in another folder's ledger},
+    a confirm's worktrees left out; the entries of this folder's ledger that it no longer holds)."""
+    mine, counts, missing = os.path.realpath(os.path.join(folder, LEDGER)), {}, []
+    held = {(r.get("time"), r.get("commit"), r.get("val_bpb")) for r in records}
     with contextlib.suppress(OSError), open(JOURNAL, errors="replace") as f:
         for line in f:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
+            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
                 entry = json.loads(line)
                 where = os.path.basename(os.path.dirname(entry["ledger"]))
-                if entry["ledger"] != mine and not where.startswith(CONFIRM_PREFIX):
+                if entry["ledger"] == mine and (entry["time"], entry["commit"], entry["val_bpb"]) not in held:
+                    missing.append(entry)
+                elif entry["ledger"] != mine and not where.startswith(CONFIRM_PREFIX):
                     counts[entry["commit"]] = counts.get(entry["commit"], 0) + 1
-    return counts
+    return counts, missing
 
 def write_row(status, description, commit=None, results="results.tsv"):
     """Append results.tsv's row for `commit` (default HEAD) from its run's record: no score typed by hand."""
@@ -346,49 +361,91 @@ def source_findings(source):
         tree = ast.parse(source)
     except SyntaxError as e:
         return [f"train.py does not parse (line {e.lineno})"]
-    modules, from_prepare, aliases, found = set(), set(), set(), []
+    modules, from_prepare, aliases, found = {}, set(), [], []  # modules: local name -> what it names
 
     def say(node, what):
         found.append(f"train.py line {node.lineno}: {what}")
 
-    def dotted(node):
+    def dotted(node):  # `F.relu` -> "torch.nn.functional.relu": a chain from the name it aliases
         parts = []
         while isinstance(node, ast.Attribute):
             parts.append(node.attr)
             node = node.value
-        return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+        if not isinstance(node, ast.Name):
+            return None
+        return ".".join([modules.get(node.id, node.id), *reversed(parts)])
+
+    def problem(name):  # what is wrong with using a module's name, or None
+        module, _, rest = name.partition(".")
+        if module in MODULE_ATTRS and rest and rest.split(".")[0] not in MODULE_ATTRS[module]:
+            return f"uses {name}"
+        if name in BANNED_NAMES or name.startswith(tuple(n + "." for n in BANNED_NAMES)):
+            return f"uses {name}"
+        hook = next((part for part in name.split(".") if part in TORCH_HOOKS), None)
+        return hook and f"uses {hook} (it intercepts the evaluator's tensor operations)"
+
+    def root(node):  # the name an attribute chain starts from
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return node.id if isinstance(node, ast.Name) else None
+
+    def banned(node, attr, called, stored):  # a use of `.attr`, or getattr(x, "attr"): named, and True
+        if attr in BANNED_ATTRS or (attr == "modules" and not called):
+            say(node, f"uses .{attr}")
+        elif attr[:2] == attr[-2:] == "__" and (stored or not (called or attr in DUNDER_VALUES)):
+            say(node, ("assigns" if stored else "uses") + f" .{attr}")
+        else:
+            return False
+        return True
+
+    def split_of(node):  # the split passed to make_dataloader, directly or as or_exit(make_dataloader, ...)
+        names = [isinstance(a, ast.Name) and a.id == "make_dataloader" for a in node.args]
+        at = 3 if dotted(node.func) == "make_dataloader" else names.index(True) + 4 if any(names) else None
+        if at is None:
+            return ()
+        split = node.args[at] if len(node.args) > at else next(
+            (k.value for k in node.keywords if k.arg == "split"), None)
+        return [split]
 
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    arguments = {id(a) for n in ast.walk(tree) if isinstance(n, ast.Call) for a in n.args}
     notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
         n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 top = alias.name.split(".")[0]
-                modules.add(alias.asname or top)
-                if top in BANNED_MODULES or top == "prepare":
-                    say(node, f"imports {alias.name}" + (" (take names with `from prepare import ...`)"
-                                                         if top == "prepare" else ""))
+                modules[alias.asname or top] = alias.name if alias.asname else top
+                if top == "prepare":
+                    say(node, f"imports {alias.name} (take names with `from prepare import ...`)")
+                elif top not in MODULES:
+                    say(node, f"imports {alias.name}, not on the audit's list of modules train.py uses")
         elif isinstance(node, ast.ImportFrom):
             top = (node.module or "").split(".")[0]
-            if top in BANNED_MODULES or node.level:
-                say(node, f"imports from {node.module or '.'}")
+            if top not in MODULES or node.level:
+                say(node, f"imports from {node.module or '.'}, not on the audit's list of modules train.py "
+                          "uses")
             for alias in node.names:
                 if top == "prepare":
                     from_prepare.add(alias.asname or alias.name)
                     if alias.name not in PUBLIC:
                         say(node, f"takes {alias.name} from prepare.py, which is not train.py's to use")
-                else:
-                    modules.add(alias.asname or alias.name)  # a module or a class: not train.py's to patch
+                    continue
+                modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"  # not train.py's to patch
+                wrong = problem(f"{node.module}.{alias.name}")
+                if wrong or alias.name in BANNED_ATTRS:
+                    say(node, wrong or f"uses .{alias.name}")
         elif isinstance(node, ast.Assign):  # `F = torch.nn.functional`: an alias of a module is a module
             pairs = [(t, node.value) for t in node.targets]
             pairs += [p for t in node.targets if isinstance(t, ast.Tuple)
                       and isinstance(node.value, ast.Tuple) for p in zip(t.elts, node.value.elts)]
-            for target, value in pairs:
-                if isinstance(target, ast.Name) and isinstance(value, (ast.Name, ast.Attribute)):
-                    aliases.add((target.id, value))
+            aliases += [(t.id, v) for t, v in pairs if isinstance(t, ast.Name)
+                        and isinstance(v, (ast.Name, ast.Attribute))]
     for _ in range(3):  # aliases of aliases
-        modules |= {n for n, v in aliases if (dotted(v) or "").split(".")[0] in modules | from_prepare}
+        modules.update({name: dotted(value) for name, value in aliases
+                        if root(value) in set(modules) | from_prepare and name not in modules})
+    local = set(modules) | from_prepare
+    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # checked as a whole chain
     for node in ast.walk(tree):
         stored = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
         if isinstance(node, ast.Name) and stored and node.id in from_prepare:
@@ -397,39 +454,46 @@ def source_findings(source):
             say(node, f"uses {node.id}" + ("()" if id(node) in called else ""))
         elif isinstance(node, ast.Name) and node.id in ("getattr", "hasattr") and id(node) not in called:
             say(node, f"uses {node.id} as a value (an alias hides what it reads)")
+        elif isinstance(node, ast.Name) and node.id in TORCH_HOOKS:
+            say(node, f"uses {node.id} (it intercepts the evaluator's tensor operations)")
+        elif isinstance(node, ast.Name) and node.id == "make_dataloader" and not (
+                id(node) in called or id(node) in arguments):
+            say(node, "uses make_dataloader as a value (an alias hides which split it loads)")
         elif isinstance(node, ast.arg) and node.arg in from_prepare:
             say(node, f"rebinds {node.arg}, a name of prepare.py")
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in from_prepare:
-            say(node, f"rebinds {node.name}, a name of prepare.py")
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (node.name in from_prepare
+                                                                    or node.name in TORCH_HOOKS):
+            say(node, f"rebinds {node.name}, a name of prepare.py" if node.name in from_prepare else
+                f"defines {node.name} (it intercepts the evaluator's tensor operations)")
         elif isinstance(node, ast.Attribute):
-            name = dotted(node)
-            root = name.split(".")[0] if name else None
-            if node.attr in BANNED_ATTRS or (node.attr == "modules" and id(node) not in called):
-                say(node, f"uses .{node.attr}")
-            elif name in BANNED_NAMES or (name or "").startswith(tuple(n + "." for n in BANNED_NAMES)):
-                say(node, f"uses {name}")
-            elif (isinstance(node.ctx, (ast.Store, ast.Del)) and root in modules | from_prepare
-                  and not (name + ".").startswith(CONFIG)):
-                say(node, f"assigns {name}: it patches " + ("a name of prepare.py" if root in from_prepare
+            name, start = dotted(node), root(node)
+            if banned(node, node.attr, id(node) in called, stored) or id(node) in inner or start not in local:
+                continue
+            wrong = problem(name)
+            if wrong:
+                say(node, wrong)
+            elif stored and not (name + ".").startswith(CONFIG):
+                say(node, f"assigns {name}: it patches " + ("a name of prepare.py" if start in from_prepare
                                                             else "a module"))
         elif isinstance(node, ast.Call) and dotted(node.func) in ("getattr", "hasattr"):
             target = dotted(node.args[0]) if node.args else None
-            if target and target.split(".")[0] in modules | from_prepare and not (
-                    len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
-                    and node.args[1].value not in BANNED_ATTRS):
-                say(node, f"reads an attribute of {target} by a computed name")
-        elif isinstance(node, ast.Call) and dotted(node.func) == "make_dataloader":
-            split = node.args[3] if len(node.args) > 3 else next(
-                (k.value for k in node.keywords if k.arg == "split"), None)
-            if not (isinstance(split, ast.Constant) and split.value == "train"):
-                say(node, "makes a loader of a split other than \"train\" (validation data is the "
-                          "evaluation's)")
+            attr = getattr(node.args[1], "value", None) if len(node.args) > 1 else None
+            if not isinstance(attr, str):  # of any object: a frame's, a module's or the evaluator's
+                say(node, f"reads an attribute of {target or 'an object'} by a computed name")
+            elif not banned(node, attr, False, False) and target and root(node.args[0]) in local:
+                wrong = problem(f"{target}.{attr}")
+                if wrong:
+                    say(node, wrong)
+        elif isinstance(node, ast.Call) and not all(
+                isinstance(s, ast.Constant) and s.value == "train" for s in split_of(node)):
+            say(node, "makes a loader of a split other than \"train\" (validation data is the "
+                      "evaluation's)")
         elif isinstance(node, ast.Constant) and type(node.value) in (str, bytes) and id(node) not in notes:
             text = node.value if isinstance(node.value, str) else node.value.decode(errors="replace")
             hit = next((s for s in HARNESS_STRINGS if s in text), None)
             if hit:
                 say(node, f"names {hit!r}, a file or setting of the harness")
-            elif text in BANNED_ATTRS:
+            elif text in BANNED_ATTRS or text in TORCH_HOOKS:
                 say(node, f"names the attribute {text!r}")
             elif len(text) > MAX_LITERAL:
                 say(node, f"holds a literal of {len(text):,} characters (data or weights carried in source)")
@@ -501,6 +565,10 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         * record["batch_size"] * frozen["MAX_SEQ_LEN"]
         and f"it evaluated {record['tokens_evaluated']:,} tokens, not what EVAL_TOKENS = "
             f"{frozen['EVAL_TOKENS']:,} gives",
+        record["tokens_evaluated"] == base["tokens_evaluated"]
+        and record.get("bytes_evaluated") != base.get("bytes_evaluated")
+        and f"its evaluation divided by {record.get('bytes_evaluated')} bytes where the baseline's, of the "
+            f"same tokens, divided by {base.get('bytes_evaluated')}: the byte counts were changed",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
@@ -571,7 +639,11 @@ def audit(results="results.tsv"):
             findings.append(f"{row[0]}: evaluated {len(mine)} times; the row is not its first evaluation "
                             f"({mine[0]['val_bpb']:.6f}): runs of one commit are not draws to pick from")
         findings += check_run(matching[0], base, frozen, folder, full)
-    elsewhere = journal_elsewhere(folder)
+    elsewhere, missing = journal(folder, records)
+    for entry in missing:
+        if entry["commit"] in seen:
+            findings.append(f"{entry['commit'][:7]}: its evaluation at {entry['time']} (val_bpb "
+                            f"{entry['val_bpb']}) is in the journal ({JOURNAL}) but not in {LEDGER}: deleted")
     for full in sorted(seen, key=lambda c: c in elsewhere):
         if elsewhere.get(full):
             findings.append(f"{full[:7]}: evaluated {elsewhere[full]} more time(s) in another folder's "
@@ -650,8 +722,8 @@ def score_artifact(path, batch_size):
             result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
-        result["val"], _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
-        files = [path for path, *_ in prepare.split_parts("val")]
+        result["val"], _, _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
+        files = [path for path, *_ in prepare.split_row_ranges("val")]
         try:
             files += [path for path, *_ in prepare.fetch_heldout()]
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
@@ -799,7 +871,7 @@ def confirm(commit, results="results.tsv"):
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
         held = base["clean"]["heldout"] - mine["clean"]["heldout"]
-        if held < gain / 2 and gain - held > floor:  # two shards of one distribution: gains move together
+        if gain > floor and held < gain / 2 and gain - held > floor:  # one kind of data: gains move together
             findings.append(f"{full[:7]}: a gain of {gain:+.6f} on the validation data but {held:+.6f} on "
                             "the held-out data: it trained on, or overfits to, the validation data")
     else:

@@ -1,5 +1,5 @@
-"""One-time data preparation for autoresearch, plus the runtime utilities train.py imports.
-This file is frozen: the agent never edits it (it owns the data and the evaluation).
+"""One-time data preparation for autoresearch, plus what train.py imports at run time: the tokenizer, the data
+loader, the evaluation and, last, the run's harness. Frozen: the agent never edits it (data and score).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
     uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-
 # ---------------------------------------------------------------------------
 # Constants (fixed: changing them changes what val_bpb means)
 
@@ -63,7 +62,7 @@ if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads 
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
 DOWNLOAD_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20                             # 1 MiB: Ctrl-C is seen between chunks
+CHUNK_BYTES = 1 << 20                             # 1 MiB: the progress line counts bytes a chunk at a time
 
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
@@ -81,24 +80,25 @@ def base_url(dataset=None):
                  "e.g. HF_ENDPOINT=https://hf-mirror.com")
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
-def split_parts(split, data_dir=None, dataset=None):
+def split_row_ranges(split, data_dir=None, dataset=None):
     """A split's documents as (file, first row, end row or None), in sorted file order: `val` and `heldout`
     are the pinned data above, `train` the rest. Raises FileNotFoundError, saying what to run, if none."""
-    data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)
+    data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
     dataset = dataset or DATASET
     spec = DATASETS[dataset]
     if "file" in spec:
         path = os.path.join(data_dir, spec["file"])
-        parts = [(path, *spec[split])] if os.path.exists(path) else []
+        ranges = [(path, *spec[split])] if os.path.exists(path) else []
     else:
         pinned = {shard_filename(spec["val"]): "val", shard_filename(spec["heldout"]): "heldout"}
         names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-        parts = [(os.path.join(data_dir, n), 0, None) for n in names
-                 if n.endswith(".parquet") and pinned.get(n, "train") == split]
-    if not parts:
-        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py"
-                                + ("" if dataset == DATASET else f" --dataset {dataset}") + "` first")
-    return parts
+        ranges = [(os.path.join(data_dir, n), 0, None) for n in names
+                  if n.endswith(".parquet") and pinned.get(n, "train") == split]
+    if not ranges:
+        flag = "" if dataset == DATASET else f" --dataset {dataset}"
+        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py{flag}` "
+                                "first")
+    return ranges
 
 # ---------------------------------------------------------------------------
 # Before torch loads (seconds): the command line is read first, so that --help and a wrong argument answer at
@@ -106,10 +106,9 @@ def split_parts(split, data_dir=None, dataset=None):
 
 if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
     print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
-    sys.exit(2)  # a flag must not start a run
+    sys.exit(2)  # a flag must not start a run; 2: a usage error, as argparse's
 
 def parse_args():
-    """prepare.py's command line, checked: a wrong value exits with argparse's usage line."""
     moved = [a.split("=")[0] for a in sys.argv[1:] if a.split("=")[0] in ("--row", "--audit", "--confirm")]
     if moved:  # these lived here before audit.py
         sys.exit(f"{moved[0]} moved to audit.py: uv run audit.py --help")
@@ -121,16 +120,15 @@ def parse_args():
     parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
                         help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
     parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all (FineWeb-Edu 1821, ClimbMix 6541; "
-                             "TinyStories is one file); the validation shard is always added (default: 10)")
+                        help="training shards to download, -1 for all (TinyStories is one file); the "
+                             "validation shard is always added (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
     args = parser.parse_args()
-    spec = DATASETS[args.dataset]
-    if "file" not in spec and args.num_shards == -1:
-        args.num_shards = spec["heldout"]  # every training shard: 0 ... heldout - 1
-    elif "file" not in spec and not 1 <= args.num_shards <= spec["heldout"]:
-        parser.error(f"--num-shards must be between 1 and {spec['heldout']} for {args.dataset}, or -1 for "
-                     "all")
+    most = DATASETS[args.dataset]["heldout"]  # a shard set trains on shards 0 ... heldout - 1
+    if "file" not in DATASETS[args.dataset]:
+        args.num_shards = most if args.num_shards == -1 else args.num_shards
+        if not 1 <= args.num_shards <= most:
+            parser.error(f"--num-shards must be between 1 and {most} for {args.dataset}, or -1 for all")
     if args.download_workers < 1:
         parser.error("--download-workers must be at least 1")
     return args
@@ -142,7 +140,6 @@ if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
-
 try:
     import numpy as np
     import pyarrow.parquet as pq
@@ -152,83 +149,61 @@ try:
 except ModuleNotFoundError as e:  # a Python without the project's packages
     sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
              "which uses the project's environment (`uv sync` makes it)")
-
 # ---------------------------------------------------------------------------
-# Download
+# Data: download (what retrying cannot mend raises a one-line RuntimeError, which main prints)
 
 def check_shard(path, min_rows=0):
-    """Raise if `path` is not a readable parquet file with a `text` column (reads only the footer)."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path)  # the footer only: cheap
     if "text" not in pf.schema_arrow.names:
         raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
     if pf.metadata.num_rows < min_rows:
-        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than the {min_rows:,} its validation rows "
-                         "need")
+        raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than its {min_rows:,} validation rows")
 
 class ShardMissing(RuntimeError):
-    """The server answered that it does not have a shard: final, retrying cannot help."""
+    """The server answered that it does not have a file."""
 
-class LocalWriteError(RuntimeError):
-    """The cache could not be written (full disk, read-only, no permission): final, and not the network."""
+class WriteError(RuntimeError):
+    """The cache cannot be written: strerror names the cause (no permission, read-only, no space, quota)."""
     def __init__(self, path, e):
-        super().__init__(f"cannot write {path}: {e.strerror or e}. Free space there (or set "
-                         "AUTORESEARCH_CACHE_DIR to a writable disk with room) and run prepare.py again")
+        room = "free space there or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        super().__init__(f"cannot write {path}: {e.strerror or e}: {room}set AUTORESEARCH_CACHE_DIR to a "
+                         "folder you can write, with room, then run prepare.py again")
 
-LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+def make_dirs(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise WriteError(path, e) from None
 
-class Progress:
-    """One line of download progress, rewritten in place (throttled; one thread at a time)."""
-    def __init__(self, total):
-        self.total, self.done, self.bytes, self.t0, self.last = total, 0, 0, time.time(), 0.0
-        self.lock = threading.Lock()
-
-    def update(self, nbytes=0, shard_done=False):
-        with self.lock:
-            self.bytes += nbytes
-            self.done += shard_done
-            now = time.time()
-            if shard_done or now - self.last > 0.5:
-                mb, self.last = self.bytes / 1e6, now
-                print(f"\rdownloading: {self.done}/{self.total} files, {mb:.1f} MB, "
-                      f"{mb / max(now - self.t0, 1e-9):.1f} MB/s   ", end="", flush=True)
-
-def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=DOWNLOAD_ATTEMPTS,
-                   min_rows=0):
-    """Download one file into data_dir (if missing or corrupt); None if `stop` is set first. Raises
-    ShardMissing at once on a 4xx, LocalWriteError on a local write error, RuntimeError after `attempts`."""
-    stop = stop or threading.Event()
-    update = progress.update if progress else lambda nbytes=0, shard_done=False: None
+def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0):
+    """One file into data_dir (its bytes counted in counts[name]) unless a good copy is there; None if `stop`
+    is set first. Raises ShardMissing on a 4xx, WriteError on a local write error, RuntimeError at the end."""
+    stop, counts = stop or threading.Event(), {} if counts is None else counts
     path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
         try:
             check_shard(path, min_rows)
-            update(shard_done=True)
             return path
         except Exception as e:
-            print(f"\n{name} on disk is unreadable ({e}); downloading it again")
+            print(f"\n{name} on disk is unreadable ({e}); downloading it again", flush=True)
             os.remove(path)
-    for attempt in range(attempts):
-        if stop.wait(2 ** attempt) if attempt else stop.is_set():  # retry after 2, 4, 8 s; Ctrl-C ends it
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        if stop.is_set():  # the server is down, or the disk cannot be written
             return None
         try:
             with requests.get(f"{url_base}/{name}", stream=True, timeout=(10, 60)) as r:
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):  # 408/429 mean "later"
                     raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code})")
                 r.raise_for_status()
-                expected, received, digest = r.headers.get("Content-Length"), 0, hashlib.sha256()
                 # the hub names an LFS file's sha256 in X-Linked-Etag (on its redirect): checked, and kept
                 hub = next((h.headers["X-Linked-Etag"].strip('"') for h in (*r.history, r)
                             if "X-Linked-Etag" in h.headers), "")
-                with open(tmp, "wb") as f:
+                digest, counts[name] = hashlib.sha256(), 0
+                with open(tmp, "wb") as f:  # a body shorter than its Content-Length raises (urllib3 2)
                     for chunk in r.raw.stream(CHUNK_BYTES, decode_content=False):
-                        if stop.is_set():  # Ctrl-C, or another shard found the server unreachable
-                            return None
                         f.write(chunk)
                         digest.update(chunk)
-                        received += len(chunk)
-                        update(len(chunk))
-            if expected is not None and received != int(expected):
-                raise IOError(f"truncated body: {received} of {expected} bytes")
+                        counts[name] += len(chunk)
             if len(hub) == 64 and digest.hexdigest() != hub:
                 raise IOError(f"sha256 {digest.hexdigest()[:12]}... is not the hub's {hub[:12]}...")
             check_shard(tmp, min_rows)
@@ -236,95 +211,71 @@ def download_shard(name, data_dir, url_base, progress=None, stop=None, attempts=
             if len(hub) == 64:
                 with open(path + ".sha256", "w") as f:
                     f.write(hub + "\n")
-            update(shard_done=True)
             return path
         except ShardMissing:
             raise
         except Exception as e:  # network errors, 5xx, truncation, unreadable parquet: all retried
-            if getattr(e, "errno", None) in LOCAL_ERRNOS and not isinstance(e, requests.RequestException):
-                stop.set()  # a full or read-only disk fails every download alike
-                raise LocalWriteError(tmp, e) from None
-            error = e
-        finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if isinstance(e, OSError) and e.errno and not isinstance(e, requests.RequestException):
+                stop.set()  # the disk (full, read-only, ...): it fails every download alike
+                raise WriteError(tmp, e) from None
+            error = e
+        if attempt < DOWNLOAD_ATTEMPTS:  # a line of its own (the progress line goes on below it)
+            print(f"\n{name}: attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed ({type(error).__name__}), "
+                  f"retrying in {2 ** attempt} s", flush=True)
+            stop.wait(2 ** attempt)  # 2, 4, 8, 16 s
     if isinstance(error, requests.ConnectionError):
         stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
-    raise RuntimeError(f"{name}: failed {attempts} attempts, last error: {type(error).__name__}: {error}")
-
-def make_dirs(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:  # read-only, or no permission: one line, not a traceback
-        sys.exit(f"error: {LocalWriteError(path, e)}")
+    raise RuntimeError(f"{name}: failed {attempt} attempts, last error: {type(error).__name__}: {error}")
 
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
-    """The first num_shards training shards and the validation shard (TinyStories: its one file), or exit;
-    never the held-out shard (fetch_heldout)."""
+    """The first num_shards training shards and the validation shard (TinyStories: its one file)."""
     dataset = dataset or DATASET
-    spec, data_dir = DATASETS[dataset], data_dir or cache_dirs(dataset)[0]
-    url_base = base_url(dataset)
+    spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
-    names = ([spec["file"]] if "file" in spec else
-             [shard_filename(i) for i in [*range(num_shards), spec["val"]]])
-    min_rows = spec["val"][1] if "file" in spec else 0
-    progress = Progress(len(names))
-    stop = stop or threading.Event()  # set on Ctrl-C, or by a shard that finds the server unreachable
+    names = [spec.get("file") or shard_filename(i) for i in (*range(num_shards), spec["val"])]
+    names = names[-1:] if "file" in spec else names  # never the held-out shard (fetch_heldout)
+    stop, counts, t0 = stop or threading.Event(), dict.fromkeys(names, 0), time.time()
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
-    futures = [pool.submit(download_shard, n, data_dir, url_base, progress, stop, min_rows=min_rows)
-               for n in names]
-
-    def ready():
-        return sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
-
-    try:
-        while wait(futures, timeout=0.5).not_done:  # not f.result(): it would not see Ctrl-C
-            pass
-    except KeyboardInterrupt:
-        stop.set()
-        wait(futures, timeout=2)  # workers stop between 1 MiB chunks and remove their partial .tmp files
-        print(f"\ninterrupted: kept the {ready()} complete shards in {data_dir}; "
-              "run prepare.py again to fetch the rest", file=sys.stderr, flush=True)
-        sys.stdout.flush()  # os._exit skips it
-        os._exit(130)  # not sys.exit: a worker stuck in a stalled read (60 s timeout) would hold up the exit
-    pool.shutdown()
-    print()
+    futures = pending = [pool.submit(download_shard, n, data_dir, url_base, counts, stop,
+                                     min_rows=spec["val"][1] if "file" in spec else 0) for n in names]
+    while pending:  # a progress line, rewritten in place; wait, not f.result(), which would not see Ctrl-C
+        pending = wait(futures, timeout=0.5).not_done
+        ready = sum(os.path.exists(os.path.join(data_dir, n)) for n in names)
+        mb, seconds = sum(counts.values()) / 1e6, max(time.time() - t0, 1e-3)  # a coarse clock may read 0
+        print(f"\rdownloading: {ready}/{len(names)} files, {mb:.1f} MB, {mb / seconds:.1f} MB/s   ",
+              end="" if pending else "\n", flush=True)
     errors = [f.exception() for f in futures if f.exception()]
-    local = [e for e in errors if isinstance(e, LocalWriteError)]
-    if errors:
-        print(*(f"error: {e}" if local else f"error: download failed for {e}" for e in local or errors),
-              sep="\n", file=sys.stderr)
-        print(f"error: {ready()} of {len(names)} files are ready in {data_dir}" + (
-            "." if local else f" (from {url_base}). " + (
-                "The server does not have every shard asked for: use a smaller --num-shards "
-                "(or check HF_ENDPOINT)." if any(isinstance(e, ShardMissing) for e in errors) else
-                ("The server is unreachable, so the other downloads were stopped. " if stop.is_set() else "")
-                + "Check your network (or point HF_ENDPOINT at a mirror) and run prepare.py again: "
-                "finished shards are kept.")), file=sys.stderr)
-        sys.exit(1)
-    print(f"data: {ready()} of {len(names)} files ready in {data_dir}")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    stopped = "The server is unreachable, so the other downloads were stopped. " * stop.is_set()
+    advice = (f" (from {url_base}). {stopped}Check your network (or point HF_ENDPOINT at a mirror) and run "
+              "prepare.py again: finished shards are kept.")
+    if any(isinstance(e, ShardMissing) for e in errors):  # never "later": the file is not there
+        fix = "" if "file" in spec else "use a smaller --num-shards, or "
+        advice = f" (from {url_base}): {fix}check HF_ENDPOINT (the hub, or a complete mirror)."
+    if errors:  # a disk's own line says what to do
+        raise RuntimeError(f"{ready} of {len(names)} files are ready in {data_dir}"
+                           + ("." if any(isinstance(e, WriteError) for e in errors) else advice))
+    print(f"data: {ready} of {len(names)} files ready in {data_dir}")
 
 def fetch_heldout(dataset=None):
-    """The held-out split's parts, downloaded first if missing: prepare.py's own run never fetches them, and
-    only audit.py's --confirm reads them. Raises RuntimeError, in one line, if they cannot be had."""
+    """The held-out split's row ranges, downloaded first if missing (only audit.py's --confirm reads them)."""
     dataset = dataset or DATASET
     spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
     name = spec.get("file") or shard_filename(spec["heldout"])
     if not os.path.exists(os.path.join(data_dir, name)):
         print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as e:
-        raise LocalWriteError(data_dir, e) from None
+    make_dirs(data_dir)
     download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
-    return split_parts("heldout", data_dir, dataset)
-
+    return split_row_ranges("heldout", data_dir, dataset)
 # ---------------------------------------------------------------------------
-# Tokenizer training
+# Tokenizer: training
 
-def _split_texts(parts):
-    """One pass over the documents of a split's parts, in file, row-group and row order: lists of texts."""
-    for path, first, end in parts:
+def _split_texts(row_ranges):
+    """One pass over a split's documents, in file, row-group and row order: lists of texts."""
+    for path, first, end in row_ranges:
         try:
             pf, start = pq.ParquetFile(path), 0
             for rg in range(pf.num_row_groups):
@@ -333,47 +284,44 @@ def _split_texts(parts):
                 if lo < hi:  # row groups outside the part are not read at all
                     yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
         except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") \
-                from e
+            raise RuntimeError(f"cannot read {path} ({e}): delete it, run `uv run prepare.py` again") from e
+
+def _training_texts(data_dir, dataset):
+    total = 0
+    for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
+        for text in batch:
+            yield text[:TOKENIZER_DOC_CHARS]
+            total += min(len(text), TOKENIZER_DOC_CHARS)
+            if total >= TOKENIZER_MAX_CHARS:
+                return
 
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
-    tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
     import rustbpe  # only needed here, not at training time
-
-    def texts():  # training documents in file and row order, each cut short, TOKENIZER_MAX_CHARS in all
-        total = 0
-        for batch in _split_texts(split_parts("train", data_dir, dataset)):
-            for text in batch:
-                yield text[:TOKENIZER_DOC_CHARS]
-                total += min(len(text), TOKENIZER_DOC_CHARS)
-                if total >= TOKENIZER_MAX_CHARS:
-                    return
-
-    t0, bpe = time.time(), rustbpe.Tokenizer()
-    bpe.train_from_iterator(texts(), VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    t0, bpe, tokenizer_dir = time.time(), rustbpe.Tokenizer(), tokenizer_dir or TOKENIZER_DIR
+    # in a worker thread: the main thread, waiting, sees Ctrl-C at once (never while inside rustbpe's Rust)
+    work = ThreadPoolExecutor(1).submit(bpe.train_from_iterator, _training_texts(data_dir, dataset),
+                                        VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    work.result()  # an unreadable shard raises its one-line RuntimeError here
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda token_rank: token_rank[1])
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     # tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
-    rank_text = "".join(f"{base64.b64encode(bytes(t)).decode()} {r}\n" for t, r in ranks)
-    meta_text = json.dumps({"pattern": bpe.get_pattern(), "special_tokens": specials}, indent=1)
-    make_dirs(tokenizer_dir)
-    for name, text in [("tokenizer.tiktoken", rank_text), ("tokenizer.json", meta_text)]:
-        path = os.path.join(tokenizer_dir, name)
-        try:
-            with open(path + ".tmp", "w") as f:
+    files = {"tokenizer.tiktoken": "".join(f"{base64.b64encode(bytes(t)).decode()} {r}\n" for t, r in ranks),
+             "tokenizer.json": json.dumps({"pattern": bpe.get_pattern(), "special_tokens": specials})}
+    try:
+        os.makedirs(tokenizer_dir, exist_ok=True)
+        for name, text in files.items():
+            with open(os.path.join(tokenizer_dir, name + ".tmp"), "w") as f:
                 f.write(text)
-            os.replace(path + ".tmp", path)  # never a half-written file under the final name
-        except OSError as e:
-            sys.exit(f"error: {LocalWriteError(path, e)}")
+            os.replace(f.name, os.path.join(tokenizer_dir, name))  # never a half-written file under its name
+    except OSError as e:
+        raise WriteError(tokenizer_dir, e) from None
     tokenizer = Tokenizer.from_directory(tokenizer_dir)
     if tokenizer.decode(tokenizer.encode(ROUNDTRIP_TEXT)) != ROUNDTRIP_TEXT:
-        sys.exit(f"error: the trained tokenizer does not round-trip {ROUNDTRIP_TEXT!r}; "
-                 f"delete {tokenizer_dir} and retry")
-    print(f"tokenizer: vocab {tokenizer.get_vocab_size()} trained in {time.time() - t0:.1f}s, "
-          f"saved to {tokenizer_dir}")
+        raise RuntimeError(f"the new tokenizer fails a round trip: delete {tokenizer_dir}, train it again")
+    print(f"tokenizer: vocab {VOCAB_SIZE} trained in {time.time() - t0:.1f}s, saved to {tokenizer_dir}")
 
 # ---------------------------------------------------------------------------
-# Runtime utilities (imported by train.py)
+# Runtime: the tokenizer (train.py imports it)
 
 class TokenizerError(FileNotFoundError):
     """A damaged saved tokenizer: a FileNotFoundError like a missing one (one `except` for both), one line."""
@@ -392,14 +340,16 @@ class Tokenizer:
                                          for i in range(enc.n_vocab)], dtype=torch.int32)
 
     @classmethod
-    def from_directory(cls, dir=TOKENIZER_DIR, tokenizer_dir=None):  # tokenizer_dir=: the original's keyword
-        """The saved tokenizer, checked: a damaged one raises TokenizerError, not a traceback."""
-        dir = tokenizer_dir or dir
-        rank_file, meta_file = os.path.join(dir, "tokenizer.tiktoken"), os.path.join(dir, "tokenizer.json")
+    def from_directory(cls, tokenizer_dir=None):
+        """The saved tokenizer (default: TOKENIZER_DIR), checked: a damaged one raises TokenizerError."""
+        tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
+        rank_file = os.path.join(tokenizer_dir, "tokenizer.tiktoken")
+        meta_file = os.path.join(tokenizer_dir, "tokenizer.json")
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
-            kept = sorted(os.listdir(os.path.dirname(dir))) if os.path.isdir(os.path.dirname(dir)) else []
-            raise FileNotFoundError(f"no tokenizer in {dir}: run `uv run prepare.py` first"
-                                    + (f" (the others stay as they are: {', '.join(kept)})" if kept else ""))
+            parent = os.path.dirname(tokenizer_dir)
+            others = ", ".join(sorted(os.listdir(parent))) if os.path.isdir(parent) else ""
+            raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: run `uv run prepare.py` first"
+                                    + (f" (the others stay as they are: {others})" if others else ""))
         n = VOCAB_SIZE - len(SPECIAL_TOKENS)
         try:  # a line cut short, not base64 or not a number: ValueError
             with open(rank_file) as f:
@@ -413,8 +363,8 @@ class Tokenizer:
             m = len(ranks)  # whole and consistent, but of another size: say so, it is not damaged
             if m != n and sorted(ranks.values()) == list(range(m)) and meta.get("special_tokens") == {
                     name: m + i for i, name in enumerate(SPECIAL_TOKENS)}:
-                raise TokenizerError(dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
-                                          f"not VOCAB_SIZE = {VOCAB_SIZE}")
+                raise TokenizerError(tokenizer_dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
+                                                    f"not VOCAB_SIZE = {VOCAB_SIZE}")
             if sorted(ranks.values()) != list(range(n)):
                 raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
             if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
@@ -442,24 +392,15 @@ class Tokenizer:
         return self.enc.decode(ids)
 
 def get_token_bytes(device="cpu"):  # the original's helper
-    return Tokenizer.from_directory(TOKENIZER_DIR).token_bytes.to(device)
+    return Tokenizer.from_directory().token_bytes.to(device)
 
-# What one run's calls share: the progress throttle, the checkpoint, the memory seen at start, what the
-# loaders served (the run record keeps it)
-_run = dict(last_print=0.0, checkpoint=None, memory=None)
+# ---------------------------------------------------------------------------
+# Runtime: the data loader
 
 def _default_device():
-    mps = torch.backends.mps.is_available()
-    return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-
-def _document_batches(split, batch_docs=128):
-    """Endless (texts, epoch): documents of the split in file, row-group and row order, in lists of <= 128."""
-    parts, epoch = split_parts(split), 1
-    while True:
-        for texts in _split_texts(parts):
-            for i in range(0, len(texts), batch_docs):
-                yield texts[i:i + batch_docs], epoch
-        epoch += 1
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
     """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
@@ -469,7 +410,14 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
 
-    docs = _document_batches(split)
+    def document_batches(row_ranges, epoch=1):  # endless: file, row-group and row order, <= 128 at a time
+        while True:
+            for texts in _split_texts(row_ranges):
+                for i in range(0, len(texts), 128):
+                    yield texts[i:i + 128], epoch
+            epoch += 1
+
+    docs = document_batches(split_row_ranges(split))
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
     pending = collections.deque()  # tokenization runs ahead, in order
@@ -524,9 +472,9 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     background thread. close() stops and joins the loader's threads."""
     assert split in ("train", "val"), split
     # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
-    parts = split_parts(split) + (split_parts("val") if split == "train" else [])
+    row_ranges = split_row_ranges(split) + (split_row_ranges("val") if split == "train" else [])
     try:
-        for path, _, end in parts:
+        for path, _, end in row_ranges:
             check_shard(path, end or 0)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
@@ -565,6 +513,9 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
         free.put((None, None))
         thread.join(timeout=30)  # it stops at its next batch: well under a second (30: a generous bound)
 
+# ---------------------------------------------------------------------------
+# Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
+
 # What the training loader served, and validation batches read through make_dataloader (outside the
 # evaluation, which reads its own): written by the loader, read by the run record
 _served = dict(train_times=[], train_tokens=0, val_outside=0)
@@ -572,13 +523,13 @@ CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much 
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
 def _fingerprint(model):
-    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that trains
-    on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
+    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that
+    trains on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
     if not isinstance(model, torch.nn.Module):
         return None
-    acc = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
-    sums = [torch.stack((t.to(acc).sum(), t.to(acc).square().sum())) for t in (*model.parameters(),
-                                                                                  *model.buffers())]
+    sum_dtype = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
+    sums = [torch.stack((t.to(sum_dtype).sum(), t.to(sum_dtype).square().sum()))
+            for t in (*model.parameters(), *model.buffers())]
     return torch.stack(sums).cpu() if sums else torch.zeros(0)
 
 def _losses(logits, targets):
@@ -589,10 +540,9 @@ def _losses(logits, targets):
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
 def _causality_probe(model, x):
-    """The largest change of a logit at a position <= t_b when the tokens after t_b change (row b; t_b drawn at
-    random, the new tokens real text from other rows at a random offset). Run before the batch itself is
-    scored, so the model cannot answer the changed batch from the real one. A causal model's logits do not
-    move. Returns (probe, logits of x)."""
+    """(probe, logits of x): the largest change of a logit at a position <= t_b when the tokens after t_b
+    change (row b; t_b random, the new tokens another row's text at a random offset). A causal model's logits
+    do not move. Run before x is scored, so the model cannot answer the changed batch from the real one."""
     B, T = x.shape
     gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
@@ -609,12 +559,12 @@ def _causality_probe(model, x):
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens scored, causality probe) of `model` (idx -> logits) on a split, computed here:
+    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, computed here:
     the cross entropy of its logits, the targets' byte counts from `tokenizer`; one batch, drawn at random,
     is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
-    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     probe_at, probe = secrets.randbelow(steps), None
     loader = _loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)
@@ -633,25 +583,26 @@ def score(model, tokenizer, batch_size, split="val"):
                 raise ValueError(f"model(x) returned {shape} for x of {tuple(x.shape)}: the evaluation "
                                  f"needs logits (B, T, >= {len(token_bytes)}) from model(x) without targets")
             nbytes = token_bytes[y.flatten()]
-            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(acc)
+            total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(sum_dtype)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
     finally:
         loader.close()
-    return float(total_nats) / (LN2 * float(total_bytes)), steps * batch_size * MAX_SEQ_LEN, probe
+    total_bytes = int(total_bytes)
+    return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the pinned validation data: vocabulary-independent, comparable across tokenizers.
     The model only gives logits (model(x), no targets); the loss, the byte counts and the batches are made
     here, with the tokenizer read afresh from disk (`tokenizer` is taken for the original's signature). A
     model that sees the future, or whose weights change while it is scored, is rejected. Each evaluation
-    appends a run record to ledger.jsonl."""
-    own = Tokenizer.from_directory(TOKENIZER_DIR)
+    hands a run record to audit.py (ledger.jsonl)."""
+    own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
-        val_bpb, tokens, probe = score(model, own, batch_size)
+        val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
-        if _run["checkpoint"]:  # a crash here loses no training
-            print(f"\nevaluation failed; the trained weights are saved at {_run['checkpoint']}")
+        if _saved_checkpoint:  # a crash here loses no training
+            print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         raise
     after = _fingerprint(model)
     rejected = None
@@ -659,48 +610,72 @@ def evaluate_bpb(model, tokenizer, batch_size):
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
     elif before is not None and not torch.equal(before, after):
-        rejected = "the model's weights or buffers changed while it was scored (it learned from the evaluation)"
-    enc = own.enc
-    _record(val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens, causal_probe=probe,
-            dataset=DATASET, val_path=split_parts("val")[0][0], prepare_path=os.path.abspath(__file__),
-            tokenizer_bytes=[enc.decode_single_token_bytes(i) for i in range(enc.n_vocab)],
+        rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
+                    "evaluation)")
+    try:
+        import audit
+    except ImportError:  # a prepare.py copied without audit.py: the score still prints
+        audit = None
+        print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
+    if audit:
+        audit.append_run_record(dict(
+            val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
+            bytes_evaluated=nbytes, causal_probe=probe, dataset=DATASET,
+            val_path=split_row_ranges("val")[0][0], prepare_path=os.path.abspath(__file__),
+            tokenizer_bytes=[own_tokenizer.enc.decode_single_token_bytes(i)
+                             for i in range(own_tokenizer.get_vocab_size())],
             train_times=_served["train_times"], train_tokens=_served["train_tokens"],
-            val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1))
+            val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
-    if os.environ.get("AUTORESEARCH_EXPORT"):  # audit.py --confirm scores the model in a clean process
-        import audit
-        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), os.environ["AUTORESEARCH_EXPORT"])
+    export = os.environ.get("AUTORESEARCH_EXPORT")
+    if audit and export:  # audit.py --confirm scores the model in a clean process
+        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)
     return val_bpb
 
 # ---------------------------------------------------------------------------
-# Run harness: the checks and reports train.py calls, one line each. A train.py that calls none of them (one
-# written for the original) still runs, without them.
+# Harness: the checks and reports train.py calls. They take plain numbers, never train.py's model, so that no
+# edit of the model can make this frozen code raise; a number left out (None) skips its check, in one line. A
+# train.py that calls none of them (one written for the original) runs without them.
 
-# Dense bf16 tensor throughput (FLOP/s) by device-name substring, most specific first: MFU's denominator
+# Dense bf16 peak FLOP/s by device-name substring, most specific first: MFU's denominator
 GPU_BF16_PEAK_FLOPS = [
     ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
     ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
     ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
     ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
 ]
-# Peak bytes of a training step ~ fixed + 16 per parameter (fp32 weights, grads, two optimizer buffers)
-# + tokens per micro step * (a * depth * width + b * vocab), fitted to this model's measured peaks (all
-# within 6 %). cuda (bf16, compiled; H100, torch 2.11; vocab 8192; batch x 2048 tokens): depth 8 at
-# 32/64/128: 12.3/24.0/47.2 GB; depth 4 at 64: 7.7 GB; depth 12 at 32: 26.5 GB. cpu (fp32, eager; peak RSS;
-# 2 cores, torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; depth 4 at 4, 16 x 512: 1.4, 2.9 GB (0.6 GB
-# Python, torch). MPS: as cpu.
+# A step's peak bytes ~ fixed + 16 a parameter (fp32 weights, grads, two optimizer buffers) + tokens a micro
+# step * (a * depth * width + b * vocab), fitted to measured peaks (within 6 %). cuda (bf16, compiled, H100,
+# torch 2.11, batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/47.2 GB; 4 at 64: 7.7; 12 at 32: 26.5.
+# cpu (fp32, peak RSS, measured under torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512:
+# 1.4, 2.9 GB. MPS: as cpu.
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
-CPU_EFFICIENCY = 0.5        # share of its 1024^2 matmul rate a CPU reaches on this model (0.45 to 0.8)
-MAX_UNTIMED_SECONDS = 600   # refuse if warm-up plus evaluation alone take longer (the agent's 10 minutes)
+MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
+# The whole run: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (forwards: a third of a
+# step's FLOPs a token) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
+# matmuls: on 2 cores shared with other jobs (load 3-4) steps ran at 0.07-0.21 of that rate, evaluation at
+# 0.09-0.57; at 0.2 a run that passes fits such load (idle, README's recipe reached about 0.8).
+CPU_EFFICIENCY = 0.2
+GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
+STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
+RUN_LIMIT_SECONDS = 600     # program.md runs train.py under `timeout 600`: a longer run is killed, a failure
 PROGRESS_EVERY = 10         # seconds between progress lines when stdout is a file (run.log), not a terminal
 CHECKPOINT = os.path.join("checkpoints", "model.pt")
+DEVICE_NOTES = {"mps": "no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Metal's memory",
+                "cpu": "no CUDA or MPS GPU: very slow; peak_vram_mb: peak resident memory"}
 SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
-                         "human, MAX_SEQ_LEN and EVAL_TOKENS in prepare.py): see README, 'Tuning for small "
-                         "computers'.")
+                         "human, MAX_SEQ_LEN, EVAL_TOKENS and TIME_BUDGET in prepare.py): see README, "
+                         "'Tuning for small computers'.")
+# State, each written by one function: the memory free at preflight (out_of_memory's advice reads it), when
+# print_progress last wrote to a file, where save_checkpoint saved the weights (a failed evaluation names it)
+_memory_at_start, _last_progress_print, _saved_checkpoint = None, 0.0, None
 
 def gpu_peak_flops(name):
     return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
+
+# ---------------------------------------------------------------------------
+# Harness: before training (the device, the settings, the pre-flight estimates)
 
 def setup_device(seed):
     """Seeds, matmul precision and the device's start-up line: (device, autocast, synchronize, bf16 peak
@@ -708,33 +683,31 @@ def setup_device(seed):
     torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
     device, peak = _default_device(), None
+    line = f"device: {device.type} ({DEVICE_NOTES.get(device.type)})"
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name()
-        peak = gpu_peak_flops(name)
-        print(f"device: cuda ({name})" + ("" if peak else "; its bf16 peak is not in GPU_BF16_PEAK_FLOPS "
-                                                         "(prepare.py), so MFU reads n/a"))
-    else:
-        print("device: mps (no CUDA GPU: no FA3, no torch.compile; MFU reads 0, peak_vram_mb: Metal's memory)"
-              if device.type == "mps" else
-              "device: cpu (no CUDA or MPS GPU: very slow; MFU reads 0, peak_vram_mb: peak resident memory)")
+        line, peak = f"device: cuda ({name})", gpu_peak_flops(name)
+    if not peak:  # the summary's format is fixed (a number with two decimals): there 0.00 stands for n/a
+        line += ("; no bf16 peak in GPU_BF16_PEAK_FLOPS (prepare.py) for it, so MFU reads n/a in the "
+                 "progress lines and 0.00 in the summary")
+    print(line)
     sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
     autocast = (contextlib.nullcontext() if device.type == "cpu"
                 else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
     return device, autocast, sync, peak
 
 def check_batch(total_batch_size, device_batch_size):
-    """The gradient-accumulation steps, or an exit saying which setting to change."""
+    """The gradient-accumulation steps, or a one-line exit saying which setting to change."""
     if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
         sys.exit(f"DEVICE_BATCH_SIZE ({device_batch_size}) and TOTAL_BATCH_SIZE ({total_batch_size}) must be "
                  "positive integers (write 2**12 or 4096, not 4096.0).")
     per_micro_step = device_batch_size * MAX_SEQ_LEN
     if total_batch_size % per_micro_step:
-        print(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * "
-              f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
-              "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
-        sys.exit(1)
+        sys.exit(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * "
+                 f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
+                 "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
     return total_batch_size // per_micro_step
 
 def or_exit(fn, *args):
@@ -744,131 +717,164 @@ def or_exit(fn, *args):
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
 
-def _step_memory(c, num_params, batch_size, device_type):
-    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
-    per_token = a * c.n_layer * c.n_embd + b * c.vocab_size
-    return fixed + 16 * num_params + batch_size * c.sequence_len * per_token
+def _positive(**numbers):
+    """Those of `numbers` that are positive ints or floats; None or anything else counts as not given."""
+    return {name: v for name, v in numbers.items() if isinstance(v, (int, float)) and v > 0}
 
-def _fitting_batch_size(c, num_params, device_type, memory, total_batch_size, failed_at=None):
-    """Largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) dividing TOTAL_BATCH_SIZE that needs
-    at most 90 % of `memory` (10 % for the CUDA context, fragmentation; any if unknown), or None."""
-    fixed = _step_memory(c, num_params, 0, device_type)
-    per_sequence = _step_memory(c, num_params, 1, device_type) - fixed
-    if failed_at and memory:  # it needed more than `memory`: trust the larger of that and the estimate
+def _step_memory(size, batch_size, device_type):
+    """STEP_MEMORY's estimate (bytes) for a model of `size` (MEMORY_NEEDS) at batch_size sequences."""
+    fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
+    per_token = a * size["depth"] * size["width"] + b * size["vocab_size"]
+    return fixed + 16 * size["num_params"] + batch_size * size["sequence_len"] * per_token
+
+def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=None):
+    """The largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) that divides the batch and needs
+    at most 90 % of `memory` (10 %: the CUDA context, fragmentation; any size if memory is None), or None."""
+    seq = size.get("sequence_len", MAX_SEQ_LEN)
+    sizes = [b for b in range(1, failed_at or total_batch_size // seq + 1)
+             if total_batch_size % (b * seq) == 0]
+    if not memory:
+        return max(sizes, default=None)
+    fixed = _step_memory(size, 0, device_type)
+    per_sequence = _step_memory(size, 1, device_type) - fixed
+    if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
         per_sequence = max(per_sequence, (memory - fixed) / failed_at)
-    sizes = range(1, (failed_at or total_batch_size // c.sequence_len + 1))
-    return max((b for b in sizes if total_batch_size % (b * c.sequence_len) == 0
-                and (not memory or fixed + b * per_sequence <= 0.9 * memory)), default=None)
+    return max((b for b in sizes if fixed + b * per_sequence <= 0.9 * memory), default=None)
 
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
+    if device_type != "cpu":
+        return torch.cuda.mem_get_info()[0] if device_type == "cuda" else torch.mps.recommended_max_memory()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as f:  # Linux only
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    return None
+
+def _flop_rate(device_type):
+    """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
     if device_type == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    if device_type == "mps":
-        return torch.mps.recommended_max_memory()
-    try:
-        with open("/proc/meminfo") as f:  # Linux
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return None
+        peak = gpu_peak_flops(torch.cuda.get_device_name())
+        return peak * GPU_EFFICIENCY if peak else None
+    m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - t0 < 0.3:  # perf_counter: a test's fake time.time cannot skew it
+        (m @ m).sum().item()
+        n += 1
+    return CPU_EFFICIENCY * n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
 
-def _untimed_seconds(flops_per_token, batch_size, total_batch_size, rate):
-    """Seconds of the 11 warm-up steps and of the evaluation (a forward: a third of the FLOPs), off CUDA."""
+def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate):
+    """The whole run's seconds by part; training is the budget plus the step that crosses it."""
+    step = total_batch_size * flops_per_token / rate
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
-    per_token = flops_per_token / (CPU_EFFICIENCY * rate)
-    return 11 * total_batch_size * per_token, eval_tokens / 3 * per_token
+    return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
+            "evaluation": eval_tokens * flops_per_token / 3 / rate}
 
-def preflight(model, tokenizer, batch_size, total_batch_size):
-    """Before the heavy work (model on the meta device): a row for every token? memory? warm-up and evaluation
-    in time off CUDA? room for the checkpoint? Stops on a CPU or MPS (else swapping or an OOM kill); on a GPU
-    a warning (an edited model may need less)."""
-    c, device_type, vocab = model.config, _default_device().type, tokenizer.get_vocab_size()
-    num_params = sum(p.numel() for p in model.parameters())
-    rows = min([m.num_embeddings for name, m in model.named_modules() if name.endswith("wte")]
-               + [c.vocab_size])
-    if rows < vocab:  # else token ids past its rows fail deep inside as "index out of range"
-        sys.exit(f"the model has {rows:,} token embeddings but the tokenizer has {vocab:,} tokens: build it "
-                 "with vocab_size=tokenizer.get_vocab_size().")
-    memory = _run["memory"] = _available_memory(device_type)
-    need = _step_memory(c, num_params, batch_size, device_type)
+def _refuse_or_warn(device_type, problem, gpu_advice):
+    """Stop on a CPU or MPS (else swapping, an OOM kill or a run killed at 600 s); warn on a GPU, where an
+    edited model may need less than the estimate."""
+    if device_type != "cuda":
+        sys.exit(f"{problem}:\n{SMALL_COMPUTER_ADVICE}")
+    print(f"warning: {problem}; {gpu_advice}")
+
+def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_per_token=None, depth=None,
+              width=None, vocab_size=None, sequence_len=MAX_SEQ_LEN):
+    """Before the heavy work, from plain numbers of train.py's model: a row for every token? memory for a
+    step? the whole run within program.md's 600 s? room for the checkpoint?"""
+    global _memory_at_start
+    device_type, vocab = _default_device().type, tokenizer.get_vocab_size()
+    size = _positive(num_params=num_params, flops_per_token=flops_per_token, depth=depth, width=width,
+                     vocab_size=vocab_size, sequence_len=sequence_len)
+    needs = {"vocabulary": ("vocab_size",), "memory": MEMORY_NEEDS, "time": ("flops_per_token",),
+             "disk": ("num_params",)}
+    missing = {check: [n for n in names if n not in size] for check, names in needs.items()}
+    skipped = [f"{check} check ({', '.join(names)} not given)" for check, names in missing.items() if names]
+    if skipped:
+        print(f"pre-flight: no {'; no '.join(skipped)}")
+    if not missing["vocabulary"] and vocab_size < vocab:  # else ids past its rows fail deep inside, later
+        sys.exit(f"the model has {vocab_size:,} token embeddings but the tokenizer has {vocab:,} tokens: "
+                 "build it with vocab_size=tokenizer.get_vocab_size().")
+    memory = _memory_at_start = _available_memory(device_type)
+    need = 0 if missing["memory"] else _step_memory(size, batch_size, device_type)
     if memory and need > memory:
-        fit = _fitting_batch_size(c, num_params, device_type, memory, total_batch_size)
-        too_big = (f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {c.n_layer} needs about {need / 1e9:.1f} GB "
-                   f"(estimate), more than the {memory / 1e9:.1f} GB free on this {device_type}")
-        if device_type != "cuda":
-            sys.exit(f"{too_big}:\n{SMALL_COMPUTER_ADVICE}")
-        print(f"warning: {too_big}; if it runs out of memory, "
-              + (f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."))
-    if device_type != "cuda":  # the rate of fp32 1024 x 1024 matmuls here (FLOP/s), measured for 0.3 s
-        m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.time()
-        while time.time() - t0 < 0.3:
-            (m @ m).sum().item()
-            n += 1
-        warmup, evaluation = _untimed_seconds(model.estimate_flops(), batch_size, total_batch_size,
-                                              n * 2 * 1024 ** 3 / (time.time() - t0)) if n else (0, 0)
-        if warmup + evaluation > MAX_UNTIMED_SECONDS:
-            sys.exit(f"On this {device_type} the 11 untimed warm-up steps (11 x TOTAL_BATCH_SIZE = "
-                     f"{11 * total_batch_size:,} tokens: {warmup / 60:.0f} min) and the evaluation "
-                     f"(EVAL_TOKENS = {EVAL_TOKENS:,}: {evaluation / 60:.0f} min) would take about "
-                     f"{(warmup + evaluation) / 60:.0f} min:\n{SMALL_COMPUTER_ADVICE}")
+        fit = _fitting_batch_size(size, device_type, memory, total_batch_size)
+        advice = f"set DEVICE_BATCH_SIZE = {fit} in train.py." if fit else "lower DEPTH in train.py."
+        _refuse_or_warn(device_type, f"DEVICE_BATCH_SIZE = {batch_size} at DEPTH = {depth} needs about "
+                        f"{need / 1e9:.1f} GB (estimate), more than the {memory / 1e9:.1f} GB free on this "
+                        f"{device_type}", f"if it runs out of memory, {advice}")
+    rate = None if missing["time"] else _flop_rate(device_type)
+    if rate:
+        seconds = _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate)
+        parts, total = ", ".join(f"{part} {s:.0f} s" for part, s in seconds.items()), sum(seconds.values())
+        print(f"pre-flight: the whole run should take about {total / 60:.1f} min ({parts})")
+        lever = "TOTAL_BATCH_SIZE or DEPTH in train.py (the warm-up)"
+        if seconds["evaluation"] > seconds["warm-up"]:
+            lever = "DEPTH in train.py (or, as the human, EVAL_TOKENS in prepare.py: the evaluation)"
+        if total > RUN_LIMIT_SECONDS:
+            _refuse_or_warn(device_type, f"On this {device_type} the whole run would take about "
+                            f"{total / 60:.0f} min ({parts}), over the {RUN_LIMIT_SECONDS} s program.md "
+                            f"allows it: lower {lever}", "program.md's `timeout 600` would kill it.")
+    elif not missing["time"]:
+        print("pre-flight: no time check (this GPU's bf16 peak is not in GPU_BF16_PEAK_FLOPS)")
     folder = os.path.dirname(os.path.abspath(CHECKPOINT))
     free = shutil.disk_usage(folder if os.path.isdir(folder) else ".").free
-    if free < 4 * num_params:  # fp32 weights: a checkpoint that cannot be written fails at the end of the run
+    if not missing["disk"] and free < 4 * num_params:  # fp32 weights: else the save fails after training
         print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about "
               f"{4 * num_params / 1e6:.0f} MB: the checkpoint will not be saved (the run still trains and "
               "evaluates)")
 
-def out_of_memory(e, model, batch_size, total_batch_size):
-    """Re-raise `e` unless it is out of memory; then say which DEVICE_BATCH_SIZE should fit, and exit."""
-    if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
-        raise e
-    memory, c = _run["memory"], model.config
-    fit = _fitting_batch_size(c, sum(p.numel() for p in model.parameters()), _default_device().type, memory,
-                              total_batch_size, failed_at=batch_size)
-    if memory and not fit:
-        sys.exit(f"\nOut of memory; even DEVICE_BATCH_SIZE = 1 would not fit in {memory / 1e9:.1f} GB: "
-                 "lower DEPTH.")
-    fit = fit or 1
-    print(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}. Lower DEVICE_BATCH_SIZE in train.py, "
-          f"keeping TOTAL_BATCH_SIZE divisible by DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with "
-          f"TOTAL_BATCH_SIZE = {total_batch_size} gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro "
-          "steps per step.")
-    sys.exit(1)
-
 def cache_compiled_graphs():
-    """Let AOTAutograd's cache keep train.py's graphs, which it refuses by default: they call sdpa_kernel's
-    helpers and a custom autograd.Function (re-tracing cost ~9.5 s of each warm start, H100). Both are traced
-    into the graph it hashes (the backends, the Function's forward and backward): edits recompile (tested)."""
+    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs ~9.5 s of each warm start, H100),
+    which it refuses by default: they call sdpa_kernel's helpers and a custom autograd.Function. Both are
+    traced into the graph it hashes (the backends, the Function's forward and backward): edits recompile."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
     for name in ("_backend_from_string", "_sdpa_kernel"):
         torch._inductor.config.unsafe_marked_cacheable_functions["torch.nn.attention." + name] = "1"
 
+# ---------------------------------------------------------------------------
+# Harness: during and after training (progress, out of memory, the checkpoint, peak memory)
+
 def print_progress(line, step, last):
     """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
     run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, and the last."""
+    global _last_progress_print
     if sys.stdout.isatty():
         print(f"\r{line}    ", end="\n" if last else "", flush=True)
-    elif step <= 10 or last or time.time() - _run["last_print"] >= PROGRESS_EVERY:
+    elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:
         print(line, flush=True)
-        _run["last_print"] = time.time()
+        _last_progress_print = time.time()
+
+def out_of_memory(e, batch_size, total_batch_size, **model_size):
+    """Re-raise `e` unless it is out of memory; then exit with one line naming a DEVICE_BATCH_SIZE that should
+    fit, estimated from the numbers preflight took (`model_size`: the same keywords)."""
+    if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
+        raise e
+    size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
+    memory = _memory_at_start if all(n in size for n in MEMORY_NEEDS) else None  # no size: no estimate
+    fit = _fitting_batch_size(size, _default_device().type, memory, total_batch_size, failed_at=batch_size)
+    advice = ", and no smaller size would fit: lower DEPTH in train.py."
+    if fit:
+        advice = (f". Lower DEVICE_BATCH_SIZE in train.py, keeping TOTAL_BATCH_SIZE divisible by "
+                  f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = {total_batch_size} "
+                  f"gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
+    sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
 
 def save_checkpoint(model, path=CHECKPOINT):
     """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
     in one line, leaves an earlier file whole, and the run goes on to its evaluation."""
+    global _saved_checkpoint
     tmp = path + ".tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)
-        _run["checkpoint"] = os.path.abspath(path)
+        _saved_checkpoint = os.path.abspath(path)
         print(f"saved weights: {path}")
     except (OSError, RuntimeError) as e:  # torch.save: "PytorchStreamWriter failed writing file ..."
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        print(f"could not save the weights to {path} ({' '.join(str(e).split())[:120]})"
-              + ("; the earlier file is kept" if os.path.exists(path) else "") + "; evaluating anyway")
+        kept = "; the earlier file is kept" if os.path.exists(path) else ""
+        reason = " ".join(str(e).split())[:120]
+        print(f"could not save the weights to {path} ({reason}){kept}; evaluating anyway")
 
 def peak_memory_mb():
     """MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory now; on a CPU peak RSS."""
@@ -879,30 +885,17 @@ def peak_memory_mb():
         return torch.mps.driver_allocated_memory() / 2**20
     if sys.platform == "win32":  # native Windows: no getrusage
         return 0.0
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-# ---------------------------------------------------------------------------
-# Run record: every evaluation hands its facts to audit.py (frozen too), which appends the record to
-# ledger.jsonl; audit.py also writes results.tsv's rows from the records and audits them
-
-def _record(**facts):
-    try:
-        import audit
-    except ImportError:  # a prepare.py copied without audit.py: the score still prints
-        print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
-        return
-    audit.append_run_record(facts)
+    import resource  # ru_maxrss: KB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 # ---------------------------------------------------------------------------
 # Main
 
 def move_old_layout():
-    """The original autoresearch (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the
-    shards in data/ and the tokenizer in tokenizer/. Move the shards into the folder of the data set whose
-    validation shard is among them (a rename: nothing is fetched again), never guessing; our old tokenizer
-    into fineweb-edu-8192/. The original's tokenizer is a pickle: it stays where it is, never loaded."""
+    """The original (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the shards in
+    data/ and the tokenizer in tokenizer/. The shards move, by rename, into the folder of the data set whose
+    validation shard is among them, never guessed; our old tokenizer into fineweb-edu-8192/. The original's
+    tokenizer is a pickle: it stays where it is, never loaded."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
@@ -935,25 +928,50 @@ def _move(names, old, new, what):
             if name not in kept:
                 os.replace(os.path.join(old, name), os.path.join(new, name))
     except OSError as e:
-        sys.exit(f"error: {LocalWriteError(os.path.join(old, name), e)}")
+        raise WriteError(os.path.join(old, name), e) from None
     left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
     print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
 
 def main(args=None):
     args = args or parse_args()
     print(f"cache: {CACHE_DIR}")
-    move_old_layout()
+    if args.dataset == "tinystories" and VOCAB_SIZE > 4096:  # the original suggests 4096 down to 256 for it
+        print(f"warning: VOCAB_SIZE = {VOCAB_SIZE} for TinyStories: README's small-computer recipe sets "
+              f"VOCAB_SIZE = 2048 in prepare.py (this run trains a tokenizer of {VOCAB_SIZE}, as set)",
+              file=sys.stderr)
     data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    download_data(args.num_shards, args.download_workers, dataset=args.dataset)
+    then = "fetch the rest"  # what running prepare.py again does after a Ctrl-C
     try:
-        Tokenizer.from_directory(tokenizer_dir)
-        print(f"tokenizer: already trained in {tokenizer_dir}")
-    except FileNotFoundError as e:  # missing, or damaged (TokenizerError)
-        if isinstance(e, TokenizerError):
-            print(f"tokenizer: {e.problem}; training it again")
-        train_tokenizer(data_dir, tokenizer_dir, args.dataset)
-    print("ready: run `uv run train.py`" if args.dataset == DATASET else
-          f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
+        move_old_layout()
+        download_data(args.num_shards, args.download_workers, dataset=args.dataset)
+        shards = len(split_row_ranges("train", data_dir, args.dataset))
+        if "file" not in DATASETS[args.dataset] and shards > args.num_shards:  # fine, but not what was asked
+            print(f"data: training uses all {shards} training shards on disk, not only the {args.num_shards} "
+                  "asked for")
+        then = "train the tokenizer (nothing is downloaded again)"
+        try:
+            Tokenizer.from_directory(tokenizer_dir)
+            print(f"tokenizer: already trained in {tokenizer_dir}")
+        except FileNotFoundError as e:  # missing, or damaged (TokenizerError)
+            if isinstance(e, TokenizerError):
+                print(f"tokenizer: {e.problem}; training it again")
+            train_tokenizer(data_dir, tokenizer_dir, args.dataset)
+    except (RuntimeError, FileNotFoundError) as e:  # one line: what failed and what to do, not a traceback
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+        for name in names:
+            if name.endswith(".tmp"):  # a download cut short
+                with contextlib.suppress(OSError):  # its worker may have removed it meanwhile
+                    os.remove(os.path.join(data_dir, name))
+        sys.stdout.flush()
+        print(f"\ninterrupted: kept the {sum(n.endswith('.parquet') for n in names)} complete files in "
+              f"{data_dir}; run prepare.py again to {then}", file=sys.stderr, flush=True)
+        os._exit(130)  # at once (a stalled read or rustbpe would hold up sys.exit); 130: Ctrl-C
+    if args.dataset == DATASET:
+        print("ready: run `uv run train.py`")
+    else:
+        print(f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
 
 if __name__ == "__main__":
     main(ARGS)

@@ -21,9 +21,227 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 # -----------------------------------------------------------------------------
-# Attention backend: Flash Attention 3 from the kernels hub; else cuDNN's sliding-window attention
-# (nvidia-cudnn-frontend) for the windowed layers; else flex_attention. All keep FA3's window semantics.
-# ATTENTION_BACKEND is the start-up line that says which one runs, and why the faster ones did not.
+# GPT model
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 8192
+    n_layer: int = 8
+    n_head: int = 4
+    n_kv_head: int = 4
+    n_embd: int = 512
+    window_pattern: str = "SSSL"
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+def has_ve(layer_idx, n_layer):
+    """Value embeddings on every other layer, always including the last."""
+    return layer_idx % 2 == (n_layer - 1) % 2
+
+def apply_rotary_emb(x, cos, sin):
+    d = x.size(3) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=3)
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        assert config.n_embd % config.n_head == 0 and config.n_head % config.n_kv_head == 0
+        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.ve_gate_channels = 32
+        self.ve_gate = (nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
+                        if has_ve(layer_idx, config.n_layer) else None)
+
+    def forward(self, x, ve, cos_sin, window):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:  # value embedding mixed in through a per-head gate in (0, 2), 1.0 at init
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
+        # QK norm, then rotary: a rotation keeps each pair's length, so the order changes only the rounding,
+        # and this one's backward is faster (q and k: 1.21 ms instead of 1.86 per layer and micro step, H200)
+        q, k = norm(q), norm(k)
+        q, k = apply_rotary_emb(q, *cos_sin), apply_rotary_emb(k, *cos_sin)
+        y = attention(q, k, v, window)  # the back-end chosen in the section after the model
+        return self.c_proj(y.contiguous().view(B, T, -1))
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, ve, cos_sin, window):
+        x = x + self.attn(norm(x), ve, cos_sin, window)
+        return x + self.mlp(norm(x))
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        pattern = config.window_pattern.upper()
+        assert pattern and set(pattern) <= {"S", "L"}, f"bad window pattern {config.window_pattern!r}"
+        long_window, short_window = config.sequence_len, config.sequence_len // 2
+        self.window_sizes = [long_window if pattern[i % len(pattern)] == "L" else short_window
+                             for i in range(config.n_layer)]
+        self.window_sizes[-1] = long_window  # the last layer always sees the full context
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        kv_dim = config.n_kv_head * (config.n_embd // config.n_head)
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, kv_dim)
+                                           for i in range(config.n_layer) if has_ve(i, config.n_layer)})
+        cos, sin = self._precompute_rotary_embeddings()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _precompute_rotary_embeddings(self, device=None, base=10000):
+        seq_len, head_dim = self.config.sequence_len, self.config.n_embd // self.config.n_head
+        channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (base ** (channels / head_dim))
+        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+        return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialise after materialising from the meta device (main() builds the model there)."""
+        c = self.config
+        bound = (3 / c.n_embd) ** 0.5  # uniform with the std of normal(0, 1/sqrt(width))
+        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        for block in self.transformer.h:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)  # gate = 2 * sigmoid(0) = 1
+        for ve in self.value_embeds.values():
+            nn.init.uniform_(ve.weight, -bound, bound)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        device = self.transformer.wte.weight.device
+        self.cos, self.sin = self._precompute_rotary_embeddings(device)
+        if device.type == "cuda":  # embeddings in bf16: half the memory traffic of the big lookups
+            for emb in (self.transformer.wte, *self.value_embeds.values()):
+                emb.to(dtype=torch.bfloat16)
+        if fa3 is None and cudnn_attention is None:  # build the window masks now, outside torch.compile
+            for w in set(self.window_sizes):
+                if w < c.sequence_len - 1:
+                    window_mask(w, c.sequence_len, device, device.type == "cuda")
+
+    def estimate_flops(self):
+        """Training FLOPs per token: 6 per matmul weight (not the lookups, not the scalars) plus attention's
+        12 * heads * head_dim * context."""
+        c, counts = self.config, self.num_scaling_params()
+        h, q, t = c.n_head, c.n_embd // c.n_head, c.sequence_len
+        attn_flops = sum(12 * h * q * min(w, t) for w in self.window_sizes)
+        return 6 * (counts["lm_head"] + counts["transformer_matrices"]) + attn_flops
+
+    def num_scaling_params(self):
+        counts = dict(
+            wte=self.transformer.wte.weight.numel(),
+            value_embeds=sum(p.numel() for p in self.value_embeds.parameters()),
+            lm_head=self.lm_head.weight.numel(),
+            transformer_matrices=sum(p.numel() for p in self.transformer.h.parameters()),
+            scalars=self.resid_lambdas.numel() + self.x0_lambdas.numel(),
+        )
+        counts["total"] = sum(counts.values())
+        assert counts["total"] == sum(p.numel() for p in self.parameters())
+        return counts
+
+    def setup_optimizer(self, unembedding_lr, embedding_lr, matrix_lr, weight_decay, adam_betas, scalar_lr):
+        s = (self.config.n_embd / 768) ** -0.5  # AdamW learning rates were tuned at width 768
+        matrix_params = list(self.transformer.h.parameters())
+        adamw = dict(kind="adamw", betas=adam_betas, eps=1e-10, weight_decay=0.0)
+        param_groups = [
+            dict(adamw, params=list(self.lm_head.parameters()), lr=unembedding_lr * s),
+            dict(adamw, params=list(self.transformer.wte.parameters()), lr=embedding_lr * s),
+            dict(adamw, params=list(self.value_embeds.parameters()), lr=embedding_lr * s),
+            dict(adamw, params=[self.resid_lambdas], lr=scalar_lr * 0.01),
+            dict(adamw, params=[self.x0_lambdas], lr=scalar_lr, betas=(0.96, 0.95)),
+        ]
+        for shape in sorted({p.shape for p in matrix_params}):
+            param_groups.append(dict(kind="muon", params=[p for p in matrix_params if p.shape == shape],
+                                     lr=matrix_lr, momentum=0.95, ns_steps=5, beta2=0.95,
+                                     weight_decay=weight_decay))
+        assert sum(len(g["params"]) for g in param_groups) == len(list(self.parameters()))
+        optimizer = MuonAdamW([g for g in param_groups if g["params"]])
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        return optimizer
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        B, T = idx.size()
+        assert T <= self.cos.size(1), f"sequence length {T} > the rotary tables' {self.cos.size(1)}"
+        cos_sin = self.cos[:, :T], self.sin[:, :T]
+        x = norm(self.transformer.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos_sin, self.window_sizes[i])
+        x = norm(x)
+        softcap = 15
+        logits = self.lm_head(x)
+        if targets is None:
+            return softcap * torch.tanh(logits.float() / softcap)
+        losses = SoftcapCrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.view(-1), softcap)
+        if reduction == "none":
+            return losses
+        return losses.sum() / ((targets != -1).sum() if reduction == "mean" else 1)
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    """Per-token cross entropy (0 where the target is -1) of softcap * tanh(logits / softcap), in fp32: the
+    same math as F.cross_entropy on the capped logits, but it keeps only the bf16 logits and each row's
+    log-sum-exp and recomputes the rest in backward, instead of writing and reading back fp32 logits: its
+    kernels take 11.8 ms a step instead of autograd's 22.5 (H100, profiled)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, softcap):
+        assert softcap <= 80, "the log-sum-exp below needs vocab_size * exp(softcap) to fit in fp32"
+        capped = softcap * torch.tanh(logits.float() / softcap)
+        lse = capped.exp().sum(dim=-1).log()  # |capped| <= softcap: no max to subtract, so a single pass
+        valid = targets != -1
+        picked = capped.gather(1, torch.where(valid, targets, 0)[:, None])[:, 0]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.softcap = softcap
+        return torch.where(valid, lse - picked, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        t = torch.tanh(logits.float() / ctx.softcap)
+        onehot = torch.arange(logits.size(-1), device=logits.device) == targets[:, None]
+        grad = torch.where(targets != -1, grad, 0.0)[:, None]
+        dlogits = (torch.exp(ctx.softcap * t - lse[:, None]) - onehot.float()) * grad * (1 - t * t)
+        return dlogits.to(logits.dtype), None, None
+
+# -----------------------------------------------------------------------------
+# Attention back-end, for the model's attention(): FA3 from the kernels hub; else cuDNN's sliding window
+# (nvidia-cudnn-frontend), else flex_attention, for the windowed layers; all with FA3's window semantics.
 
 # Tried in order: kernels-community/flash-attn3 has builds for torch 2.11 (v1: stable-ABI builds for any torch
 # >= 2.9; main: one per torch version); varunneal's, the original's pick for Hopper, showed none for 2.11.
@@ -134,225 +352,6 @@ fa3, cudnn_attention, ATTENTION_BACKEND = (
     pick_attention(torch.device("cuda")) if torch.cuda.is_available() else
     (None, None, "attention: PyTorch SDPA (no CUDA, so no FA3; causal for full layers, boolean mask for "
                  "windowed layers)"))
-
-# -----------------------------------------------------------------------------
-# GPT model
-
-@dataclass
-class GPTConfig:
-    sequence_len: int = 2048
-    vocab_size: int = 8192
-    n_layer: int = 8
-    n_head: int = 4
-    n_kv_head: int = 4
-    n_embd: int = 512
-    window_pattern: str = "SSSL"
-
-def norm(x):
-    return F.rms_norm(x, (x.size(-1),))
-
-def has_ve(layer_idx, n_layer):
-    """Value embeddings on every other layer, always including the last."""
-    return layer_idx % 2 == (n_layer - 1) % 2
-
-def apply_rotary_emb(x, cos, sin):
-    d = x.size(3) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=3)
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
-        self.head_dim = config.n_embd // config.n_head
-        assert config.n_embd % config.n_head == 0 and config.n_head % config.n_kv_head == 0
-        self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
-        self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
-        self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.ve_gate_channels = 32
-        self.ve_gate = (nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
-                        if has_ve(layer_idx, config.n_layer) else None)
-
-    def forward(self, x, ve, cos_sin, window):
-        B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        if ve is not None:  # value embedding mixed in through a per-head gate in (0, 2), 1.0 at init
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
-        # QK norm, then rotary: a rotation keeps each pair's length, so the order changes only the rounding,
-        # and this one's backward is faster (q and k: 1.21 ms instead of 1.86 per layer and micro step, H200)
-        q, k = norm(q), norm(k)
-        q, k = apply_rotary_emb(q, *cos_sin), apply_rotary_emb(k, *cos_sin)
-        y = attention(q, k, v, window)
-        return self.c_proj(y.contiguous().view(B, T, -1))
-
-class MLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
-
-    def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
-
-class Block(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        self.attn = CausalSelfAttention(config, layer_idx)
-        self.mlp = MLP(config)
-
-    def forward(self, x, ve, cos_sin, window):
-        x = x + self.attn(norm(x), ve, cos_sin, window)
-        return x + self.mlp(norm(x))
-
-class GPT(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        pattern = config.window_pattern.upper()
-        assert pattern and set(pattern) <= {"S", "L"}, f"bad window pattern {config.window_pattern!r}"
-        long_window, short_window = config.sequence_len, config.sequence_len // 2
-        self.window_sizes = [long_window if pattern[i % len(pattern)] == "L" else short_window
-                             for i in range(config.n_layer)]
-        self.window_sizes[-1] = long_window  # the last layer always sees the full context
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-        ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
-        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
-        kv_dim = config.n_kv_head * (config.n_embd // config.n_head)
-        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, kv_dim)
-                                           for i in range(config.n_layer) if has_ve(i, config.n_layer)})
-        cos, sin = self._precompute_rotary_embeddings()
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def _precompute_rotary_embeddings(self, device=None, base=10000):
-        seq_len, head_dim = self.config.sequence_len, self.config.n_embd // self.config.n_head
-        channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
-        inv_freq = 1.0 / (base ** (channels / head_dim))
-        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-        return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
-
-    @torch.no_grad()
-    def init_weights(self):
-        """Initialise after materialising from the meta device (see the build in the setup section)."""
-        c = self.config
-        bound = (3 / c.n_embd) ** 0.5  # uniform with the std of normal(0, 1/sqrt(width))
-        nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
-        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
-        for block in self.transformer.h:
-            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
-                nn.init.uniform_(lin.weight, -bound, bound)
-            nn.init.zeros_(block.attn.c_proj.weight)
-            nn.init.zeros_(block.mlp.c_proj.weight)
-            if block.attn.ve_gate is not None:
-                nn.init.zeros_(block.attn.ve_gate.weight)  # gate = 2 * sigmoid(0) = 1
-        for ve in self.value_embeds.values():
-            nn.init.uniform_(ve.weight, -bound, bound)
-        self.resid_lambdas.fill_(1.0)
-        self.x0_lambdas.fill_(0.1)
-        device = self.transformer.wte.weight.device
-        self.cos, self.sin = self._precompute_rotary_embeddings(device)
-        if device.type == "cuda":  # embeddings in bf16: half the memory traffic of the big lookups
-            for emb in (self.transformer.wte, *self.value_embeds.values()):
-                emb.to(dtype=torch.bfloat16)
-        if fa3 is None and cudnn_attention is None:  # build the window masks now, outside torch.compile
-            for w in set(self.window_sizes):
-                if w < c.sequence_len - 1:
-                    window_mask(w, c.sequence_len, device, device.type == "cuda")
-
-    def estimate_flops(self):
-        """Training FLOPs per token: 6 per matmul weight (not the lookups, not the scalars) plus attention's
-        12 * heads * head_dim * context."""
-        c, counts = self.config, self.num_scaling_params()
-        h, q, t = c.n_head, c.n_embd // c.n_head, c.sequence_len
-        attn_flops = sum(12 * h * q * min(w, t) for w in self.window_sizes)
-        return 6 * (counts["lm_head"] + counts["transformer_matrices"]) + attn_flops
-
-    def num_scaling_params(self):
-        counts = dict(
-            wte=self.transformer.wte.weight.numel(),
-            value_embeds=sum(p.numel() for p in self.value_embeds.parameters()),
-            lm_head=self.lm_head.weight.numel(),
-            transformer_matrices=sum(p.numel() for p in self.transformer.h.parameters()),
-            scalars=self.resid_lambdas.numel() + self.x0_lambdas.numel(),
-        )
-        counts["total"] = sum(counts.values())
-        assert counts["total"] == sum(p.numel() for p in self.parameters())
-        return counts
-
-    def setup_optimizer(self, unembedding_lr, embedding_lr, matrix_lr, weight_decay, adam_betas, scalar_lr):
-        s = (self.config.n_embd / 768) ** -0.5  # AdamW learning rates were tuned at width 768
-        matrix_params = list(self.transformer.h.parameters())
-        adamw = dict(kind="adamw", betas=adam_betas, eps=1e-10, weight_decay=0.0)
-        param_groups = [
-            dict(adamw, params=list(self.lm_head.parameters()), lr=unembedding_lr * s),
-            dict(adamw, params=list(self.transformer.wte.parameters()), lr=embedding_lr * s),
-            dict(adamw, params=list(self.value_embeds.parameters()), lr=embedding_lr * s),
-            dict(adamw, params=[self.resid_lambdas], lr=scalar_lr * 0.01),
-            dict(adamw, params=[self.x0_lambdas], lr=scalar_lr, betas=(0.96, 0.95)),
-        ]
-        for shape in sorted({p.shape for p in matrix_params}):
-            param_groups.append(dict(kind="muon", params=[p for p in matrix_params if p.shape == shape],
-                                     lr=matrix_lr, momentum=0.95, ns_steps=5, beta2=0.95,
-                                     weight_decay=weight_decay))
-        assert sum(len(g["params"]) for g in param_groups) == len(list(self.parameters()))
-        optimizer = MuonAdamW([g for g in param_groups if g["params"]])
-        for group in optimizer.param_groups:
-            group["initial_lr"] = group["lr"]
-        return optimizer
-
-    def forward(self, idx, targets=None, reduction="mean"):
-        B, T = idx.size()
-        assert T <= self.cos.size(1), f"sequence length {T} > the rotary tables' {self.cos.size(1)}"
-        cos_sin = self.cos[:, :T], self.sin[:, :T]
-        x = norm(self.transformer.wte(idx))
-        x0 = x
-        for i, block in enumerate(self.transformer.h):
-            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos_sin, self.window_sizes[i])
-        x = norm(x)
-        softcap = 15
-        logits = self.lm_head(x)
-        if targets is None:
-            return softcap * torch.tanh(logits.float() / softcap)
-        losses = SoftcapCrossEntropy.apply(logits.view(-1, logits.size(-1)), targets.view(-1), softcap)
-        if reduction == "none":
-            return losses
-        return losses.sum() / ((targets != -1).sum() if reduction == "mean" else 1)
-
-class SoftcapCrossEntropy(torch.autograd.Function):
-    """Per-token cross entropy (0 where the target is -1) of softcap * tanh(logits / softcap), in fp32: the
-    same math as F.cross_entropy on the capped logits, but it keeps only the bf16 logits and each row's
-    log-sum-exp and recomputes the rest in backward, instead of writing and reading back fp32 logits: its
-    kernels take 11.8 ms a step instead of autograd's 22.5 (H100, profiled). Without it: F.cross_entropy."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, softcap):
-        assert softcap <= 80, "the log-sum-exp below needs vocab_size * exp(softcap) to fit in fp32"
-        capped = softcap * torch.tanh(logits.float() / softcap)
-        lse = capped.exp().sum(dim=-1).log()  # |capped| <= softcap: no max to subtract, so a single pass
-        valid = targets != -1
-        picked = capped.gather(1, torch.where(valid, targets, 0)[:, None])[:, 0]
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.softcap = softcap
-        return torch.where(valid, lse - picked, 0.0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, targets, lse = ctx.saved_tensors
-        t = torch.tanh(logits.float() / ctx.softcap)
-        onehot = torch.arange(logits.size(-1), device=logits.device) == targets[:, None]
-        grad = torch.where(targets != -1, grad, 0.0)[:, None]
-        dlogits = (torch.exp(ctx.softcap * t - lse[:, None]) - onehot.float()) * grad * (1 - t * t)
-        return dlogits.to(logits.dtype), None, None
 
 # -----------------------------------------------------------------------------
 # Optimizer: AdamW for embeddings, head and scalars; Muon (NorMuon variant) for the block matrices
@@ -523,6 +522,8 @@ def main():
     device, autocast_ctx, sync, peak_flops = setup_device(SEED)
     use_cuda = device.type == "cuda"
     print(ATTENTION_BACKEND)
+    if DEPTH < 1:  # no layers: GPT would fail deep inside, with an IndexError
+        sys.exit(f"DEPTH = {DEPTH} in train.py: DEPTH must be at least 1 (a layer).")
     grad_accum_steps = check_batch(TOTAL_BATCH_SIZE, DEVICE_BATCH_SIZE)
     tokenizer = or_exit(Tokenizer.from_directory)
     vocab_size = tokenizer.get_vocab_size()
@@ -534,7 +535,11 @@ def main():
     print(f"model config: {asdict(config)}")
     with torch.device("meta"):  # no memory or init work until the checks below pass
         model = GPT(config)
-    preflight(model, tokenizer, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)  # memory, time, vocabulary, disk
+    num_params, num_flops_per_token = model.num_scaling_params()["total"], model.estimate_flops()
+    # The model's size in plain numbers: all the harness reads of it (no edit of the model can crash it)
+    model_size = dict(num_params=num_params, flops_per_token=num_flops_per_token, depth=DEPTH,
+                      width=model_dim, vocab_size=config.vocab_size)
+    preflight(tokenizer, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, **model_size)  # vocabulary, memory, time, disk
     # every shard checked now, the validation one included; it packs batches while the model is built
     train_loader = or_exit(make_dataloader, tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
     model.to_empty(device=device)
@@ -542,8 +547,6 @@ def main():
     print("parameter counts:")
     for key, value in model.num_scaling_params().items():
         print(f"  {key:24s}: {value:,}")
-    num_params = model.num_scaling_params()["total"]
-    num_flops_per_token = model.estimate_flops()
     flops_per_step = num_flops_per_token * TOTAL_BATCH_SIZE
     print(f"estimated FLOPs per token: {num_flops_per_token:e}")
     print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {(model_dim / 768) ** -0.5:.6f}")
@@ -615,7 +618,7 @@ def main():
             if step > 10 and total_training_time >= TIME_BUDGET:
                 break
     except Exception as e:  # running out of memory gets a plain answer; anything else propagates as usual
-        out_of_memory(e, raw_model, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE)
+        out_of_memory(e, DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE, **model_size)
     train_loader.close()  # stop its packing thread before saving and evaluating
 
     # -------------------------------------------------------------------------

@@ -50,10 +50,10 @@ def test_the_originals_climbmix_cache_keeps_its_validation_shard_out_of_training
     # FineWeb-Edu was downloaded into its own folder, its validation shard from the server
     assert sorted(os.listdir(fineweb)) == [f"shard_{i:05d}.parquet" for i in (0, 1, 1822)]
     for dataset, folder in (("climbmix", climbmix), ("fineweb-edu", fineweb)):
-        train = names(prepare.split_parts("train", str(folder), dataset))
+        train = names(prepare.split_row_ranges("train", str(folder), dataset))
         assert not {"shard_06541.parquet", "shard_06542.parquet", "shard_01821.parquet"} & set(train)
         assert dataset == "climbmix" or "shard_01822.parquet" not in train
-        val = names(prepare.split_parts("val", str(folder), dataset))
+        val = names(prepare.split_row_ranges("val", str(folder), dataset))
         assert val == [prepare.shard_filename(prepare.DATASETS[dataset]["val"])]
     # the original's pickle is left where it was and never loaded; our tokenizer is trained beside it
     assert sorted(os.listdir(cache / "tokenizer")) == ["fineweb-edu-512", "token_bytes.pt", "tokenizer.pkl"]
@@ -66,7 +66,7 @@ def test_a_layout_with_fineweb_edus_validation_shard_moves_to_fineweb_edu(tmp_pa
     monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
     prepare.move_old_layout()
     assert sorted(os.listdir(tmp_path / "data")) == ["fineweb-edu"]
-    train = prepare.split_parts("train", str(tmp_path / "data" / "fineweb-edu"), "fineweb-edu")
+    train = prepare.split_row_ranges("train", str(tmp_path / "data" / "fineweb-edu"), "fineweb-edu")
     assert names(train) == ["shard_00000.parquet", "shard_00001.parquet"]
     out = capsys.readouterr().out
     assert "moved 3 shard files of an old layout (fineweb-edu: shard_01822.parquet is one)" in out

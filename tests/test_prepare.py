@@ -195,13 +195,17 @@ def test_unreachable_server_says_which_shard_and_keeps_what_is_there(monkeypatch
     server.close()  # a port that nothing listens on any more
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     # one worker: shard 1 exhausts its attempts, the rest is stopped
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(RuntimeError) as info:
         prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "shard_00001.parquet: failed 5 attempts" in err and "ConnectionError" in err
-    assert prepare.VAL_FILENAME not in err and "unreachable" in err
-    assert "1 of 3 files are ready" in err and "HF_ENDPOINT" in err
+    assert prepare.VAL_FILENAME not in err + str(info.value) and "unreachable" in str(info.value)
+    assert str(info.value).startswith("1 of 3 files are ready") and "HF_ENDPOINT" in str(info.value)
+    assert out.split("\r")[-1].startswith("downloading: 1/3 files")  # failed files are not counted as done
+    # each wait of the ~30 s of backoff is announced: which shard, which attempt, how long
+    assert [line for line in out.split("\n") if "retrying" in line] == [
+        f"shard_00001.parquet: attempt {n} of 5 failed (ConnectionError), retrying in {2 ** n} s"
+        for n in (1, 2, 3, 4)]
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet"]
     assert (tmp_path / "shard_00000.parquet").read_bytes() == kept
 
@@ -328,7 +332,7 @@ def reference_batches(tok, B, T, paths, buffer_size):
 
 @pytest.mark.parametrize("B,T,buffer_size", [(4, 64, 20), (8, 256, 1000), (2, 1024, 5)])
 def test_loader_matches_reference_packing(tok, data_dir, B, T, buffer_size):
-    paths = [path for path, _, _ in prepare.split_parts("train")]
+    paths = [path for path, _, _ in prepare.split_row_ranges("train")]
     loader = prepare.make_dataloader(tok, B, T, "train", buffer_size=buffer_size)
     ref = reference_batches(tok, B, T, paths, buffer_size)
     for _ in range(12):
@@ -402,14 +406,24 @@ def test_evaluate_bpb_uniform_model(tok, data_dir, prepared, monkeypatch):
 
 def test_shard_the_server_does_not_have_fails_at_once(monkeypatch, corpus, tmp_path, no_sleep, capsys):
     server = serve(monkeypatch, corpus)  # has shards 0, 1 and the validation shard: not 2
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(RuntimeError) as info:
         prepare.download_data(3, 2, data_dir=str(tmp_path), stop=no_sleep)
     server.close()
-    assert exit_info.value.code == 1
     assert server.requests["shard_00002.parquet"] == 1 and no_sleep.waits == []  # no retries, no backoff
-    err = capsys.readouterr().err
-    assert "shard_00002.parquet: the server does not have it (HTTP 404" in err
-    assert "3 of 4 files are ready" in err and "smaller --num-shards" in err
+    assert "error: shard_00002.parquet: the server does not have it (HTTP 404" in capsys.readouterr().err
+    assert str(info.value) == (f"3 of 4 files are ready in {tmp_path} (from {prepare.base_url()}): use a "
+                               "smaller --num-shards, or check HF_ENDPOINT (the hub, or a complete mirror).")
+
+
+def test_a_one_file_data_set_missing_on_the_server_says_to_check_the_endpoint(monkeypatch, tmp_path,
+                                                                              no_sleep):
+    (tmp_path / "empty").mkdir()
+    server = serve(monkeypatch, tmp_path / "empty")  # a mirror without TinyStories
+    with pytest.raises(RuntimeError) as info:
+        prepare.download_data(10, 2, data_dir=str(tmp_path / "data"), stop=no_sleep, dataset="tinystories")
+    server.close()
+    assert no_sleep.waits == [] and "--num-shards" not in str(info.value)  # one file: no shard count to lower
+    assert str(info.value).endswith("check HF_ENDPOINT (the hub, or a complete mirror).")
 
 
 def test_hf_endpoint_without_scheme_fails_before_any_request(monkeypatch, tmp_path):
@@ -427,11 +441,11 @@ def test_unreachable_server_stops_the_other_downloads(monkeypatch, corpus, tmp_p
     calls = []
     real_get = prepare.requests.get
     monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: calls.append(1) or real_get(*a, **k))
-    with pytest.raises(SystemExit):
+    with pytest.raises(RuntimeError, match="The server is unreachable, so the other downloads were stopped"):
         prepare.download_data(200, 4, data_dir=str(tmp_path), stop=no_sleep)
     # the first shard to exhaust its 5 attempts stops the rest: each of the 4 workers tried one shard at most
     assert 5 <= len(calls) <= 4 * 5  # not 201 * 5
-    assert "unreachable" in capsys.readouterr().err and os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == []
 
 
 def test_progress_counts_shards_already_on_disk(monkeypatch, corpus, tmp_path, capsys):
@@ -441,22 +455,6 @@ def test_progress_counts_shards_already_on_disk(monkeypatch, corpus, tmp_path, c
     server.close()
     out = capsys.readouterr().out
     assert out.split("\r")[-1].startswith("downloading: 3/3 files") and "data: 3 of 3 files ready" in out
-
-
-def test_download_stops_between_chunks(monkeypatch, tmp_path, no_sleep):
-    rng = random.Random(0)  # random letters barely compress: a shard of ~2.5 MB, three 1 MiB chunks
-    docs = ["".join(rng.choices("abcdefghij", k=10000)) for _ in range(250)]
-    write_shard(tmp_path / "shard_00000.parquet", docs)
-    (tmp_path / "out").mkdir()
-    server = serve(monkeypatch, tmp_path)
-
-    class StopAfterFirstChunk:
-        def update(self, nbytes=0, shard_done=False):
-            no_sleep.set()
-    path = prepare.download_shard("shard_00000.parquet", str(tmp_path / "out"), prepare.base_url(),
-                                  StopAfterFirstChunk(), no_sleep)
-    server.close()
-    assert path is None and os.listdir(tmp_path / "out") == [] and server.requests["shard_00000.parquet"] == 1
 
 
 def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_path):
@@ -480,10 +478,83 @@ def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_pa
     elapsed = time.time() - t0
     assert proc.returncode == 130 and elapsed < 10, (elapsed, err)
     assert "Traceback" not in err and err.strip().splitlines() == [
-        f"interrupted: kept the 1 complete shards in {tmp_path / DATA}; run prepare.py again to fetch the "
+        f"interrupted: kept the 1 complete files in {tmp_path / DATA}; run prepare.py again to fetch the "
         "rest"]
-    assert [n for n in os.listdir(tmp_path / DATA) if not n.endswith(".tmp")] == ["shard_00000.parquet"]
+    assert os.listdir(tmp_path / DATA) == ["shard_00000.parquet"]  # the two cut short leave no .tmp behind
     assert done.read_bytes() == (corpus / "shard_00000.parquet").read_bytes()
+
+
+# rustbpe's training, as it behaves to a signal: native code that runs on without looking for Ctrl-C
+FAKE_RUSTBPE = """import hashlib
+class Tokenizer:
+    def train_from_iterator(self, texts, vocab_size, pattern):
+        sum(1 for _ in texts)
+        print("training in native code", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"", b"", 10**8)  # tens of seconds, deaf to signals
+"""
+
+
+def test_ctrl_c_during_tokenizer_training_exits_at_once_in_one_line(corpus, tmp_path):
+    shutil.copytree(corpus, tmp_path / DATA)  # every file on disk: nothing is downloaded
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "rustbpe.py").write_text(FAKE_RUSTBPE)
+    env = cpu_env(tmp_path, HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=tmp_path / "fake")
+    proc = subprocess.Popen([sys.executable, "prepare.py", "--num-shards", "2"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120  # interpreter and torch start-up on a loaded machine
+    while "training in native code" not in proc.stdout.readline() and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+    time.sleep(0.5)  # inside the native code
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    try:
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    elapsed = time.time() - t0
+    assert proc.returncode == 130 and elapsed < 5, (elapsed, err)
+    assert err.strip().splitlines() == [  # not the interrupted command as advice, as if it had failed
+        f"interrupted: kept the 3 complete files in {tmp_path / DATA}; run prepare.py again to train the "
+        "tokenizer (nothing is downloaded again)"]
+    assert sorted(os.listdir(tmp_path / DATA)) == sorted(os.listdir(corpus))
+    assert not (tmp_path / TOKENIZER).exists()
+
+
+def test_tinystories_with_the_default_vocabulary_warns_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(prepare, "download_data", lambda *a, **k: sys.exit(0))  # the warning comes first
+    monkeypatch.setattr(sys, "argv", ["prepare.py", "--dataset", "tinystories"])
+    warning = ("warning: VOCAB_SIZE = 8192 for TinyStories: README's small-computer recipe sets VOCAB_SIZE = "
+               "2048 in prepare.py (this run trains a tokenizer of 8192, as set)")
+    for vocab_size, expected in ((8192, [warning]), (2048, [])):
+        monkeypatch.setattr(prepare, "VOCAB_SIZE", vocab_size)
+        with pytest.raises(SystemExit) as info:
+            prepare.main()
+        assert info.value.code == 0 and capsys.readouterr().err.splitlines() == expected
+
+
+def test_more_training_shards_on_disk_than_asked_for_are_named(prepared, tmp_path, monkeypatch, capsys):
+    shutil.copytree(prepared[0] / DATA, tmp_path / DATA)  # shards 0 and 1, and the validation shard
+    shutil.copytree(prepared[0] / TOKENIZER, tmp_path / TOKENIZER)
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the one shard asked for is on disk
+    monkeypatch.setattr(sys, "argv", ["prepare.py", "--num-shards", "1"])
+    prepare.main()
+    out = capsys.readouterr().out
+    assert "data: 2 of 2 files ready" in out
+    assert "data: training uses all 2 training shards on disk, not only the 1 asked for\n" in out
+
+
+def test_a_failure_reaches_the_user_as_one_line_and_exit_1(monkeypatch, tmp_path):
+    (tmp_path / "empty").mkdir()
+    server = serve(monkeypatch, tmp_path / "empty")
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["prepare.py", "--num-shards", "1"])
+    with pytest.raises(SystemExit) as info:  # sys.exit with a message: Python prints it and exits 1
+        prepare.main()
+    server.close()
+    assert info.value.code == (f"error: 0 of 2 files are ready in {tmp_path / 'cache' / DATA} (from "
+                               f"{prepare.base_url()}): use a smaller --num-shards, or check HF_ENDPOINT "
+                               "(the hub, or a complete mirror).")
 
 
 def damage(tdir, how):
@@ -641,7 +712,7 @@ def test_validation_data_is_never_in_a_training_batch(dataset, tok, tmp_path, mo
         assert set(whole) == {marker}, (split, seen.most_common(5))
     # the pinned rows: one shard each, or TinyStories' validation rows 10,000-19,999 and test rows 0-9,999
     for split, marker in (("val", "VALIDATION"), ("heldout", "HELDOUT")):
-        texts = [t for batch in prepare._split_texts(prepare.split_parts(split)) for t in batch]
+        texts = [t for batch in prepare._split_texts(prepare.split_row_ranges(split)) for t in batch]
         assert len(texts) == (10_000 if dataset == "tinystories" else 300)
         assert all(t.startswith(marker) for t in texts)
 
@@ -733,26 +804,42 @@ def test_a_full_disk_is_named_at_once_not_blamed_on_the_network(monkeypatch, cor
         f = real_open(path, mode, *a, **k)
         return FullDisk(f) if mode == "wb" else f
     monkeypatch.setattr(prepare, "open", full_disk_open, raising=False)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(RuntimeError) as info:
         prepare.download_data(2, 1, data_dir=str(tmp_path), stop=no_sleep)
     server.close()
     err = capsys.readouterr().err
-    assert info.value.code == 1 and no_sleep.waits == [] and sum(server.requests.values()) == 1  # no retry
+    assert no_sleep.waits == [] and sum(server.requests.values()) == 1  # no retry
     partial = tmp_path / "shard_00000.parquet.tmp"
-    assert f"error: cannot write {partial}: No space left on device. Free space" in err
-    assert "network" not in err and os.listdir(tmp_path) == []
+    assert err.strip() == (f"error: cannot write {partial}: No space left on device: free space there or set "
+                           "AUTORESEARCH_CACHE_DIR to a folder you can write, with room, then run prepare.py "
+                           "again")
+    assert str(info.value) == f"0 of 3 files are ready in {tmp_path}." and os.listdir(tmp_path) == []
 
 
-def test_a_read_only_cache_is_named_in_one_line(monkeypatch, tmp_path):
-    def read_only(path, exist_ok=False):
-        raise OSError(errno.EROFS, "Read-only file system", path)
-    monkeypatch.setattr(prepare.os, "makedirs", read_only)
+@pytest.mark.parametrize("code,cause", [(errno.EACCES, "Permission denied"),
+                                        (errno.EROFS, "Read-only file system"),
+                                        (errno.ENOSPC, "No space left on device"),
+                                        (errno.EDQUOT, "Disk quota exceeded")])
+def test_an_unwritable_cache_names_its_cause_and_only_then_free_space(monkeypatch, tmp_path, code, cause):
+    def refuse(path, exist_ok=False):
+        raise OSError(code, os.strerror(code), path)
+    monkeypatch.setattr(prepare.os, "makedirs", refuse)
     monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: pytest.fail("requested"))
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(prepare.WriteError) as info:
         prepare.download_data(2, 2, data_dir=str(tmp_path / "data"))
-    assert info.value.code == (f"error: cannot write {tmp_path / 'data'}: Read-only file system. Free space "
-                               "there (or set AUTORESEARCH_CACHE_DIR to a writable disk with room) and run "
-                               "prepare.py again")
+    room = "free space there or " if code in (errno.ENOSPC, errno.EDQUOT) else ""
+    assert str(info.value) == (f"cannot write {tmp_path / 'data'}: {cause}: {room}set AUTORESEARCH_CACHE_DIR "
+                               "to a folder you can write, with room, then run prepare.py again")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_cache_under_proc_is_one_line_without_free_space(monkeypatch):
+    monkeypatch.setattr(prepare.requests, "get", lambda *a, **k: pytest.fail("requested"))
+    with pytest.raises(prepare.WriteError) as info:  # the real file system's answer, nothing simulated
+        prepare.download_data(2, 2, data_dir="/proc/x/data/fineweb-edu")
+    message = str(info.value)
+    assert message.startswith("cannot write /proc/x/data/fineweb-edu: ") and "\n" not in message
+    assert "free space" not in message and "set AUTORESEARCH_CACHE_DIR to a folder you can write" in message
 
 
 def test_gpu_peak_table():
@@ -783,5 +870,5 @@ def test_a_download_is_checked_against_the_hubs_sha256_and_the_digest_kept(monke
         prepare.download_shard("shard_00001.parquet", str(tmp_path), prepare.base_url(), stop=no_sleep)
     server.close()
     assert sorted(os.listdir(tmp_path)) == ["shard_00000.parquet", "shard_00000.parquet.sha256"]
-    train_parts = [p for p, _, _ in prepare.split_parts("train", str(tmp_path))]
+    train_parts = [p for p, _, _ in prepare.split_row_ranges("train", str(tmp_path))]
     assert train_parts == [str(tmp_path / "shard_00000.parquet")]

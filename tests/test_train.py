@@ -511,7 +511,7 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
     variant("train_bad_batch.py", "TOTAL_BATCH_SIZE = 2048", "TOTAL_BATCH_SIZE = 3000")
     bad = run("train_bad_batch.py", timeout=60)
     assert bad.returncode == 1
-    assert "TOTAL_BATCH_SIZE (3,000) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN" in bad.stdout
+    assert "TOTAL_BATCH_SIZE (3,000) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN" in bad.stderr
     assert "Traceback" not in bad.stderr
 
     # Out of memory in the training loop names the knob to turn, with a value that keeps the batch divisible
@@ -520,8 +520,9 @@ def test_end_to_end_prepare_then_train(tmp_path, shard_server):
             forward + '        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")\n')
     oom = run("train_oom.py", timeout=60)
     assert oom.returncode == 1
-    assert "Out of memory at DEVICE_BATCH_SIZE = 8. Lower DEVICE_BATCH_SIZE" in oom.stdout
-    assert "e.g. 4 with TOTAL_BATCH_SIZE = 2048 gives 4 micro steps" in oom.stdout
+    assert "Out of memory at DEVICE_BATCH_SIZE = 8. Lower DEVICE_BATCH_SIZE" in oom.stderr
+    assert "e.g. 4 with TOTAL_BATCH_SIZE = 2048 gives 4 micro steps" in oom.stderr
+    assert "Traceback" not in oom.stderr
 
     # A failing evaluation still leaves the trained weights, and says where they are
     shutil.rmtree(work / "checkpoints")
