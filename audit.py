@@ -941,8 +941,8 @@ def confirm(commit, results="results.tsv"):
             findings.append(f"{c[:7]}: the clean scorer finds the model not causal (logits moved by "
                             f"{clean['probe']:.3g})")
         if night and clean.get("val_sha256") not in (None, night[0]["val_sha256"]):
-            findings.append(f"{c[:7]}: the validation data the clean scorer read is not the night's: the cache "
-                            "was changed")
+            findings.append(f"{c[:7]}: the validation data the clean scorer read is not the night's: the "
+                            "cache was changed")
         if clean.get("data") and clean["data"] != base["clean"].get("data"):
             findings.append(f"{c[:7]}: scored on other data or another tokenizer than the baseline's: the "
                             "cache was changed during the confirm")
