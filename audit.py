@@ -14,6 +14,7 @@ import argparse
 import ast
 import base64
 import contextlib
+import difflib
 import fcntl
 import glob
 import hashlib
@@ -88,6 +89,9 @@ MAX_LITERAL = 2_000         # characters of one string literal (a long prompt-fr
 HARNESS_STRINGS = ("ledger", ".jsonl", "prepare.py", "audit.py", "results.tsv", ".cache", ".parquet",
                    ".tiktoken", "AUTORESEARCH_", "run.log")
 
+SETTINGS = ("DATASET", "VOCAB_SIZE", "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS")  # prepare.py's recipe lines
+UPSTREAM = ("origin/HEAD", "origin/main", "origin/master", "main", "master")  # where a night's branch leaves
+
 def fail(message):
     """Bad input: one line, exit 1."""
     print(f"error: {message}", file=sys.stderr)
@@ -110,6 +114,21 @@ def committed(folder, commit, path):
     except (OSError, subprocess.TimeoutExpired):
         return b""
     return out.stdout if out.returncode == 0 else b""
+
+def frozen_drift(folder, commit):
+    """How the frozen files at `commit` differ from those where its branch left the user's (the first of
+    UPSTREAM there is): a baseline commit may change prepare.py's settings (a recipe), nothing else."""
+    fork = next(filter(None, (git(folder, "merge-base", ref, commit) for ref in UPSTREAM)), None)
+    found = []
+    for name in ("prepare.py", "audit.py") if fork else ():
+        old, new = (committed(folder, c, name).decode(errors="replace").splitlines() for c in (fork, commit))
+        changed = [line[1:] for line in difflib.unified_diff(old, new, lineterm="", n=0)
+                   if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        if any(name == "audit.py" or not re.match(rf"({'|'.join(SETTINGS)}) *=", line) for line in changed):
+            settings = ", ".join(SETTINGS)
+            found.append(f"{commit[:7]}: its {name} differs from the one at {fork[:7]}, where its branch "
+                         f"began, beyond prepare.py's settings ({settings}): a frozen file was edited")
+    return found
 
 def resolve(folder, commit):
     """The full hash of a commit given by at least 7 hex digits, or exit saying why."""
@@ -158,10 +177,10 @@ def chain_mac(key, line):
     """The `prev` of the record after `line` (None: the first record)."""
     return hmac.new(key, b"" if line is None else line.encode(), "sha256").hexdigest()
 
-def ledger_head(path):
+def ledger_head(path, cache=CACHE_DIR):
     """Where a ledger's head (its line count and the HMAC of its last line) is kept, outside the repo:
     records deleted from its end show against it."""
-    return os.path.join(CACHE_DIR, "ledger-heads", sha256(os.path.realpath(path).encode())[:16])
+    return os.path.join(cache, "ledger-heads", sha256(os.path.realpath(path).encode())[:16])
 
 def file_sha256(path):
     h = hashlib.sha256()
@@ -233,9 +252,10 @@ def append_record(path, record):
 # ---------------------------------------------------------------------------
 # Records and rows: read tolerantly, written whole
 
-def read_ledger(folder):
+def read_ledger(folder, cache=CACHE_DIR):
     """(records, findings): every line's record ({} where a line is damaged) and what is wrong with the
-    chain: each record's `prev` is the HMAC of the line before it, under the key kept outside the repo."""
+    chain: each record's `prev` is the HMAC of the line before it, under the key kept outside the repo (in
+    `cache`: a confirm's reruns keep their heads in a cache of their own)."""
     path = os.path.join(folder, LEDGER)
     if not os.path.exists(path):
         return [], []
@@ -262,7 +282,7 @@ def read_ledger(folder):
     if records and not key:
         findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
     whole = lines[:-1] if records and not records[-1] else lines  # the head counts whole lines written
-    head = ledger_head(path)
+    head = ledger_head(path, cache)
     count, mac = (open(head).read().split() + ["", ""])[:2] if os.path.exists(head) else ("0", "")
     if key and whole and count != str(len(whole)):
         findings.append(f"ledger.jsonl: {len(whole)} records, but its head ({head}) says {count}: records "
@@ -594,6 +614,7 @@ def audit(results="results.tsv"):
     if base is None:
         fail(f"the baseline {base_row[0]} has no record of an evaluation in {LEDGER}: audit cannot begin")
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
+    findings += frozen_drift(folder, base_full)
     for name in ("prepare.py", "audit.py"):  # the frozen files, now and in every row's commit
         reference = sha256(committed(folder, base_full, name))
         if os.path.exists(os.path.join(folder, name)) and sha256(
@@ -724,6 +745,7 @@ def score_artifact(path, batch_size):
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
         files = [path for path, *_ in prepare.split_row_ranges("val")]
+        result["val_sha256"] = file_sha256(files[0])
         try:
             files += [path for path, *_ in prepare.fetch_heldout()]
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
@@ -770,9 +792,49 @@ def end_processes_in(tree):
             if os.readlink(f"/proc/{pid}/cwd").startswith(tree) and int(pid) != os.getpid():
                 os.kill(int(pid), signal.SIGKILL)
 
-def rerun(folder, commit, frozen):
-    """Rerun `commit` with the other seed in a fresh worktree and environment (its record goes to the
-    worktree's own ledger, never to the night's); its record, what is wrong with it, and the artifact."""
+def startup_code(python):
+    """Files the Python under a virtual environment runs at every start that no package owns: a sitecustomize
+    or usercustomize module, or a .pth file, in its base installation (a Debian Python's own sitecustomize,
+    which dpkg lists, excepted)."""
+    cfg, home = os.path.join(os.path.dirname(os.path.dirname(python)), "pyvenv.cfg"), sys.base_prefix + "/bin"
+    if os.path.exists(cfg):
+        home = next((line.split("=", 1)[1].strip() for line in open(cfg) if line.startswith("home")), home)
+    found = []
+    for lib in glob.glob(os.path.join(os.path.dirname(home), "lib", "python3*")):
+        site = os.path.join(lib, "site-packages")
+        for path in (os.path.join(d, f"{n}customize.py") for d in (lib, site) for n in ("site", "user")):
+            if os.path.exists(path) and not any(f"{path}\n" in open(f, errors="replace").read()
+                                                for f in glob.glob("/var/lib/dpkg/info/*.list")):
+                found.append(f"{path} (run at every start)")
+        found += [f"{site}/{line}" for line in (unowned_files(site) if os.path.isdir(site) else [])
+                  if line.split(" ")[0].endswith(".pth")]
+    return found
+
+def rerun_cache(python, tree):
+    """A cache of its own for the reruns: hard links (else copies) of the training and validation shards, the
+    tokenizer and the ledger key; never the held-out data, which the clean scorer reads after both reruns."""
+    ask = ("import json, os, prepare as p; print(json.dumps([p.CACHE_DIR, *(r[0] for s in ('train', 'val') "
+           "for r in p.split_row_ranges(s)), *(os.path.join(p.TOKENIZER_DIR, n) for n in "
+           "os.listdir(p.TOKENIZER_DIR))]))")
+    done = subprocess.run([python, "-E", "-s", "-c", ask], cwd=tree, capture_output=True, text=True)
+    if done.returncode:
+        fail("the baseline's prepare.py cannot list its data: " + " ".join(done.stderr.split())[-200:])
+    cache, *files = json.loads(done.stdout.strip().splitlines()[-1])
+    private = tempfile.mkdtemp(prefix=CONFIRM_PREFIX, dir=cache)  # beside it: a hard link needs one disk
+    for path in files + [p + ".sha256" for p in files] + [os.path.join(cache, "ledger.key")]:
+        if os.path.isfile(path):
+            target = os.path.join(private, os.path.relpath(path, cache))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    return private
+
+def rerun(folder, commit, frozen, cache=None):
+    """Rerun `commit` with the other seed in a fresh worktree and environment, on a cache of its own (see
+    rerun_cache), `python -E -s`; its record goes to the worktree's own ledger, never to the night's. Its
+    record, what is wrong with it, the artifact, and its wall-clock seconds, measured here."""
     tree = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
     git(folder, "worktree", "add", "--detach", tree, commit)
     source = open(os.path.join(tree, "train.py")).read()
@@ -785,21 +847,26 @@ def rerun(folder, commit, frozen):
         site = [sysconfig.get_paths()["purelib"]]
     unowned = unowned_files(site[0]) if site else []
     problems = [f"its environment: {line}" for line in unowned]
+    cache = cache or rerun_cache(python, tree)
     artifact = os.path.join(tree, "model.pt2")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env.update(AUTORESEARCH_EXPORT=artifact, AUTORESEARCH_CACHE_DIR=cache)
     cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
     print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...",
           flush=True)
     log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
-    code = run_capped([python, "train.py"], tree, dict(env, AUTORESEARCH_EXPORT=artifact), log, cap)
+    start = time.monotonic()
+    code = run_capped([python, "-E", "-s", "train.py"], tree, env, log, cap)
+    wall = time.monotonic() - start
     end_processes_in(tree)
-    records, chain = read_ledger(tree)
+    records, chain = read_ledger(tree, cache)
     record = next((r for r in reversed(records) if r.get("commit") == commit), None)
     if record is None:
         fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
             f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
     return dict(record=record, problems=problems + chain, seed=seed, source=source.encode(), python=python,
-                tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned)
+                tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned, wall=wall,
+                cache=cache, startup=startup_code(python))
 
 def clean_score(run, base, base_full, folder):
     """The clean scorer's result for a rerun's artifact, run with the baseline's Python and tree, once both
@@ -837,16 +904,28 @@ def confirm(commit, results="results.tsv"):
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
     print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and "
           "environment; scored by a separate process that runs none of train.py", flush=True)
-    runs = []
+    runs, night = [], evaluations(read_ledger(folder)[0], base_full)
     try:
         for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
-            runs.append(rerun(folder, c, frozen))
-            runs[-1]["clean"] = clean_score(runs[-1], runs[0], base_full, folder)
+            runs.append(rerun(folder, c, frozen, runs[0]["cache"] if runs else None))
+        for run in runs:  # after both: no code of the night runs while the held-out data is on disk
+            run["clean"] = clean_score(run, runs[0], base_full, folder)
     finally:
         for run in runs:
             git(folder, "worktree", "remove", "--force", run["tree"])
+        if runs:
+            shutil.rmtree(runs[0]["cache"], ignore_errors=True)
     base, mine = runs
-    findings = []
+    findings = frozen_drift(folder, base_full)
+    # a quarter budget more training shows; an eighth of the run and 10 s: a bigger model's compile and
+    # evaluation, and load (GPU, default budget: 135 s; CPU at a 10 s budget: ~15 s)
+    slack = frozen.get("TIME_BUDGET", 300) / 4 + base["wall"] / 8 + 10
+    if mine["wall"] > base["wall"] + slack:
+        findings.append(f"{full[:7]}: its rerun took {mine['wall']:.0f} s, the baseline's {base['wall']:.0f} "
+                        f"s: {slack:.0f} s more is training past TIME_BUDGET, however the run reports it")
+    if night and base["record"]["train_tokens"] < night[0]["train_tokens"] / 2:
+        findings.append(f"{base_full[:7]}: the baseline's rerun trained on {base['record']['train_tokens']:,}"
+                        f" tokens, its night's run {night[0]['train_tokens']:,}: something slowed the rerun")
     for run, c in ((base, base_full), (mine, full)):
         r, clean = run["record"], run["clean"]
         findings += [f"{c[:7]}: {n}" for n in run["problems"]]
@@ -861,12 +940,15 @@ def confirm(commit, results="results.tsv"):
         if (clean.get("probe") or 0) > CAUSAL_TOLERANCE:
             findings.append(f"{c[:7]}: the clean scorer finds the model not causal (logits moved by "
                             f"{clean['probe']:.3g})")
+        if night and clean.get("val_sha256") not in (None, night[0]["val_sha256"]):
+            findings.append(f"{c[:7]}: the validation data the clean scorer read is not the night's: the "
+                            "cache was changed")
         if clean.get("data") and clean["data"] != base["clean"].get("data"):
             findings.append(f"{c[:7]}: scored on other data or another tokenizer than the baseline's: the "
                             "cache was changed during the confirm")
         print(f"{c[:7]}: SEED = {run['seed']}: clean val_bpb {clean['val']:.6f}" + (
             f", held-out {clean['heldout']:.6f}" if clean.get("heldout") is not None else "")
-            + f" (its own evaluation: {r['val_bpb']:.6f})")
+            + f" (its own evaluation: {r['val_bpb']:.6f}; the rerun took {run['wall']:.0f} s)")
     gain = base["clean"]["val"] - mine["clean"]["val"]
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
@@ -883,6 +965,8 @@ def confirm(commit, results="results.tsv"):
     if gain > floor and held is not None and held > floor:
         verdict = f"unconfirmed: {len(findings)} finding(s) above" if findings else "the gain holds"
     caveat = base["caveat"] or mine["caveat"]
+    if base["startup"] and not caveat:
+        caveat = f"the reruns' Python runs start-up code no package owns: {', '.join(base['startup'][:3])}"
     if caveat:
         print(f"weaker: {caveat}")
     print(f"{full[:7]}: gain {gain:+.6f} on validation" + ("" if held is None else f", {held:+.6f} held-out")
