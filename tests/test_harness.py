@@ -3,24 +3,17 @@ train.py's model makes frozen code raise; the pre-flight estimate of the whole r
 as. Offline, on CPU: runs use two generated shards, a byte-level tokenizer written directly and copies of
 the scripts shrunk to a one-second run."""
 
-import os
-import random
 import re
 import shutil
-import subprocess
-import sys
 import types
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from common import make_document, parse_summary, set_constant, write_byte_tokenizer
+from common import (ROOT, cpu_env, parse_summary, run_script, set_constant, shrunk_scripts, tail,
+                    write_byte_tokenizer, write_shards)
 
 import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = dict(DEPTH=1, ASPECT_RATIO=32, HEAD_DIM=32, DEVICE_BATCH_SIZE=4, TOTAL_BATCH_SIZE=256)
 TINY_PREPARE = dict(MAX_SEQ_LEN=64, TIME_BUDGET=1, EVAL_TOKENS=4 * 64)
 DEFAULT_FLOPS = 239_078_400  # the default model's training FLOPs per token (test_train.py counts them)
@@ -32,18 +25,9 @@ def tiny_setup(tmp_path, edits=()):
     cache, work = tmp_path / "cache", tmp_path / "work"
     write_byte_tokenizer(cache / "tokenizer" / f"{prepare.DATASET}-{prepare.VOCAB_SIZE}", prepare.VOCAB_SIZE,
                          prepare.SPECIAL_TOKENS, prepare.SPLIT_PATTERN)
-    data = cache / "data" / prepare.DATASET
-    data.mkdir(parents=True)
-    rng = random.Random(5)
-    for index in (0, 1822):
-        pq.write_table(pa.table({"text": [make_document(rng) for _ in range(300)]}),
-                       data / prepare.shard_filename(index))
-    work.mkdir()
-    for name, constants in (("train.py", TINY_TRAIN), ("prepare.py", TINY_PREPARE)):
-        text = (ROOT / name).read_text()
-        for key, value in constants.items():
-            text = set_constant(text, key, value)
-        (work / name).write_text(text)
+    write_shards(cache / "data" / prepare.DATASET, [prepare.shard_filename(i) for i in (0, 1822)], n_docs=300,
+                 seed=5)
+    shrunk_scripts(work, prepare=TINY_PREPARE, train=TINY_TRAIN)
     shutil.copy(ROOT / "audit.py", work / "audit.py")
     source = (work / "train.py").read_text()
     for old, new in edits:
@@ -54,10 +38,7 @@ def tiny_setup(tmp_path, edits=()):
 
 
 def run(work, cache, script="train.py"):
-    env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(cache), CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, script], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_script(work, script, env=cpu_env(cache), timeout=300)
 
 # -----------------------------------------------------------------------------
 # Edits of train.py: each runs to a val_bpb, or stops in one line, never a traceback
@@ -70,7 +51,7 @@ def run(work, cache, script="train.py"):
 def test_a_renamed_model_trains_and_evaluates(tmp_path, edits):
     work, cache = tiny_setup(tmp_path, edits)
     result = run(work, cache)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout[-2000:] + result.stderr
+    assert result.returncode == 0 and "Traceback" not in result.stderr, tail(result)
     values = parse_summary(result.stdout)
     assert 0 < values["val_bpb"] < 20 and values["num_steps"] > 11
     # no bf16 peak on a CPU: the progress lines say n/a, the summary's fixed format 0.00, the device line both
@@ -83,7 +64,7 @@ def test_a_train_py_written_for_the_original_runs_without_the_harness(tmp_path):
     work, cache = tiny_setup(tmp_path)
     shutil.copy(ROOT / "tests" / "fixtures" / "original_style_train.py", work / "train.py")
     result = run(work, cache)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout[-2000:] + result.stderr
+    assert result.returncode == 0 and "Traceback" not in result.stderr, tail(result)
     assert 0 < float(result.stdout.split("val_bpb:")[1].split()[0]) < 20
 
 

@@ -1,11 +1,8 @@
 """prepare.py's command line: --help and wrong arguments or settings answer before torch is imported."""
 
-import subprocess
-import sys
-
 import pytest
 
-from common import ROOT, shrunk_copy
+from common import ROOT, cpu_env, run_script, shrunk_copy
 
 # prepare.py run as a script, with torch made unimportable: reaching `import torch` fails loudly
 WITHOUT_TORCH = """import runpy, sys
@@ -16,8 +13,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def run_without_torch(folder, *args):
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "prepare.py", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=60)
+    return run_script(folder, "-c", WITHOUT_TORCH, "prepare.py", *args, env=cpu_env(), timeout=60)
 
 
 def test_help_answers_before_torch_is_imported():
@@ -44,6 +40,5 @@ def test_a_misspelt_dataset_names_the_choices_in_one_line(tmp_path):
     expected = ("error: DATASET = 'fineweb' in prepare.py is not a data set here: choose one of fineweb-edu, "
                 "climbmix, tinystories")
     for result in (run_without_torch(tmp_path, "--help"),  # as a script, and imported as train.py does
-                   subprocess.run([sys.executable, "-c", "import prepare"], cwd=tmp_path, capture_output=True,
-                                  text=True, timeout=120)):
+                   run_script(tmp_path, "-c", "import prepare", env=cpu_env())):
         assert result.returncode == 1 and result.stderr.strip() == expected, result.stderr[-2000:]
