@@ -465,6 +465,11 @@ def source_findings(source):
         modules.update({name: dotted(value) for name, value in aliases
                         if root(value) in set(modules) | from_prepare and name not in modules})
     local = set(modules) | from_prepare
+    batch = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "TOTAL_BATCH_SIZE"
+             and isinstance(n.ctx, ast.Store)] + [n for n in ast.walk(tree) if isinstance(n, ast.Global)
+                                                  and "TOTAL_BATCH_SIZE" in n.names]
+    for node in batch[1:]:  # the record reads it from __main__ to tell warm-up steps from timed ones
+        say(node, "rebinds TOTAL_BATCH_SIZE (the run record reads it to time the training): one constant")
     inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # checked as a whole chain
     for node in ast.walk(tree):
         stored = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
