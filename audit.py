@@ -200,10 +200,13 @@ def train_seconds(times, tokens):
 
 def append_run_record(facts):
     """The record of one evaluation: the facts prepare.py measured, with the commit, the files that ran and
-    what training was served. To ledger.jsonl beside a script run from prepare.py's folder (train.py's runs
-    are recorded; a test suite importing prepare.py is not), and a line to the account's journal."""
-    script = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "/")
-    folder, here = os.path.dirname(script), os.path.dirname(facts["prepare_path"])
+    what training was served. To ledger.jsonl beside a script run from prepare.py's folder, or code run
+    there with no script (`python -c`, stdin): train.py's runs are recorded however they are started, a test
+    suite importing prepare.py is not. And a line to the account's journal."""
+    here = os.path.dirname(facts["prepare_path"])
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    script = os.path.abspath(script) if script else os.path.join(os.getcwd(), "(no script file)")
+    folder = os.path.dirname(script)
     if folder != here:
         return
     path = os.path.join(here, LEDGER)
@@ -214,12 +217,13 @@ def append_run_record(facts):
     val, times, tokens = facts.pop("val_path"), facts.pop("train_times"), facts.pop("tokenizer_bytes")
     timed, step = train_seconds(times, facts["train_tokens"])
     hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
+    ran = file_sha256(script) if os.path.isfile(script) else None
     record = dict(
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
-        dirty=bool(git(folder, "status", "--porcelain", "--untracked-files=no")),
-        script=script, prepare_sha256=file_sha256(
-            facts.pop("prepare_path")), **facts, val_sha256=file_sha256(val), val_hub_sha256=hub,
-        tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=file_sha256(script),
+        dirty=bool(git(folder, "status", "--porcelain", "--untracked-files=no")), script=script,
+        prepare_sha256=file_sha256(facts.pop("prepare_path")), **facts, val_sha256=file_sha256(val),
+        val_hub_sha256=hub, val_file=[os.path.basename(val), os.path.getsize(val)],
+        tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=ran,
         train_batches=len(times), train_timed_s=round(timed, 1), train_step_s=round(step, 2))
     try:
         append_record(path, record)
@@ -465,6 +469,11 @@ def source_findings(source):
         modules.update({name: dotted(value) for name, value in aliases
                         if root(value) in set(modules) | from_prepare and name not in modules})
     local = set(modules) | from_prepare
+    batch = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "TOTAL_BATCH_SIZE"
+             and isinstance(n.ctx, ast.Store)] + [n for n in ast.walk(tree) if isinstance(n, ast.Global)
+                                                  and "TOTAL_BATCH_SIZE" in n.names]
+    for node in batch[1:]:  # the record reads it from __main__ to tell warm-up steps from timed ones
+        say(node, "rebinds TOTAL_BATCH_SIZE (the run record reads it to time the training): one constant")
     inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # checked as a whole chain
     for node in ast.walk(tree):
         stored = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
@@ -572,7 +581,7 @@ def stray_code(folder):
 
 def check_run(record, base, frozen, folder, commit, expect_train=None):
     """What is wrong with one evaluation's record, against the baseline's record and the frozen constants."""
-    budget = frozen.get("TIME_BUDGET", 300)
+    budget, val = frozen.get("TIME_BUDGET", 300), base.get("val_file") or ["", -1]
     causes = [
         record.get("rejected") and f"its evaluation was rejected: {record['rejected']}",
         record["prepare_sha256"] != sha256(committed(folder, base["commit"], "prepare.py"))
@@ -589,6 +598,11 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         and record.get("bytes_evaluated") != base.get("bytes_evaluated")
         and f"its evaluation divided by {record.get('bytes_evaluated')} bytes where the baseline's, of the "
             f"same tokens, divided by {base.get('bytes_evaluated')}: the byte counts were changed",
+        record.get("train_files") != base.get("train_files")
+        and f"its training files are not the baseline's ({len(record.get('train_files') or [])} files, "
+            f"the baseline's {len(base.get('train_files') or [])}): data was added, removed or changed",
+        any([name, size] != val and size == val[1] for name, size in record.get("train_files") or [])
+        and "a training file has the validation file's size: a copy of the validation data",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
@@ -638,6 +652,9 @@ def audit(results="results.tsv"):
         if not full:
             findings.append(f"{row[0][:7] or '(empty)'}: not a commit of this repository")
             continue
+        if git(folder, "merge-base", base_full, full) != base_full:
+            findings.append(f"{row[0]}: not built on the baseline {base_full[:7]} (the first row): rows out "
+                            "of order, or a baseline that is not the night's first commit")
         if full in seen:
             findings.append(f"{row[0]}: a second row for the same commit")
         seen.add(full)
@@ -899,8 +916,10 @@ def confirm(commit, results="results.tsv"):
     if not scored:
         fail(f"{results} has no row with a score: nothing to compare with")
     base_full = resolve(folder, scored[0][0])
-    pair = [float(r[1]) for r in scored if r[4].startswith("baseline")][:2]
-    floor = max(abs(pair[1] - pair[0]) if len(pair) == 2 else 0, MIN_FLOOR)
+    unseeded = [re.sub(rb"(?m)^SEED = \d+.*$", b"", committed(folder, resolve(folder, row[0]), "train.py"))
+                for row in scored]  # a seed rerun: the baseline's train.py but for its SEED line
+    reruns = [float(row[1]) for row, text in zip(scored[1:], unseeded[1:]) if text == unseeded[0]]
+    floor = max([abs(v - float(scored[0][1])) for v in reruns] + [MIN_FLOOR])
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
     print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and "
           "environment; scored by a separate process that runs none of train.py", flush=True)
@@ -917,6 +936,9 @@ def confirm(commit, results="results.tsv"):
             shutil.rmtree(runs[0]["cache"], ignore_errors=True)
     base, mine = runs
     findings = frozen_drift(folder, base_full)
+    if not reruns:
+        findings.append(f"{base_full[:7]}: no seed rerun of the baseline in {results} (program.md's setup): "
+                        f"the noise floor is unknown ({MIN_FLOOR} taken)")
     # a quarter budget more training shows; an eighth of the run and 10 s: a bigger model's compile and
     # evaluation, and load (GPU, default budget: 135 s; CPU at a 10 s budget: ~15 s)
     slack = frozen.get("TIME_BUDGET", 300) / 4 + base["wall"] / 8 + 10

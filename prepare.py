@@ -622,6 +622,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
             bytes_evaluated=nbytes, causal_probe=probe, dataset=DATASET,
             val_path=split_row_ranges("val")[0][0], prepare_path=os.path.abspath(__file__),
+            train_files=[(os.path.basename(p), os.path.getsize(p)) for p, *_ in split_row_ranges("train")],
             tokenizer_bytes=[own_tokenizer.enc.decode_single_token_bytes(i)
                              for i in range(own_tokenizer.get_vocab_size())],
             train_times=_served["train_times"], train_tokens=_served["train_tokens"],
