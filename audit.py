@@ -65,7 +65,8 @@ MODULES = {"torch", "math", "time", "gc", "sys", "os", "contextlib", "dataclasse
            "cudnn", "prepare"}
 MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "sys": {"exit", "stdout", "stderr", "platform", "version", "version_info", "maxsize"},
-                "gc": {"collect", "freeze", "unfreeze", "disable", "enable", "isenabled"},
+                "gc": {"collect", "freeze", "unfreeze", "disable", "enable", "isenabled", "get_count",
+                       "get_threshold", "set_threshold"},
                 "time": {"time", "perf_counter", "monotonic", "sleep", "strftime", "localtime", "time_ns"}}
 # Builtins and attributes no research edit needs: each reaches the evaluator's objects or frames, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
@@ -76,10 +77,18 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
                 "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "get_referents",
                 "from_file", "register_forward_hook", "register_forward_pre_hook",
                 "register_module_forward_hook", "register_module_forward_pre_hook"}
-DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__"}  # dunders readable as values
+DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
+DUNDER_CALLS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__iter__", "__next__",
+                "__getitem__", "__repr__", "__str__", "__post_init__"}  # callable (super().__init__(...))
+# Modules reached as another's attribute (`torch.os`, `os.path.os`, `random._os`): never train.py's
+REACHED = {"os", "sys", "builtins", "subprocess", "importlib", "io", "shutil", "pathlib", "glob", "ctypes",
+           "pickle", "marshal", "inspect", "socket", "threading", "multiprocessing", "mmap", "signal",
+           "runpy", "types", "weakref", "tempfile", "urllib", "http", "json", "operator", "gc", "numpy", "np",
+           "posix"}
 BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.hub", "torch.utils.model_zoo", "torch.jit.load",
                 "torch.export", "torch.package", "torch.library", "torch.overrides", "torch._C", "torch.ops",
-                "torch._ops", "torch.utils._python_dispatch", "torch.compiler.is_exporting",
+                "torch._ops", "torch.utils._python_dispatch", "torch.serialization", "torch.classes",
+                "torch.utils.cpp_extension", "torch.multiprocessing", "torch.compiler.is_exporting",
                 "torch._dynamo.is_compiling", "torch.compiler.is_compiling", "torch.is_grad_enabled",
                 "torch.is_inference_mode_enabled"}
 TORCH_HOOKS = {"TorchFunctionMode", "TorchDispatchMode", "__torch_function__", "__torch_dispatch__"}
@@ -409,6 +418,7 @@ def source_findings(source):
     except SyntaxError as e:
         return [f"train.py does not parse (line {e.lineno})"]
     modules, from_prepare, aliases, found = {}, set(), [], []  # modules: local name -> what it names
+    imported = set()  # names `import` binds: modules
 
     def say(node, what):
         found.append(f"train.py line {node.lineno}: {what}")
@@ -437,9 +447,10 @@ def source_findings(source):
         return node.id if isinstance(node, ast.Name) else None
 
     def banned(node, attr, called, stored):  # a use of `.attr`, or getattr(x, "attr"): named, and True
-        if attr in BANNED_ATTRS or (attr == "modules" and not called):
+        allowed = DUNDER_CALLS if called else DUNDER_VALUES
+        if attr in BANNED_ATTRS or (attr == "modules" and not called) or attr.lstrip("_") in REACHED:
             say(node, f"uses .{attr}")
-        elif attr[:2] == attr[-2:] == "__" and (stored or not (called or attr in DUNDER_VALUES)):
+        elif attr[:2] == attr[-2:] == "__" and (stored or attr not in allowed):
             say(node, ("assigns" if stored else "uses") + f" .{attr}")
         else:
             return False
@@ -455,7 +466,8 @@ def source_findings(source):
         return [split]
 
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    arguments = {id(a) for n in ast.walk(tree) if isinstance(n, ast.Call) for a in n.args}
+    arguments = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args
+                 and dotted(n.func) == "or_exit"}  # or_exit(make_dataloader, ...): train.py's idiom
     notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
         n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body and isinstance(n.body[0], ast.Expr)}
     for node in ast.walk(tree):
@@ -463,7 +475,10 @@ def source_findings(source):
             for alias in node.names:
                 top = alias.name.split(".")[0]
                 modules[alias.asname or top] = alias.name if alias.asname else top
-                if top == "prepare":
+                imported.add(alias.asname or top)
+                if problem(alias.name):
+                    say(node, problem(alias.name))
+                elif top == "prepare":
                     say(node, f"imports {alias.name} (take names with `from prepare import ...`)")
                 elif top not in MODULES:
                     say(node, f"imports {alias.name}, not on the audit's list of modules train.py uses")
@@ -480,12 +495,22 @@ def source_findings(source):
                     continue
                 modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"  # not train.py's to patch
                 wrong = problem(f"{node.module}.{alias.name}")
-                if wrong or alias.name in BANNED_ATTRS:
+                if wrong or alias.name in BANNED_ATTRS or alias.name.lstrip("_") in REACHED:
                     say(node, wrong or f"uses .{alias.name}")
-        elif isinstance(node, ast.Assign):  # `F = torch.nn.functional`: an alias of a module is a module
-            pairs = [(t, node.value) for t in node.targets]
-            pairs += [p for t in node.targets if isinstance(t, ast.Tuple)
-                      and isinstance(node.value, ast.Tuple) for p in zip(t.elts, node.value.elts)]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.withitem, ast.arguments)):
+            # `F = torch.nn.functional` (or :=, `with ... as`, a default argument): an alias of a module
+            if isinstance(node, ast.arguments):
+                params = node.posonlyargs + node.args
+                pairs = list(zip(params[len(params) - len(node.defaults):], node.defaults))
+                pairs += [(a, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d]
+                pairs = [(ast.Name(a.arg), d) for a, d in pairs]
+            elif isinstance(node, ast.withitem):
+                pairs = [(node.optional_vars, node.context_expr)]
+            else:
+                targets, value = getattr(node, "targets", None) or [node.target], node.value
+                pairs = [(t, value) for t in targets]
+                pairs += [p for t in targets if isinstance(t, ast.Tuple)
+                          and isinstance(value, ast.Tuple) for p in zip(t.elts, value.elts)]
             aliases += [(t.id, v) for t, v in pairs if isinstance(t, ast.Name)
                         and isinstance(v, (ast.Name, ast.Attribute))]
     for _ in range(3):  # aliases of aliases
@@ -540,10 +565,21 @@ def source_findings(source):
                 isinstance(s, ast.Constant) and s.value == "train" for s in split_of(node)):
             say(node, "makes a loader of a split other than \"train\" (validation data is the "
                       "evaluation's)")
+        elif isinstance(node, ast.MatchClass):  # `case object(__globals__=g)` reads attributes too
+            for attr in node.kwd_attrs:
+                banned(node, attr, False, False)
+        elif isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Call)) and any(
+                isinstance(e, ast.Name) and e.id in imported for e in getattr(node, "elts", None)
+                or getattr(node, "values", None) or getattr(node, "args", []) + [
+                    k.value for k in getattr(node, "keywords", [])]):
+            say(node, "passes a module to a call or a container (an alias hides what it patches)")
         elif isinstance(node, ast.Constant) and type(node.value) in (str, bytes) and id(node) not in notes:
             text = node.value if isinstance(node.value, str) else node.value.decode(errors="replace")
             hit = next((s for s in HARNESS_STRINGS if s in text), None)
-            if hit:
+            fields = " ".join(re.findall(r"\{[^{}]*?[.\[]([^{}!:]*)", text))  # "{0.__globals__}".format(f)
+            if any(banned(node, attr, False, False) for attr in re.findall(r"\w+", fields)):
+                pass
+            elif hit:
                 say(node, f"names {hit!r}, a file or setting of the harness")
             elif text in BANNED_ATTRS or text in TORCH_HOOKS:
                 say(node, f"names the attribute {text!r}")
