@@ -1093,7 +1093,7 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
 
 
 def test_the_pinned_shape_is_this_prepare_py():
-    """audit.PREPARE_SHAPE is prepare.py's: after an edit of prepare.py, pin the new shape this test prints."""
+    """audit.PREPARE_SHAPE is prepare.py's: after an edit of prepare.py, pin the shape this prints."""
     assert audit.frozen_shape((ROOT / "prepare.py").read_text()) == audit.PREPARE_SHAPE
 
 
