@@ -1031,6 +1031,17 @@ REACHES = {  # a snippet of train.py, and the line of it the check must name
     "gc.get_referents": ("import gc\nrefs = gc.get_referents(print)\n", 2),
     "a forward pre-hook": ("import torch\ntorch.nn.Linear(2, 2).register_forward_pre_hook(print)\n", 2),
     "a dunder through a parameter": ("def f(cls):\n    cls.__init__ = print\n", 2),
+    "a match pattern's attribute": ("import sys\nmatch sys:\n    case object(modules=m):\n        pass\n", 3),
+    "a module through another's attribute": ("import torch\nfd = torch.os.open('data', 0)\n", 2),
+    "a dunder called to read": ("import sys\nm = object.__getattribute__(sys, 'mod' + 'ules')\n", 2),
+    "a format string's field": ("from prepare import evaluate_bpb\n"
+                                "s = '{0.__globals__[_loader]}'.format(evaluate_bpb)\n", 2),
+    "make_dataloader in functools.partial": ("import functools\nfrom prepare import make_dataloader\n"
+                                             "md = functools.partial(make_dataloader, split='train')\n", 3),
+    "an alias by with": ("import contextlib, math\nwith contextlib.nullcontext(math) as m:\n"
+                         "    m.log = print\n", 2),
+    "an alias by a default argument": ("import math\ndef f(m=math):\n    m.log = print\n", 3),
+    "torch.serialization": ("import torch\nweights = torch.serialization.load('model.pt')\n", 2),
     "TOTAL_BATCH_SIZE rebound": ("TOTAL_BATCH_SIZE = 4\ndef main():\n    global TOTAL_BATCH_SIZE\n", 3),
     "the val split through or_exit": ("from prepare import make_dataloader, or_exit\n"
                                       "loader = or_exit(make_dataloader, None, 4, 64, 'val')\n", 2),
@@ -1046,6 +1057,13 @@ def test_the_source_check_names_each_reach_at_its_line(reach):
 @pytest.mark.parametrize("path", [ROOT / "train.py", ROOT / "tests" / "fixtures" / "original_style_train.py"])
 def test_the_source_check_passes_research_code(path):
     assert audit.source_findings(path.read_text()) == []
+
+
+def test_the_source_check_passes_common_idioms():
+    source = ("import gc\nimport torch\n\n\nclass Block(torch.nn.Module):\n    def __init__(self):\n"
+              "        super().__init__()\n\n\nx = 3\nprint(Block().__class__.__name__, gc.get_count(), "
+              "'{:.2f} {x}'.format(1.0, x=x), f'{x:05d}')\n")
+    assert audit.source_findings(source) == []
 
 
 def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
@@ -1068,8 +1086,23 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
     git("commit", "-qam", "baseline")
     commit = git("rev-parse", "HEAD")
     found = audit.frozen_drift(str(tmp_path), commit)
-    assert len(found) == 1 and found[0].startswith(
-        f"{commit[:7]}: its prepare.py differs from the one at {upstream[:7]}, where its branch began"), found
+    assert [f.split(" beyond")[0] for f in found] == [
+        f"{commit[:7]}: its prepare.py is not this release's",
+        f"{commit[:7]}: its prepare.py differs from the one at {upstream[:7]}, where its branch began,"], \
+        found
+
+
+def test_the_pinned_shape_is_this_prepare_py():
+    """audit.PREPARE_SHAPE is prepare.py's: after an edit of prepare.py, pin the shape this prints."""
+    assert audit.frozen_shape((ROOT / "prepare.py").read_text()) == audit.PREPARE_SHAPE
+
+
+def test_a_statement_hidden_on_a_settings_line_changes_the_shape():
+    text = (ROOT / "prepare.py").read_text()
+    recipe = set_constant(text, "EVAL_TOKENS", 1024)
+    assert audit.frozen_shape(recipe) == audit.frozen_shape(text)
+    assert audit.frozen_shape(recipe.replace("EVAL_TOKENS = 1024", "EVAL_TOKENS = 1024; LN2 = 1")) != \
+        audit.frozen_shape(text)
 
 
 def test_start_up_code_in_the_base_python_is_named(tmp_path):
