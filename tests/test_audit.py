@@ -836,8 +836,8 @@ def test_confirm_of_an_honest_commit_holds(night, tmp_path):
     floor = max(abs(float(rows[1][1]) - float(rows[0][1])), audit.MIN_FLOOR)  # the seed rerun's
     (n.repo / "results.tsv").write_text(text.replace("baseline (seed 43)", "noise check"))  # found by content
     result = n.confirm(kept)
-    assert result.returncode == 0, result.stdout + result.stderr
     weaker = " (weaker, see above)" if audit.startup_code(sys.executable) else ""  # this machine's Python
+    assert result.returncode == (1 if weaker else 0), result.stdout + result.stderr  # weaker: no full check
     assert re.fullmatch(rf"{kept}: gain \+\d+\.\d{{6}} on validation, \+\d+\.\d{{6}} held-out, noise floor "
                         rf"{floor:.6f}: the gain holds{re.escape(weaker)}", result.stdout.splitlines()[-1]), \
         result.stdout
