@@ -129,7 +129,9 @@ def committed(folder, commit, path):
 
 def frozen_shape(source):
     """The sha256 of prepare.py's syntax tree (comments and layout aside) with each setting's literal value
-    left out: what a recipe may not change. A setting given by anything but literals keeps its value."""
+    left out: what a recipe may not change. A setting given by anything but literals keeps its value. Given
+    the file's bytes, as Python reads them: a coding line (raw_unicode_escape turns a comment's \\u000a into a
+    line of code) is honoured."""
     def literal(node):
         if isinstance(node, (ast.BinOp, ast.UnaryOp)):
             return all(literal(n) for n in (getattr(node, "left", None), getattr(node, "right", None),
@@ -137,7 +139,7 @@ def frozen_shape(source):
         return isinstance(node, ast.Constant)
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # an unknown coding too
         return None
     for node in tree.body:
         names = [getattr(t, "id", None) for t in getattr(node, "targets", [])]
@@ -150,12 +152,12 @@ def frozen_drift(folder, commit):
     where its branch left the user's (the first of UPSTREAM there is): a baseline commit may change
     prepare.py's settings (a recipe), nothing else."""
     found, settings = [], ", ".join(SETTINGS)
-    if frozen_shape(committed(folder, commit, "prepare.py").decode(errors="replace")) != PREPARE_SHAPE:
+    if frozen_shape(committed(folder, commit, "prepare.py")) != PREPARE_SHAPE:
         found.append(f"{commit[:7]}: its prepare.py is not this release's beyond the settings ({settings}): "
                      "the frozen file was edited")
     fork = next(filter(None, (git(folder, "merge-base", ref, commit) for ref in UPSTREAM)), None)
     for name in ("prepare.py", "audit.py") if fork else ():
-        old, new = (committed(folder, c, name).decode(errors="replace") for c in (fork, commit))
+        old, new = (committed(folder, c, name) for c in (fork, commit))
         if (old != new) if name == "audit.py" else frozen_shape(old) != frozen_shape(new):
             found.append(f"{commit[:7]}: its {name} differs from the one at {fork[:7]}, where its branch "
                          f"began, beyond prepare.py's settings ({settings}): a frozen file was edited")

@@ -1094,7 +1094,15 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
 
 def test_the_pinned_shape_is_this_prepare_py():
     """audit.PREPARE_SHAPE is prepare.py's: after an edit of prepare.py, pin the shape this prints."""
-    assert audit.frozen_shape((ROOT / "prepare.py").read_text()) == audit.PREPARE_SHAPE
+    assert audit.frozen_shape((ROOT / "prepare.py").read_bytes()) == audit.PREPARE_SHAPE
+
+
+def test_code_hidden_in_a_comment_by_a_coding_line_changes_the_shape():
+    """Python decodes raw_unicode_escape before parsing: the comment's \\u000a starts a line of code."""
+    source = (ROOT / "prepare.py").read_bytes().replace(b"\nimport argparse",
+                                                        b"\n# x\\u000aLN2 = 1\nimport argparse")
+    assert audit.frozen_shape(source.decode()) == audit.PREPARE_SHAPE  # read as text, it is a comment
+    assert audit.frozen_shape(b"# -*- coding: raw_unicode_escape -*-\n" + source) != audit.PREPARE_SHAPE
 
 
 def test_a_statement_hidden_on_a_settings_line_changes_the_shape():
