@@ -19,6 +19,7 @@ import glob
 import hashlib
 import hmac
 import importlib.metadata
+import itertools
 import json
 import marshal
 import operator
@@ -80,6 +81,10 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
 DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
 DUNDER_CALLS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__iter__", "__next__",
                 "__getitem__", "__repr__", "__str__", "__post_init__"}  # callable (super().__init__(...))
+DUNDER_NAMES = {"__name__", "__file__", "__doc__"}  # names: `if __name__ == "__main__"`
+# `case int(x)` reads no attribute; another class's positional patterns read those its __match_args__ names
+SELF_MATCHING = {"bool", "bytearray", "bytes", "dict", "float", "frozenset", "int", "list", "set", "str",
+                 "tuple"}
 # Modules reached as another's attribute (`torch.os`, `os.path.os`, `random._os`): never train.py's
 REACHED = {"os", "sys", "builtins", "subprocess", "importlib", "io", "shutil", "pathlib", "glob", "ctypes",
            "pickle", "marshal", "inspect", "socket", "threading", "multiprocessing", "mmap", "signal",
@@ -90,7 +95,7 @@ BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.hub", "torch.utils.mode
                 "torch._ops", "torch.utils._python_dispatch", "torch.serialization", "torch.classes",
                 "torch.utils.cpp_extension", "torch.multiprocessing", "torch.compiler.is_exporting",
                 "torch._dynamo.is_compiling", "torch.compiler.is_compiling", "torch.is_grad_enabled",
-                "torch.is_inference_mode_enabled"}
+                "torch.is_inference_mode_enabled", "torch.distributed.checkpoint", "torch.jit._serialization"}
 TORCH_HOOKS = {"TorchFunctionMode", "TorchDispatchMode", "__torch_function__", "__torch_dispatch__"}
 MAX_SOURCE = 100_000        # characters: the original's train.py is ~26,000; ours ~30,000
 MAX_LITERAL = 2_000         # characters of one string literal (a long prompt-free script needs none)
@@ -155,13 +160,28 @@ def frozen_drift(folder, commit):
     if frozen_shape(committed(folder, commit, "prepare.py")) != PREPARE_SHAPE:
         found.append(f"{commit[:7]}: its prepare.py is not this release's beyond the settings ({settings}): "
                      "the frozen file was edited")
-    fork = next(filter(None, (git(folder, "merge-base", ref, commit) for ref in UPSTREAM)), None)
+    refs = [ref for ref in UPSTREAM if git(folder, "rev-parse", "--verify", "--quiet", ref)]
+    fork = next(filter(None, (git(folder, "merge-base", ref, commit) for ref in refs)), None)
+    if refs and not fork:  # an orphan branch: its frozen files could not be compared with the user's
+        found.append(f"{commit[:7]}: shares no history with {refs[0]}: a branch begun afresh (`git checkout "
+                     "--orphan`), whose frozen files have nothing of the user's to be compared with")
     for name in ("prepare.py", "audit.py") if fork else ():
         old, new = (committed(folder, c, name) for c in (fork, commit))
         if (old != new) if name == "audit.py" else frozen_shape(old) != frozen_shape(new):
             found.append(f"{commit[:7]}: its {name} differs from the one at {fork[:7]}, where its branch "
                          f"began, beyond prepare.py's settings ({settings}): a frozen file was edited")
     return found
+
+def draw_shape(source):
+    """train.py's syntax tree without its SEED line (comments and layout aside): two commits of one shape
+    are two draws of one code."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    tree.body = [node for node in tree.body if not (isinstance(node, ast.Assign) and [
+        getattr(t, "id", None) for t in node.targets] == ["SEED"])]
+    return ast.dump(tree)
 
 def resolve(folder, commit):
     """The full hash of a commit given by at least 7 hex digits, or exit saying why."""
@@ -222,6 +242,18 @@ def file_sha256(path):
             h.update(chunk)
     return h.hexdigest()
 
+def footer_sha256(path):
+    """The sha256 of a parquet file's footer (its row groups' offsets, sizes and statistics): its rows, read
+    cheaply. A copy of other rows padded to a training shard's name and size has another footer."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-8, os.SEEK_END)
+            size = int.from_bytes(f.read(4), "little")
+            f.seek(-8 - size, os.SEEK_END)
+            return sha256(f.read(size))
+    except OSError:  # shorter than its footer says: no parquet file
+        return None
+
 def train_seconds(times, tokens):
     """Seconds from the first batch after the 11 warm-up steps to the last batch training drew (batches per
     step from train.py's TOTAL_BATCH_SIZE, 1 if it has none), and the median step's seconds."""
@@ -251,12 +283,15 @@ def append_run_record(facts):
     val, times, tokens = facts.pop("val_path"), facts.pop("train_times"), facts.pop("tokenizer_bytes")
     timed, step = train_seconds(times, facts["train_tokens"])
     hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
+    data = os.path.dirname(val)  # the training files' folder too
+    facts["train_files"] = [[name, size, footer_sha256(os.path.join(data, name))]
+                            for name, size in facts["train_files"]]
     ran = file_sha256(script) if os.path.isfile(script) else None
     record = dict(
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
         dirty=bool(git(folder, "status", "--porcelain", "--untracked-files=no")), script=script,
         prepare_sha256=file_sha256(facts.pop("prepare_path")), **facts, val_sha256=file_sha256(val),
-        val_hub_sha256=hub, val_file=[os.path.basename(val), os.path.getsize(val)],
+        val_hub_sha256=hub, val_file=[os.path.basename(val), os.path.getsize(val), footer_sha256(val)],
         tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=ran,
         train_batches=len(times), train_timed_s=round(timed, 1), train_step_s=round(step, 2))
     try:
@@ -438,10 +473,14 @@ def source_findings(source):
         module, _, rest = name.partition(".")
         if module in MODULE_ATTRS and rest and rest.split(".")[0] not in MODULE_ATTRS[module]:
             return f"uses {name}"
-        if name in BANNED_NAMES or name.startswith(tuple(n + "." for n in BANNED_NAMES)):
+        if name in BANNED_NAMES or name.startswith(tuple(n + "." for n in BANNED_NAMES)) or (
+                module == "torch" and name.rsplit(".", 1)[-1] in ("load", "loads", "load_file")):
             return f"uses {name}"
         hook = next((part for part in name.split(".") if part in TORCH_HOOKS), None)
         return hook and f"uses {hook} (it intercepts the evaluator's tensor operations)"
+
+    def dunder(name):  # `__x__`: Python's own names
+        return len(name) > 4 and name[:2] == name[-2:] == "__" and name[2:-2].isidentifier()
 
     def root(node):  # the name an attribute chain starts from
         while isinstance(node, ast.Attribute):
@@ -535,6 +574,8 @@ def source_findings(source):
             say(node, f"uses {node.id} as a value (an alias hides what it reads)")
         elif isinstance(node, ast.Name) and node.id in TORCH_HOOKS:
             say(node, f"uses {node.id} (it intercepts the evaluator's tensor operations)")
+        elif isinstance(node, ast.Name) and dunder(node.id) and node.id not in DUNDER_NAMES:
+            say(node, ("assigns " if stored else "uses ") + node.id)
         elif isinstance(node, ast.Name) and node.id == "make_dataloader" and not (
                 id(node) in called or id(node) in arguments):
             say(node, "uses make_dataloader as a value (an alias hides which split it loads)")
@@ -544,6 +585,14 @@ def source_findings(source):
                                                                     or node.name in TORCH_HOOKS):
             say(node, f"rebinds {node.name}, a name of prepare.py" if node.name in from_prepare else
                 f"defines {node.name} (it intercepts the evaluator's tensor operations)")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and dunder(node.name) and (
+                node.name not in DUNDER_CALLS):
+            say(node, f"defines {node.name}, a hook of Python's object model no research edit needs")
+        elif isinstance(node, ast.ClassDef) and (node.keywords or "type" in map(dotted, node.bases)):
+            say(node, "defines a metaclass or passes class keywords (they change what isinstance and match "
+                      "read)")
+        elif isinstance(node, ast.Call) and dotted(node.func) == "type" and len(node.args) > 1:
+            say(node, "makes a class with type(name, bases, namespace) (the audit cannot read its namespace)")
         elif isinstance(node, ast.Attribute):
             name, start = dotted(node), root(node)
             if banned(node, node.attr, id(node) in called, stored) or id(node) in inner or start not in local:
@@ -570,6 +619,8 @@ def source_findings(source):
         elif isinstance(node, ast.MatchClass):  # `case object(__globals__=g)` reads attributes too
             for attr in node.kwd_attrs:
                 banned(node, attr, False, False)
+            if node.patterns and dotted(node.cls) not in SELF_MATCHING:
+                say(node, "matches a class by position (its __match_args__ name attributes unseen here)")
         elif isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Call)) and any(
                 isinstance(e, ast.Name) and e.id in imported for e in getattr(node, "elts", None)
                 or getattr(node, "values", None) or getattr(node, "args", []) + [
@@ -583,7 +634,8 @@ def source_findings(source):
                 pass
             elif hit:
                 say(node, f"names {hit!r}, a file or setting of the harness")
-            elif text in BANNED_ATTRS or text in TORCH_HOOKS:
+            elif text in BANNED_ATTRS or text in TORCH_HOOKS or (
+                    dunder(text) and text not in DUNDER_VALUES | DUNDER_CALLS | {"__main__"}):
                 say(node, f"names the attribute {text!r}")
             elif len(text) > MAX_LITERAL:
                 say(node, f"holds a literal of {len(text):,} characters (data or weights carried in source)")
@@ -662,8 +714,9 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         record.get("train_files") != base.get("train_files")
         and f"its training files are not the baseline's ({len(record.get('train_files') or [])} files, "
             f"the baseline's {len(base.get('train_files') or [])}): data was added, removed or changed",
-        any([name, size] != val and size == val[1] for name, size in record.get("train_files") or [])
-        and "a training file has the validation file's size: a copy of the validation data",
+        any(f[0] != val[0] and (f[1] == val[1] or f[2:] == val[2:] != [None]) for f in record.get(
+            "train_files") or []) and "a training file has the validation file's size or rows: a copy of the "
+                                      "validation data",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
@@ -698,7 +751,7 @@ def audit(results="results.tsv"):
     site = sysconfig.get_paths()["purelib"]
     if sys.prefix != sys.base_prefix:  # a virtual environment (uv run): a file no package owns is a plant
         findings += [f"environment: {site}/{line}" for line in unowned_files(site)]
-    seen = set()
+    seen, shapes = set(), {}
     for row in rows:
         if len(row) != 5:
             findings.append(f"{row[0][:7]}: the row has {len(row)} tab-separated columns, not 5")
@@ -722,10 +775,15 @@ def audit(results="results.tsv"):
         for name in ("prepare.py",):
             if sha256(committed(folder, full, name)) != sha256(committed(folder, base_full, name)):
                 findings.append(f"{row[0]}: its commit changes {name}, which is frozen")
-        findings += [f"{row[0]}: {line}" for line in source_findings(
-            committed(folder, full, "train.py").decode(errors="replace"))]
+        source = committed(folder, full, "train.py").decode(errors="replace")
+        findings += [f"{row[0]}: {line}" for line in source_findings(source)]
         if row[3] == "crash" or value == 0:
             continue
+        shape = draw_shape(source)
+        if row[3] == "keep" and shape and shape in shapes:
+            findings.append(f"{row[0]}: kept, but its train.py is {shapes[shape]}'s but for SEED or "
+                            "comments: a second draw of the same code, not a gain")
+        shapes.setdefault(shape, row[0])
         mine = evaluations(records, full)
         matching = [r for r in mine if f"{r.get('val_bpb', -1):.6f}" == row[1]]
         if not matching:
@@ -770,6 +828,7 @@ def audit(results="results.tsv"):
 # The morning's confirm: clean reruns, scored out of process
 
 SCORER_OPS = ("aten", "prims", "cudnn")  # operator namespaces the clean scorer runs
+POLL_S = 0.25               # seconds between looks at a rerun (its ledger's size, a stopped process)
 
 def export_model(model, shape, device, path):
     """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
@@ -849,16 +908,31 @@ def fresh_python(tree):
         why = f"uv sync failed ({' '.join(done.stderr.split())[:160]})"
     return sys.executable, f"{why}: reran in this Python's environment, not a fresh one (weaker)"
 
-def run_capped(command, cwd, env, log, cap):
+def group_stopped(group):
+    """Whether a process of the process group `group` is stopped (a SIGSTOP, or a tracer, from outside)."""
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+            if int(fields[2]) == group and fields[0] in "Tt":
+                return True
+    return False
+
+def run_capped(command, cwd, env, log, cap, watch=None):
     """Run `command` in a process group of its own, at most `cap` seconds; the group is ended afterwards
-    (nothing it started is left running). The exit code, or None at the cap."""
+    (nothing it started is left running). Every POLL_S the size of the file `watch` is noted on this
+    process's clock (a run can set its files' times, never this clock), and whether a process of the group
+    is stopped. (exit code or None at the cap, [(seconds, size)], stopped)"""
+    sizes, stopped, start = [], False, time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            return proc.wait(timeout=cap)
-        except subprocess.TimeoutExpired:
-            return None
+            while proc.poll() is None and time.monotonic() - start < cap:
+                time.sleep(POLL_S)
+                size = os.path.getsize(watch) if watch and os.path.exists(watch) else 0
+                sizes.append((time.monotonic() - start, size))
+                stopped = stopped or group_stopped(proc.pid)
+            return proc.poll(), sizes, stopped
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -891,8 +965,8 @@ def startup_code(python):
 
 def rerun_store(python, tree):
     """The reruns' data: a cache of their own beside the real one (hard links, else copies, of the training
-    and validation shards, the tokenizer and the ledger key), and the held-out shard moved out of the
-    real cache to a temporary folder until both reruns are over (put_back)."""
+    and validation shards, the tokenizer and the ledger key); the held-out shard read into this process's
+    memory and removed from the disk: no file of it exists while a rerun runs (put_back)."""
     ask = """if True:  # what the baseline's prepare.py reads, in its own words
         import json, os, prepare as p
         spec = p.DATASETS[p.DATASET]
@@ -914,17 +988,26 @@ def rerun_store(python, tree):
                 os.link(path, target)
             except OSError:
                 shutil.copy2(path, target)
-    store = dict(cache=private, heldout=layout["heldout"], aside=None)
+    store = dict(cache=private, heldout=layout["heldout"], held=None)
     if store["heldout"] and os.path.exists(store["heldout"]):  # TinyStories: its rows are in the val file
-        store["aside"] = os.path.join(tempfile.mkdtemp(), "data.parquet")
-        shutil.move(store["heldout"], store["aside"])
+        with open(store["heldout"], "rb") as f:
+            store["held"] = f.read()
+        os.remove(store["heldout"])
     return store
 
 def put_back(store):
-    """The held-out shard back in the real cache, for the clean scorer (once: later calls do nothing)."""
-    if store and store["aside"] and os.path.exists(store["aside"]):
-        shutil.move(store["aside"], store["heldout"])
-        os.rmdir(os.path.dirname(store["aside"]))
+    """The held-out shard back in the real cache for the clean scorer, from memory; if it was not there
+    before, whatever a rerun left at its name is removed (the scorer downloads it, checked against the hub's
+    digest)."""
+    path = store and store["heldout"]
+    if path and store["held"] is not None:
+        with open(path + ".tmp", "wb") as f:
+            f.write(store["held"])
+        os.replace(path + ".tmp", path)
+    elif path:
+        for name in (path, path + ".sha256"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
 
 def others_running(folder):
     """Python processes of this account running in `folder`, this one and its ancestors aside: one left from
@@ -957,6 +1040,8 @@ def rerun(folder, commit, frozen, store=None):
     source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
     open(os.path.join(tree, "train.py"), "w").write(source)
     python, caveat = fresh_python(tree)
+    cfg = os.path.join(os.path.dirname(os.path.dirname(python)), "pyvenv.cfg")  # checked again before scoring
+    interpreter = (os.path.realpath(python), open(cfg, "rb").read() if os.path.exists(cfg) else b"")
     site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
     if caveat and sys.prefix != sys.base_prefix:  # this Python's own virtual environment: checked instead
         site = [sysconfig.get_paths()["purelib"]]
@@ -970,36 +1055,54 @@ def rerun(folder, commit, frozen, store=None):
     print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...",
           flush=True)
     log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
-    start = time.time()
-    code = run_capped([python, "-E", "-s", "train.py"], tree, env, log, cap)
+    ledger = os.path.join(tree, LEDGER)
+    code, sizes, stopped = run_capped([python, "-E", "-s", "train.py"], tree, env, log, cap, watch=ledger)
     end_processes_in(tree)
-    ledger = os.path.join(tree, LEDGER)  # to its record: a pause after it (an export, a stray process) aside
-    wall = (os.stat(ledger).st_mtime if os.path.exists(ledger) else time.time()) - start
     records, chain = read_ledger(tree, store["cache"])
-    record = next((r for r in reversed(records) if r.get("commit") == commit), None)
-    if record is None:
+    at = next((i for i in reversed(range(len(records))) if records[i].get("commit") == commit), None)
+    if at is None:
         fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
             f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
-    return dict(record=record, problems=problems + chain, seed=seed, source=source.encode(), python=python,
-                tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned, wall=wall,
-                store=store, startup=startup_code(python))
+    # its seconds: until the ledger first held its record's line (an export after it aside), on this clock
+    lines = open(ledger, "rb").read().split(b"\n")
+    ends = [end for end, line in zip(itertools.accumulate(len(line) + 1 for line in lines), lines)
+            if line.strip()]  # where each record's line ends, as read_ledger counts them
+    wall = next((t for t, size in sizes if size >= ends[at]), sizes[-1][0] if sizes else 0.0)
+    if any(b < a for (_, a), (_, b) in zip(sizes, sizes[1:])):
+        problems.append("its ledger shrank while it ran: a record was rewritten or removed")
+    if stopped:
+        problems.append("a process of its rerun was stopped (a SIGSTOP or a tracer from outside paused it): "
+                        "its seconds are not its own")
+    return dict(record=records[at], problems=problems + chain, seed=seed, source=source.encode(),
+                python=python, tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned,
+                wall=wall, store=store, startup=startup_code(python), interpreter=interpreter)
 
-def clean_score(run, base, base_full, folder):
-    """The clean scorer's result for a rerun's artifact, run with the baseline's Python and tree, once both
-    are checked to be the baseline's still (a rerun runs with this account's rights: it could change them)."""
-    for name in ("prepare.py", "audit.py"):
-        if open(os.path.join(base["tree"], name), "rb").read() != committed(folder, base_full, name):
-            return dict(error=f"the scorer's {name} was changed during the confirm")
+def clean_score(run, base, frozen_files):
+    """The clean scorer's result for a rerun's artifact: the baseline's Python, checked to be as it was
+    synced (a rerun runs with this account's rights: it could change it), runs `-I` (no environment
+    variables, no user site, no script folder on the path) in a new folder holding only the baseline's
+    prepare.py and this audit.py, both read before any rerun (`frozen_files`)."""
+    cfg = os.path.join(os.path.dirname(os.path.dirname(base["python"])), "pyvenv.cfg")
+    if (os.path.realpath(base["python"]), open(cfg, "rb").read() if os.path.exists(cfg) else b"") != (
+            base["interpreter"]):
+        return dict(error="the scorer's Python was changed during the confirm")
     changed = [f for f in unowned_files(base["site"][0]) if f not in base["unowned"]] if base["site"] else []
     if changed:
         return dict(error=f"the scorer's environment was changed during the confirm: {changed[0]}")
     if os.path.exists(run["artifact"] + ".failed"):
         return dict(error="it could not be exported: " + open(run["artifact"] + ".failed").read().strip())
-    command = [base["python"], os.path.join(base["tree"], "audit.py"), "--score", run["artifact"],
+    scorer = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
+    for name, data in frozen_files.items():
+        with open(os.path.join(scorer, name), "wb") as f:
+            f.write(data)
+    command = [base["python"], "-I", os.path.join(scorer, "audit.py"), "--score", run["artifact"],
                str(run["record"]["batch_size"])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
-    done = subprocess.run(command, cwd=base["tree"], capture_output=True, text=True, start_new_session=True,
-                          env=env)
+    try:
+        done = subprocess.run(command, cwd=scorer, capture_output=True, text=True, start_new_session=True,
+                              env=env)
+    finally:
+        shutil.rmtree(scorer, ignore_errors=True)
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         return dict(error="the clean scorer failed: " + " ".join(done.stderr.split())[-300:])
@@ -1027,16 +1130,20 @@ def confirm(commit, results="results.tsv"):
         fail(f"Python processes of yours still run in {folder} (pid {', '.join(others[:5])}): stop them (one "
              "could slow a rerun) and confirm again")
     runs, night = [], evaluations(read_ledger(folder)[0], base_full)
+    # the scorer's code, read before any code of the night runs: a rerun could change the files later
+    frozen_files = {"prepare.py": committed(folder, base_full, "prepare.py"),
+                    "audit.py": open(os.path.abspath(__file__), "rb").read()}
     try:
         for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
             runs.append(rerun(folder, c, frozen, runs[0]["store"] if runs else None))
         put_back(runs[0]["store"])
-        for run in runs:  # after both: no code of the night runs while the held-out data is in the cache
-            run["clean"] = clean_score(run, runs[0], base_full, folder)
+        for run in runs:  # after both: no code of the night runs while the held-out data is on disk
+            run["clean"] = clean_score(run, runs[0], frozen_files)
     finally:
         for run in runs:
             git(folder, "worktree", "remove", "--force", run["tree"])
-        if runs:
+        if runs:  # the held-out shard leaves the disk again: no later run of the night can read it
+            runs[0]["store"]["held"] = None
             put_back(runs[0]["store"])
             shutil.rmtree(runs[0]["store"]["cache"], ignore_errors=True)
     base, mine = runs

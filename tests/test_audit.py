@@ -635,6 +635,9 @@ def test_a_row_that_is_not_the_commits_first_evaluation_is_named(bigrams, tmp_pa
             "one commit are not draws to pick from") in findings(result), result.stdout
 
 
+COPIED = "a training file has the validation file's size or rows: a copy of the validation data"
+
+
 def write_pair_tokenizer(folder):
     """A tokenizer of the same size with other merges: pairs of 16 frequent characters (a retrained one)."""
     shutil.rmtree(folder)
@@ -667,8 +670,38 @@ def test_validation_data_copied_into_the_training_split_is_named(bigrams, tmp_pa
     result = n.audit()
     assert result.returncode == 1
     added = f"{commit}: its training files are not the baseline's (2 files, the baseline's 1): data was added"
-    copied = f"{commit}: a training file has the validation file's size: a copy of the validation data"
+    copied = f"{commit}: {COPIED}"
     assert {added + ", removed or changed", copied} <= set(findings(result)), result.stdout
+
+
+@pytest.mark.slow
+def test_validation_data_padded_to_a_training_shards_name_and_size_is_named(bigrams, tmp_path_factory):
+    """Padding between a parquet file's pages and its footer: pyarrow reads the validation rows, the file
+    has the training shard's name and size; its footer is the validation file's."""
+    n = clone_of(bigrams, tmp_path_factory, "padded")
+    train, val = n.cache / DATA / prepare.shard_filename(0), (n.cache / DATA / VAL).read_bytes()
+    footer = 8 + int.from_bytes(val[-8:-4], "little")
+    train.write_bytes(val[:-footer] + bytes(train.stat().st_size - len(val)) + val[-footer:])
+    assert pq.read_table(train).column("text").to_pylist() == pq.read_table(n.cache / DATA / VAL).column(
+        "text").to_pylist()
+    commit, code, out, row = n.attack("bigram, half the learning rate", tiny(lr=50))
+    assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
+    result = n.audit()
+    changed = f"{commit}: its training files are not the baseline's (1 files, the baseline's 1): data was "
+    copied = f"{commit}: {COPIED}"
+    assert {changed + "added, removed or changed", copied} <= set(findings(result)), result.stdout
+
+
+@pytest.mark.slow
+def test_a_keep_of_the_same_code_but_for_comments_is_named(bigrams, tmp_path_factory):
+    """Two commits of one train.py are two draws: the better one kept reads as a gain that no edit made."""
+    n = clone_of(bigrams, tmp_path_factory, "redraw")
+    commit, code, out, row = n.attack("bigram, a comment", "# the same code, a second draw\n" + tiny())
+    assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
+    result = n.audit()
+    baseline = n.commits["baseline"]
+    assert (f"{commit}: kept, but its train.py is {baseline}'s but for SEED or comments: a second draw of "
+            "the same code, not a gain") in findings(result), result.stdout
 
 
 @pytest.mark.slow
@@ -870,16 +903,65 @@ def test_confirm_of_a_memorized_validation_set_does_not_hold(memorizer_confirm):
     assert re.fullmatch(verdict, result.stdout.splitlines()[-1]), result.stdout
 
 
+# Left running from the night, outside the repository: every second it pauses the confirm's processes for a
+# tenth of a second (the baseline's rerun takes longer, so a commit's extra training would hide)
+STOPPER = """\
+import os, signal, tempfile, time
+prefix = os.path.join(tempfile.gettempdir(), "autoresearch-confirm-")
+while True:
+    paused = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(prefix):
+                os.kill(int(pid), signal.SIGSTOP)
+                paused.append(int(pid))
+        except OSError:
+            pass
+    time.sleep(0.1)
+    for pid in paused:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+    time.sleep(0.9)
+"""
+# After its evaluation the commit's rerun plants statistics.py (which audit.py imports) in the other confirm
+# folders, printing a scorer's result, and sets its ledger's times back
+PLANT = """
+import glob, os, tempfile
+fake = "print('{\\"val\\": 0.001, \\"heldout\\": 0.001, \\"probe\\": 0}'); raise SystemExit(0)\\n"
+for tree in glob.glob(os.path.join(tempfile.gettempdir(), "autoresearch-confirm-*")):
+    if os.path.isdir(tree) and tree != os.getcwd():
+        open(os.path.join(tree, "statistics.py"), "w").write(fake)
+os.utime("ledger.jsonl", (0, 0))
+"""
+
+
 @pytest.mark.slow
 @needs_uv
 def test_confirm_times_a_rerun_that_trains_past_the_budget(bigrams, tmp_path_factory):
-    """Thirty budgets of training (a minute more than the baseline's rerun), whatever the run records."""
+    """Twenty budgets of training (40 s more than the baseline's rerun), timed on the confirm's clock whatever
+    the run records or does to its files; a process that pauses the reruns is named; the clean scorer runs
+    none of the files a rerun could plant."""
     n = clone_of(bigrams, tmp_path_factory, "clock-confirm")
-    commit = n.commit("train longer", CLOCK.replace("8 * TIME_BUDGET", "30 * TIME_BUDGET"))
-    result = n.confirm(commit)
+    commit = n.commit("train longer", CLOCK.replace("8 * TIME_BUDGET", "20 * TIME_BUDGET") + PLANT)
+    stopper = subprocess.Popen([sys.executable, "-c", STOPPER], cwd=n.root)
+    try:
+        result = n.confirm(commit)
+    finally:
+        stopper.kill()
+        stopper.wait()
+    lines, base = result.stdout.splitlines(), n.commits["baseline"]
     assert result.returncode == 1, result.stdout + result.stderr
     took = rf"{commit}: its rerun took \d+ s, the baseline's \d+ s: \d+ s more is training past TIME_BUDGET.*"
-    assert any(re.fullmatch(took, line) for line in result.stdout.splitlines()), result.stdout
+    assert any(re.fullmatch(took, line) for line in lines), result.stdout
+    stopped = (f"{base}: a process of its rerun was stopped (a SIGSTOP or a tracer from outside paused it): "
+               "its seconds are not its own")
+    assert stopped in lines, result.stdout
+    scores = [re.fullmatch(rf"{base}: SEED = \d+: clean val_bpb (\S+), .*its own evaluation: (\S+);.*", line)
+              for line in lines]
+    clean, own = next(float(m[1]) for m in scores if m), next(float(m[2]) for m in scores if m)
+    assert abs(clean - own) < audit.CLEAN_MATCH, result.stdout
 
 
 # ---------------------------------------------------------------------------
@@ -1045,6 +1127,16 @@ REACHES = {  # a snippet of train.py, and the line of it the check must name
     "TOTAL_BATCH_SIZE rebound": ("TOTAL_BATCH_SIZE = 4\ndef main():\n    global TOTAL_BATCH_SIZE\n", 3),
     "the val split through or_exit": ("from prepare import make_dataloader, or_exit\n"
                                       "loader = or_exit(make_dataloader, None, 4, 64, 'val')\n", 2),
+    "a metaclass": ("class Meta(type):\n    pass\n", 1),
+    "a class keyword": ("class K(**{'meta' + 'class': object}):\n    pass\n", 1),
+    "an isinstance hook": ("class K:\n    def __instancecheck__(cls, obj):\n        return True\n", 2),
+    "positions named by __match_args__": ("import sys\nclass K:\n    pass\nmatch sys:\n    case K(m):\n"
+                                          "        pass\n", 5),
+    "a dunder named in a string": ("names = ('__glob' 'als__',)\n", 1),
+    "the builtins' namespace": ("read = __builtins__['op' + 'en']\n", 1),
+    "a class made by type()": ("K = type('K', (), {})\n", 1),
+    "a distributed checkpoint": ("import torch\nw = torch.distributed.checkpoint.load({}, 'x')\n", 2),
+    "torch.jit's private loader": ("import torch\nw = torch.jit._serialization.load('x')\n", 2),
 }
 
 
@@ -1090,6 +1182,24 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
         f"{commit[:7]}: its prepare.py is not this release's",
         f"{commit[:7]}: its prepare.py differs from the one at {upstream[:7]}, where its branch began,"], \
         found
+
+
+def test_a_branch_with_no_history_of_the_users_is_named(tmp_path):
+    """An orphan branch (`git checkout --orphan`) shares no commit with the user's: nothing to compare."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, env=GIT_ENV, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    git("-c", "init.defaultBranch=main", "init", "-q")
+    for name in ("prepare.py", "audit.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    git("add", "-A")
+    git("commit", "-qm", "upstream")
+    assert audit.frozen_drift(str(tmp_path), git("rev-parse", "HEAD")) == []
+    git("checkout", "-q", "--orphan", "autoresearch/night")
+    git("commit", "-qm", "baseline, afresh")
+    commit = git("rev-parse", "HEAD")
+    assert [f.split(":")[:2] for f in audit.frozen_drift(str(tmp_path), commit)] == [
+        [commit[:7], " shares no history with refs/heads/main"]]
 
 
 def test_the_pinned_shape_is_this_prepare_py():
