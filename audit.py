@@ -107,7 +107,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "6545cef6844a6446dc3c749086ded4b17d8a6e89eea5a9f0f3a3e33dd694e7e3"
+PREPARE_SHAPE = "2335aef93261fc2627490ad096ca5679d07344ed6ffa5123ab7a8b99bf3e40cd"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -146,11 +146,20 @@ def frozen_shape(source):
         tree = ast.parse(source)
     except (SyntaxError, ValueError):  # an unknown coding too
         return None
+    def text(node):  # ast.dump's, the same under every Python: 3.12 added type_params, 3.13 drops empties
+        if isinstance(node, list):
+            return "[" + ", ".join(map(text, node)) + "]"
+        if not isinstance(node, ast.AST):
+            return repr(node)
+        fields = [f"{f}={text(getattr(node, f))}" for f in node._fields
+                  if getattr(node, f, None) is not None and getattr(node, f) != []]
+        return f"{type(node).__name__}({', '.join(fields)})"
+
     for node in tree.body:
         names = [getattr(t, "id", None) for t in getattr(node, "targets", [])]
         if isinstance(node, ast.Assign) and len(names) == 1 and names[0] in SETTINGS and literal(node.value):
             node.value = ast.Constant(None)
-    return sha256(ast.dump(tree).encode())
+    return sha256(text(tree).encode())
 
 def frozen_drift(folder, commit):
     """How the frozen files at `commit` differ from this release's prepare.py (PREPARE_SHAPE) and from those
@@ -1033,7 +1042,7 @@ def rerun(folder, commit, frozen, store=None):
     """Rerun `commit` with the other seed in a fresh worktree and environment, on the data of rerun_store,
     `python -E -s`; its record goes to the worktree's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
-    tree = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
+    began, tree = time.monotonic(), tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
     git(folder, "worktree", "add", "--detach", tree, commit)
     source = open(os.path.join(tree, "train.py")).read()
     seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
@@ -1050,7 +1059,10 @@ def rerun(folder, commit, frozen, store=None):
     store = store or rerun_store(python, tree)
     artifact = os.path.join(tree, "model.pt2")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(AUTORESEARCH_EXPORT=artifact, AUTORESEARCH_CACHE_DIR=store["cache"])
+    # compile caches of its own, cold for both reruns: the commit's must not start warm from the baseline's
+    env.update(AUTORESEARCH_EXPORT=artifact, AUTORESEARCH_CACHE_DIR=store["cache"],
+               TORCHINDUCTOR_CACHE_DIR=os.path.join(tree, ".compiled", "inductor"),
+               TRITON_CACHE_DIR=os.path.join(tree, ".compiled", "triton"))
     cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
     print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...",
           flush=True)
@@ -1075,7 +1087,8 @@ def rerun(folder, commit, frozen, store=None):
                         "its seconds are not its own")
     return dict(record=records[at], problems=problems + chain, seed=seed, source=source.encode(),
                 python=python, tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned,
-                wall=wall, store=store, startup=startup_code(python), interpreter=interpreter)
+                wall=wall, store=store, startup=startup_code(python), interpreter=interpreter,
+                seconds=time.monotonic() - began)
 
 def clean_score(run, base, frozen_files):
     """The clean scorer's result for a rerun's artifact: the baseline's Python, checked to be as it was
@@ -1133,12 +1146,15 @@ def confirm(commit, results="results.tsv"):
     # the scorer's code, read before any code of the night runs: a rerun could change the files later
     frozen_files = {"prepare.py": committed(folder, base_full, "prepare.py"),
                     "audit.py": open(os.path.abspath(__file__), "rb").read()}
+    started = time.monotonic()
     try:
         for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
             runs.append(rerun(folder, c, frozen, runs[0]["store"] if runs else None))
         put_back(runs[0]["store"])
+        scoring = time.monotonic()
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
             run["clean"] = clean_score(run, runs[0], frozen_files)
+        scored = time.monotonic()
     finally:
         for run in runs:
             git(folder, "worktree", "remove", "--force", run["tree"])
@@ -1195,6 +1211,8 @@ def confirm(commit, results="results.tsv"):
         findings.append(f"{full[:7]}: no held-out score ({why}): that check was not made")
     for line in findings:
         print(line)
+    print(f"confirm: {time.monotonic() - started:.0f} s: reruns {base['seconds']:.0f} s and "
+          f"{mine['seconds']:.0f} s (environment, run, export), clean scoring {scored - scoring:.0f} s")
     verdict = "the gain does not hold"
     if gain > floor and held is not None and held > floor:
         verdict = f"unconfirmed: {len(findings)} finding(s) above" if findings else "the gain holds"
