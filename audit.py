@@ -68,7 +68,8 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "sys": {"exit", "stdout", "stderr", "platform", "version", "version_info", "maxsize"},
                 "gc": {"collect", "freeze", "unfreeze", "disable", "enable", "isenabled", "get_count",
                        "get_threshold", "set_threshold"},
-                "time": {"time", "perf_counter", "monotonic", "sleep", "strftime", "localtime", "time_ns"}}
+                "time": {"time", "perf_counter", "monotonic", "sleep", "strftime", "localtime", "gmtime",
+                         "time_ns", "perf_counter_ns", "monotonic_ns", "process_time"}}
 # Builtins and attributes no research edit needs: each reaches the evaluator's objects or frames, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
