@@ -81,8 +81,7 @@ def base_url(dataset=None):
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
 def split_row_ranges(split, data_dir=None, dataset=None):
-    """A split's documents as (file, first row, end row or None), in sorted file order: `val` and `heldout`
-    are the pinned data above, `train` the rest. Raises FileNotFoundError, saying what to run, if none."""
+    """A split's documents (DATASETS above) as (file, first row, end row or None), in sorted file order."""
     data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
     dataset = dataset or DATASET
     spec = DATASETS[dataset]
@@ -176,8 +175,7 @@ def make_dirs(path):
         raise WriteError(path, e) from None
 
 def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0):
-    """One file into data_dir (its bytes counted in counts[name]) unless a good copy is there; None if `stop`
-    is set first. Raises ShardMissing on a 4xx, WriteError on a local write error, RuntimeError at the end."""
+    """One file into data_dir unless a good copy is there (bytes so far in counts[name]); None if stopped."""
     stop, counts = stop or threading.Event(), {} if counts is None else counts
     path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
@@ -234,8 +232,8 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     dataset = dataset or DATASET
     spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
-    names = [spec.get("file") or shard_filename(i) for i in (*range(num_shards), spec["val"])]
-    names = names[-1:] if "file" in spec else names  # never the held-out shard (fetch_heldout)
+    shards = (*range(num_shards), spec["val"])  # never the held-out shard (fetch_heldout)
+    names = [spec["file"]] if "file" in spec else [shard_filename(i) for i in shards]
     stop, counts, t0 = stop or threading.Event(), dict.fromkeys(names, 0), time.time()
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
     futures = pending = [pool.submit(download_shard, n, data_dir, url_base, counts, stop,
@@ -350,24 +348,23 @@ class Tokenizer:
             others = ", ".join(sorted(os.listdir(parent))) if os.path.isdir(parent) else ""
             raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: run `uv run prepare.py` first"
                                     + (f" (the others stay as they are: {others})" if others else ""))
-        n = VOCAB_SIZE - len(SPECIAL_TOKENS)
         try:  # a line cut short, not base64 or not a number: ValueError
             with open(rank_file) as f:
                 ranks = {base64.b64decode(token, validate=True): int(rank)
                          for token, rank in (line.split() for line in f.read().splitlines() if line)}
         except ValueError as e:
             raise TokenizerError(rank_file, f"has a line that is not `<base64 token> <rank>` ({e})") from None
+        n, m = VOCAB_SIZE - len(SPECIAL_TOKENS), len(ranks)  # learned tokens: VOCAB_SIZE's, the file's
+        whole, specials = sorted(ranks.values()) == list(range(m)), dict(zip(SPECIAL_TOKENS, range(m, m + 4)))
         try:  # not JSON, no pattern (KeyError), a pattern tiktoken rejects, other special tokens
             with open(meta_file) as f:
                 meta = json.load(f)
-            m = len(ranks)  # whole and consistent, but of another size: say so, it is not damaged
-            if m != n and sorted(ranks.values()) == list(range(m)) and meta.get("special_tokens") == {
-                    name: m + i for i, name in enumerate(SPECIAL_TOKENS)}:
+            if m != n and whole and meta.get("special_tokens") == specials:  # another size, not damaged
                 raise TokenizerError(tokenizer_dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
                                                     f"not VOCAB_SIZE = {VOCAB_SIZE}")
-            if sorted(ranks.values()) != list(range(n)):
+            if m != n or not whole:
                 raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
-            if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
+            if meta["special_tokens"] != specials:
                 raise ValueError(f"special tokens are not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
             return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
                                          special_tokens=meta["special_tokens"]))
@@ -604,12 +601,11 @@ def evaluate_bpb(model, tokenizer, batch_size):
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         raise
-    after = _fingerprint(model)
     rejected = None
     if probe > CAUSAL_TOLERANCE:
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
-    elif before is not None and not torch.equal(before, after):
+    elif before is not None and not torch.equal(before, _fingerprint(model)):
         rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
                     "evaluation)")
     try:
@@ -629,8 +625,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
             val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
-    export = os.environ.get("AUTORESEARCH_EXPORT")
-    if audit and export:  # audit.py --confirm scores the model in a clean process
+    if audit and (export := os.environ.get("AUTORESEARCH_EXPORT")):  # audit.py --confirm: a clean process
         audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)
     return val_bpb
 
@@ -681,15 +676,11 @@ def gpu_peak_flops(name):
 def setup_device(seed):
     """Seeds, matmul precision and the device's start-up line: (device, autocast, synchronize, bf16 peak
     FLOP/s or None). bf16 autocast on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and slow."""
-    torch.manual_seed(seed)
-    torch.set_float32_matmul_precision("high")
-    device, peak = _default_device(), None
-    line = f"device: {device.type} ({DEVICE_NOTES.get(device.type)})"
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        name = torch.cuda.get_device_name()
-        line, peak = f"device: cuda ({name})", gpu_peak_flops(name)
+    torch.manual_seed(seed)  # every device's generator, CUDA's too
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (cuDNN's convolutions allow it already)
+    device = _default_device()
+    about = torch.cuda.get_device_name() if device.type == "cuda" else DEVICE_NOTES[device.type]
+    line, peak = f"device: {device.type} ({about})", gpu_peak_flops(about) if device.type == "cuda" else None
     if not peak:  # the summary's format is fixed (a number with two decimals): there 0.00 stands for n/a
         line += ("; no bf16 peak in GPU_BF16_PEAK_FLOPS (prepare.py) for it, so MFU reads n/a in the "
                  "progress lines and 0.00 in the summary")
@@ -734,13 +725,13 @@ def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=N
     seq = size.get("sequence_len", MAX_SEQ_LEN)
     sizes = [b for b in range(1, failed_at or total_batch_size // seq + 1)
              if total_batch_size % (b * seq) == 0]
-    if not memory:
-        return max(sizes, default=None)
-    fixed = _step_memory(size, 0, device_type)
-    per_sequence = _step_memory(size, 1, device_type) - fixed
-    if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
-        per_sequence = max(per_sequence, (memory - fixed) / failed_at)
-    return max((b for b in sizes if fixed + b * per_sequence <= 0.9 * memory), default=None)
+    if memory:
+        fixed = _step_memory(size, 0, device_type)
+        per_sequence = _step_memory(size, 1, device_type) - fixed
+        if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
+            per_sequence = max(per_sequence, (memory - fixed) / failed_at)
+        sizes = [b for b in sizes if fixed + b * per_sequence <= 0.9 * memory]
+    return max(sizes, default=None)
 
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
@@ -969,10 +960,8 @@ def main(args=None):
         print(f"\ninterrupted: kept the {sum(n.endswith('.parquet') for n in names)} complete files in "
               f"{data_dir}; run prepare.py again to {then}", file=sys.stderr, flush=True)
         os._exit(130)  # at once (a stalled read or rustbpe would hold up sys.exit); 130: Ctrl-C
-    if args.dataset == DATASET:
-        print("ready: run `uv run train.py`")
-    else:
-        print(f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
+    change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
+    print(f"ready: {change}run `uv run train.py`")
 
 if __name__ == "__main__":
     main(ARGS)
