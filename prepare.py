@@ -33,15 +33,13 @@ TIME_BUDGET = 300           # seconds of training (wall clock, compilation exclu
 EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
 LN2 = math.log(2)           # nats per bit, taken when this file loads
 
-# The data set and vocabulary: FineWeb-Edu at 8192 by default; "climbmix" is the original's (its published
-# runs are on it), "tinystories" suits small computers with a smaller VOCAB_SIZE. Each data set has a folder
-# of its own and each (data set, VOCAB_SIZE) a tokenizer of its own, so no setting overwrites another's.
+# FineWeb-Edu at 8192 by default; "climbmix" is the original's (its published runs), "tinystories" suits small
+# computers with a smaller VOCAB_SIZE. Each data set and each (data set, VOCAB_SIZE) has a folder of its own.
 DATASET = "fineweb-edu"
 VOCAB_SIZE = 8192
-# Hub repo and pinned data, never trained on: `val` scores every run (evaluate_bpb); `heldout`, a second set,
-# only audit.py's --confirm, in a process that never trains. A shard set validates on its last shard, holds
-# out the one before it and trains on shards 0 ... heldout - 1; TinyStories is one file: its card's test rows
-# 0-9,999 are held out, its validation rows 10,000-19,999 validate, rows 20,000 to the end train.
+# Hub repo and pinned data, never trained on: `val` scores every run; `heldout` only audit.py's --confirm,
+# in a process that never trains. A shard set validates on its last shard, holds out the one before and trains
+# on the rest. TinyStories is one file: test rows 0-9,999 held out, validation rows next, training rows after.
 DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=1822, heldout=1821),
             "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", val=6542, heldout=6541),
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
@@ -556,9 +554,8 @@ def _causality_probe(model, x):
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, computed here:
-    the cross entropy of its logits, the targets' byte counts from `tokenizer`; one batch, drawn at random,
-    is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
+    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, from its logits'
+    cross entropy and `tokenizer`'s byte counts; one batch, drawn at random, is probed for causality."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -588,11 +585,9 @@ def score(model, tokenizer, batch_size, split="val"):
     return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the pinned validation data: vocabulary-independent, comparable across tokenizers.
-    The model only gives logits (model(x), no targets); the loss, the byte counts and the batches are made
-    here, with the tokenizer read afresh from disk (`tokenizer` is taken for the original's signature). A
-    model that sees the future, or whose weights change while it is scored, is rejected. Each evaluation
-    hands a run record to audit.py (ledger.jsonl)."""
+    """Bits per byte on the pinned validation data, comparable across vocabularies, from model(x)'s logits;
+    the tokenizer is read afresh from disk (`tokenizer`: the original's signature). A model that sees the
+    future, or changes while it is scored, is rejected. Each evaluation hands audit.py a run record."""
     own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
@@ -630,9 +625,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     return val_bpb
 
 # ---------------------------------------------------------------------------
-# Harness: the checks and reports train.py calls. They take plain numbers, never train.py's model, so that no
-# edit of the model can make this frozen code raise; a number left out (None) skips its check, in one line. A
-# train.py that calls none of them (one written for the original) runs without them.
+# Harness: the checks and reports train.py calls. Plain numbers, never train.py's model: no edit of the model
+# makes frozen code raise; a number left out (None) skips its check in one line; a train.py may call none.
 
 # Dense bf16 peak FLOP/s by device-name substring, most specific first: MFU's denominator
 GPU_BF16_PEAK_FLOPS = [
@@ -760,8 +754,7 @@ def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rat
             "evaluation": eval_tokens * flops_per_token / 3 / rate}
 
 def _refuse_or_warn(device_type, problem, gpu_advice):
-    """Stop on a CPU or MPS (else swapping, an OOM kill or a run killed at 600 s); warn on a GPU, where an
-    edited model may need less than the estimate."""
+    """Stop on a CPU or MPS (else swapping, an OOM kill, a run killed at 600 s); warn on a GPU."""
     if device_type != "cuda":
         sys.exit(f"{problem}:\n{SMALL_COMPUTER_ADVICE}")
     print(f"warning: {problem}; {gpu_advice}")
@@ -813,9 +806,8 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
               "evaluates)")
 
 def cache_compiled_graphs():
-    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs ~9.5 s of each warm start, H100),
-    which it refuses by default: they call sdpa_kernel's helpers and a custom autograd.Function. Both are
-    traced into the graph it hashes (the backends, the Function's forward and backward): edits recompile."""
+    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs a warm start ~9.5 s, H100), which it
+    refuses for sdpa_kernel's helpers and custom autograd.Functions: both are traced into what it hashes."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
@@ -836,8 +828,7 @@ def print_progress(line, step, last):
         _last_progress_print = time.time()
 
 def out_of_memory(e, batch_size, total_batch_size, **model_size):
-    """Re-raise `e` unless it is out of memory; then exit with one line naming a DEVICE_BATCH_SIZE that should
-    fit, estimated from the numbers preflight took (`model_size`: the same keywords)."""
+    """Re-raise `e` unless out of memory; then exit naming a DEVICE_BATCH_SIZE that should fit."""
     if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
         raise e
     size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
@@ -851,8 +842,7 @@ def out_of_memory(e, batch_size, total_batch_size, **model_size):
     sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
 
 def save_checkpoint(model, path=CHECKPOINT):
-    """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
-    in one line, leaves an earlier file whole, and the run goes on to its evaluation."""
+    """The weights, via a temporary name: a failed save says so in one line and keeps an earlier file."""
     global _saved_checkpoint
     tmp = path + ".tmp"
     try:
@@ -884,10 +874,9 @@ def peak_memory_mb():
 # Main
 
 def move_old_layout():
-    """The original (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the shards in
-    data/ and the tokenizer in tokenizer/. The shards move, by rename, into the folder of the data set whose
-    validation shard is among them, never guessed; our old tokenizer into fineweb-edu-8192/. The original's
-    tokenizer is a pickle: it stays where it is, never loaded."""
+    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat.
+    The shards move into the folder of the data set whose validation shard is among them (never guessed); our
+    old tokenizer into fineweb-edu-8192/; the original's, a pickle, stays where it is, never loaded."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
