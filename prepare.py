@@ -633,19 +633,17 @@ GPU_BF16_PEAK_FLOPS = [
     ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
     ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
     ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
-    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
-]
+    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12)]
 # A step's peak bytes ~ fixed + 16 a parameter (fp32 weights, grads, two optimizer buffers) + tokens a micro
-# step * (a * depth * width + b * vocab), fitted to measured peaks (within 6 %). cuda (bf16, compiled, H100,
-# torch 2.11, batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/47.2 GB; 4 at 64: 7.7; 12 at 32: 26.5.
-# cpu (fp32, peak RSS, measured under torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512:
-# 1.4, 2.9 GB. MPS: as cpu.
-STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
+# step * (a * depth * width + b * vocab), fitted within 6 % to peaks measured on cuda (bf16, compiled, H100,
+# torch 2.11, batch x 2048 tokens; depth 8 at 32/64/128: 12.3/24.0/47.2 GB, 4 at 64: 7.7, 12 at 32: 26.5)
+# and cpu (fp32, peak RSS, torch 2.9.1; depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512: 1.4, 2.9).
+STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b); MPS: as cpu
 MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
 # The whole run: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (forwards: a third of a
 # step's FLOPs a token) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
-# matmuls: on 2 cores shared with other jobs (load 3-4) steps ran at 0.07-0.21 of that rate, evaluation at
-# 0.09-0.57; at 0.2 a run that passes fits such load (idle, README's recipe reached about 0.8).
+# matmuls: on 2 shared cores (load 3-4) steps ran at 0.07-0.21 of it, evaluation at 0.09-0.57: 0.2 fits such
+# load (idle, README's recipe reached about 0.8).
 CPU_EFFICIENCY = 0.2
 GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
 STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
@@ -941,10 +939,9 @@ def main(args=None):
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
-        for name in names:
-            if name.endswith(".tmp"):  # a download cut short
-                with contextlib.suppress(OSError):  # its worker may have removed it meanwhile
-                    os.remove(os.path.join(data_dir, name))
+        for tmp in (name for name in names if name.endswith(".tmp")):  # downloads cut short
+            with contextlib.suppress(OSError):  # its worker may have removed it meanwhile
+                os.remove(os.path.join(data_dir, tmp))
         sys.stdout.flush()
         print(f"\ninterrupted: kept the {sum(n.endswith('.parquet') for n in names)} complete files in "
               f"{data_dir}; run prepare.py again to {then}", file=sys.stderr, flush=True)
