@@ -33,15 +33,13 @@ TIME_BUDGET = 300           # seconds of training (wall clock, compilation exclu
 EVAL_TOKENS = 40 * 524288   # tokens scored by evaluate_bpb
 LN2 = math.log(2)           # nats per bit, taken when this file loads
 
-# The data set and vocabulary: FineWeb-Edu at 8192 by default; "climbmix" is the original's (its published
-# runs are on it), "tinystories" suits small computers with a smaller VOCAB_SIZE. Each data set has a folder
-# of its own and each (data set, VOCAB_SIZE) a tokenizer of its own, so no setting overwrites another's.
+# FineWeb-Edu at 8192 by default; "climbmix" is the original's (its published runs), "tinystories" suits small
+# computers with a smaller VOCAB_SIZE. Each data set and each (data set, VOCAB_SIZE) has a folder of its own.
 DATASET = "fineweb-edu"
 VOCAB_SIZE = 8192
-# Hub repo and pinned data, never trained on: `val` scores every run (evaluate_bpb); `heldout`, a second set,
-# only audit.py's --confirm, in a process that never trains. A shard set validates on its last shard, holds
-# out the one before it and trains on shards 0 ... heldout - 1; TinyStories is one file: its card's test rows
-# 0-9,999 are held out, its validation rows 10,000-19,999 validate, rows 20,000 to the end train.
+# Hub repo and pinned data, never trained on: `val` scores every run; `heldout` only audit.py's --confirm,
+# in a process that never trains. A shard set validates on its last shard, holds out the one before and trains
+# on the rest. TinyStories is one file: test rows 0-9,999 held out, validation rows next, training rows after.
 DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=1822, heldout=1821),
             "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", val=6542, heldout=6541),
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
@@ -81,8 +79,7 @@ def base_url(dataset=None):
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
 
 def split_row_ranges(split, data_dir=None, dataset=None):
-    """A split's documents as (file, first row, end row or None), in sorted file order: `val` and `heldout`
-    are the pinned data above, `train` the rest. Raises FileNotFoundError, saying what to run, if none."""
+    """A split's documents (DATASETS above) as (file, first row, end row or None), in sorted file order."""
     data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
     dataset = dataset or DATASET
     spec = DATASETS[dataset]
@@ -176,8 +173,7 @@ def make_dirs(path):
         raise WriteError(path, e) from None
 
 def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0):
-    """One file into data_dir (its bytes counted in counts[name]) unless a good copy is there; None if `stop`
-    is set first. Raises ShardMissing on a 4xx, WriteError on a local write error, RuntimeError at the end."""
+    """One file into data_dir unless a good copy is there (bytes so far in counts[name]); None if stopped."""
     stop, counts = stop or threading.Event(), {} if counts is None else counts
     path, tmp = os.path.join(data_dir, name), os.path.join(data_dir, name + ".tmp")
     if os.path.exists(path):
@@ -234,8 +230,8 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     dataset = dataset or DATASET
     spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
-    names = [spec.get("file") or shard_filename(i) for i in (*range(num_shards), spec["val"])]
-    names = names[-1:] if "file" in spec else names  # never the held-out shard (fetch_heldout)
+    shards = (*range(num_shards), spec["val"])  # never the held-out shard (fetch_heldout)
+    names = [spec["file"]] if "file" in spec else [shard_filename(i) for i in shards]
     stop, counts, t0 = stop or threading.Event(), dict.fromkeys(names, 0), time.time()
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
     futures = pending = [pool.submit(download_shard, n, data_dir, url_base, counts, stop,
@@ -350,24 +346,23 @@ class Tokenizer:
             others = ", ".join(sorted(os.listdir(parent))) if os.path.isdir(parent) else ""
             raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: run `uv run prepare.py` first"
                                     + (f" (the others stay as they are: {others})" if others else ""))
-        n = VOCAB_SIZE - len(SPECIAL_TOKENS)
         try:  # a line cut short, not base64 or not a number: ValueError
             with open(rank_file) as f:
                 ranks = {base64.b64decode(token, validate=True): int(rank)
                          for token, rank in (line.split() for line in f.read().splitlines() if line)}
         except ValueError as e:
             raise TokenizerError(rank_file, f"has a line that is not `<base64 token> <rank>` ({e})") from None
+        n, m = VOCAB_SIZE - len(SPECIAL_TOKENS), len(ranks)  # learned tokens: VOCAB_SIZE's, the file's
+        whole, specials = sorted(ranks.values()) == list(range(m)), dict(zip(SPECIAL_TOKENS, range(m, m + 4)))
         try:  # not JSON, no pattern (KeyError), a pattern tiktoken rejects, other special tokens
             with open(meta_file) as f:
                 meta = json.load(f)
-            m = len(ranks)  # whole and consistent, but of another size: say so, it is not damaged
-            if m != n and sorted(ranks.values()) == list(range(m)) and meta.get("special_tokens") == {
-                    name: m + i for i, name in enumerate(SPECIAL_TOKENS)}:
+            if m != n and whole and meta.get("special_tokens") == specials:  # another size, not damaged
                 raise TokenizerError(tokenizer_dir, f"holds a tokenizer of {m + len(SPECIAL_TOKENS)} tokens, "
                                                     f"not VOCAB_SIZE = {VOCAB_SIZE}")
-            if sorted(ranks.values()) != list(range(n)):
+            if m != n or not whole:
                 raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
-            if meta["special_tokens"] != {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}:
+            if meta["special_tokens"] != specials:
                 raise ValueError(f"special tokens are not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
             return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
                                          special_tokens=meta["special_tokens"]))
@@ -559,9 +554,8 @@ def _causality_probe(model, x):
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, computed here:
-    the cross entropy of its logits, the targets' byte counts from `tokenizer`; one batch, drawn at random,
-    is also probed for causality. Also the out-of-process scorer's (audit.py --confirm)."""
+    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, from its logits'
+    cross entropy and `tokenizer`'s byte counts; one batch, drawn at random, is probed for causality."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -591,11 +585,9 @@ def score(model, tokenizer, batch_size, split="val"):
     return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the pinned validation data: vocabulary-independent, comparable across tokenizers.
-    The model only gives logits (model(x), no targets); the loss, the byte counts and the batches are made
-    here, with the tokenizer read afresh from disk (`tokenizer` is taken for the original's signature). A
-    model that sees the future, or whose weights change while it is scored, is rejected. Each evaluation
-    hands a run record to audit.py (ledger.jsonl)."""
+    """Bits per byte on the pinned validation data, comparable across vocabularies, from model(x)'s logits;
+    the tokenizer is read afresh from disk (`tokenizer`: the original's signature). A model that sees the
+    future, or changes while it is scored, is rejected. Each evaluation hands audit.py a run record."""
     own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
@@ -604,12 +596,11 @@ def evaluate_bpb(model, tokenizer, batch_size):
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         raise
-    after = _fingerprint(model)
     rejected = None
     if probe > CAUSAL_TOLERANCE:
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
-    elif before is not None and not torch.equal(before, after):
+    elif before is not None and not torch.equal(before, _fingerprint(model)):
         rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
                     "evaluation)")
     try:
@@ -629,34 +620,30 @@ def evaluate_bpb(model, tokenizer, batch_size):
             val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
-    export = os.environ.get("AUTORESEARCH_EXPORT")
-    if audit and export:  # audit.py --confirm scores the model in a clean process
+    if audit and (export := os.environ.get("AUTORESEARCH_EXPORT")):  # audit.py --confirm: a clean process
         audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)
     return val_bpb
 
 # ---------------------------------------------------------------------------
-# Harness: the checks and reports train.py calls. They take plain numbers, never train.py's model, so that no
-# edit of the model can make this frozen code raise; a number left out (None) skips its check, in one line. A
-# train.py that calls none of them (one written for the original) runs without them.
+# Harness: the checks and reports train.py calls. Plain numbers, never train.py's model: no edit of the model
+# makes frozen code raise; a number left out (None) skips its check in one line; a train.py may call none.
 
 # Dense bf16 peak FLOP/s by device-name substring, most specific first: MFU's denominator
 GPU_BF16_PEAK_FLOPS = [
     ("GH200", 989.5e12), ("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12),
     ("H800", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362.05e12),
     ("L40", 181.05e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 5090", 209.5e12),
-    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12),
-]
+    ("RTX 4090", 165.2e12), ("RTX 3090", 71e12), ("RTX A6000", 154.8e12)]
 # A step's peak bytes ~ fixed + 16 a parameter (fp32 weights, grads, two optimizer buffers) + tokens a micro
-# step * (a * depth * width + b * vocab), fitted to measured peaks (within 6 %). cuda (bf16, compiled, H100,
-# torch 2.11, batch x 2048 tokens): depth 8 at 32/64/128: 12.3/24.0/47.2 GB; 4 at 64: 7.7; 12 at 32: 26.5.
-# cpu (fp32, peak RSS, measured under torch 2.9.1): depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512:
-# 1.4, 2.9 GB. MPS: as cpu.
-STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b)
+# step * (a * depth * width + b * vocab), fitted within 6 % to peaks measured on cuda (bf16, compiled, H100,
+# torch 2.11, batch x 2048 tokens; depth 8 at 32/64/128: 12.3/24.0/47.2 GB, 4 at 64: 7.7, 12 at 32: 26.5)
+# and cpu (fp32, peak RSS, torch 2.9.1; depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512: 1.4, 2.9).
+STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b); MPS: as cpu
 MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
 # The whole run: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (forwards: a third of a
 # step's FLOPs a token) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
-# matmuls: on 2 cores shared with other jobs (load 3-4) steps ran at 0.07-0.21 of that rate, evaluation at
-# 0.09-0.57; at 0.2 a run that passes fits such load (idle, README's recipe reached about 0.8).
+# matmuls: on 2 shared cores (load 3-4) steps ran at 0.07-0.21 of it, evaluation at 0.09-0.57: 0.2 fits such
+# load (idle, README's recipe reached about 0.8).
 CPU_EFFICIENCY = 0.2
 GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
 STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
@@ -681,15 +668,11 @@ def gpu_peak_flops(name):
 def setup_device(seed):
     """Seeds, matmul precision and the device's start-up line: (device, autocast, synchronize, bf16 peak
     FLOP/s or None). bf16 autocast on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and slow."""
-    torch.manual_seed(seed)
-    torch.set_float32_matmul_precision("high")
-    device, peak = _default_device(), None
-    line = f"device: {device.type} ({DEVICE_NOTES.get(device.type)})"
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        name = torch.cuda.get_device_name()
-        line, peak = f"device: cuda ({name})", gpu_peak_flops(name)
+    torch.manual_seed(seed)  # every device's generator, CUDA's too
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (cuDNN's convolutions allow it already)
+    device = _default_device()
+    about = torch.cuda.get_device_name() if device.type == "cuda" else DEVICE_NOTES[device.type]
+    line, peak = f"device: {device.type} ({about})", gpu_peak_flops(about) if device.type == "cuda" else None
     if not peak:  # the summary's format is fixed (a number with two decimals): there 0.00 stands for n/a
         line += ("; no bf16 peak in GPU_BF16_PEAK_FLOPS (prepare.py) for it, so MFU reads n/a in the "
                  "progress lines and 0.00 in the summary")
@@ -734,13 +717,13 @@ def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=N
     seq = size.get("sequence_len", MAX_SEQ_LEN)
     sizes = [b for b in range(1, failed_at or total_batch_size // seq + 1)
              if total_batch_size % (b * seq) == 0]
-    if not memory:
-        return max(sizes, default=None)
-    fixed = _step_memory(size, 0, device_type)
-    per_sequence = _step_memory(size, 1, device_type) - fixed
-    if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
-        per_sequence = max(per_sequence, (memory - fixed) / failed_at)
-    return max((b for b in sizes if fixed + b * per_sequence <= 0.9 * memory), default=None)
+    if memory:
+        fixed = _step_memory(size, 0, device_type)
+        per_sequence = _step_memory(size, 1, device_type) - fixed
+        if failed_at:  # it needed more than `memory`: trust the larger of that and the estimate
+            per_sequence = max(per_sequence, (memory - fixed) / failed_at)
+        sizes = [b for b in sizes if fixed + b * per_sequence <= 0.9 * memory]
+    return max(sizes, default=None)
 
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
@@ -769,8 +752,7 @@ def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rat
             "evaluation": eval_tokens * flops_per_token / 3 / rate}
 
 def _refuse_or_warn(device_type, problem, gpu_advice):
-    """Stop on a CPU or MPS (else swapping, an OOM kill or a run killed at 600 s); warn on a GPU, where an
-    edited model may need less than the estimate."""
+    """Stop on a CPU or MPS (else swapping, an OOM kill, a run killed at 600 s); warn on a GPU."""
     if device_type != "cuda":
         sys.exit(f"{problem}:\n{SMALL_COMPUTER_ADVICE}")
     print(f"warning: {problem}; {gpu_advice}")
@@ -822,9 +804,8 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
               "evaluates)")
 
 def cache_compiled_graphs():
-    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs ~9.5 s of each warm start, H100),
-    which it refuses by default: they call sdpa_kernel's helpers and a custom autograd.Function. Both are
-    traced into the graph it hashes (the backends, the Function's forward and backward): edits recompile."""
+    """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs a warm start ~9.5 s, H100), which it
+    refuses for sdpa_kernel's helpers and custom autograd.Functions: both are traced into what it hashes."""
     import torch._functorch.config
     import torch._inductor.config
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
@@ -845,8 +826,7 @@ def print_progress(line, step, last):
         _last_progress_print = time.time()
 
 def out_of_memory(e, batch_size, total_batch_size, **model_size):
-    """Re-raise `e` unless it is out of memory; then exit with one line naming a DEVICE_BATCH_SIZE that should
-    fit, estimated from the numbers preflight took (`model_size`: the same keywords)."""
+    """Re-raise `e` unless out of memory; then exit naming a DEVICE_BATCH_SIZE that should fit."""
     if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
         raise e
     size = _positive(**{"sequence_len": MAX_SEQ_LEN, **model_size})
@@ -860,8 +840,7 @@ def out_of_memory(e, batch_size, total_batch_size, **model_size):
     sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
 
 def save_checkpoint(model, path=CHECKPOINT):
-    """The weights, written under a temporary name and then renamed: a save that fails (a full disk) says so
-    in one line, leaves an earlier file whole, and the run goes on to its evaluation."""
+    """The weights, via a temporary name: a failed save says so in one line and keeps an earlier file."""
     global _saved_checkpoint
     tmp = path + ".tmp"
     try:
@@ -893,10 +872,9 @@ def peak_memory_mb():
 # Main
 
 def move_old_layout():
-    """The original (ClimbMix), and this project before it had data sets (FineWeb-Edu), kept the shards in
-    data/ and the tokenizer in tokenizer/. The shards move, by rename, into the folder of the data set whose
-    validation shard is among them, never guessed; our old tokenizer into fineweb-edu-8192/. The original's
-    tokenizer is a pickle: it stays where it is, never loaded."""
+    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat.
+    The shards move into the folder of the data set whose validation shard is among them (never guessed); our
+    old tokenizer into fineweb-edu-8192/; the original's, a pickle, stays where it is, never loaded."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
@@ -961,18 +939,15 @@ def main(args=None):
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
-        for name in names:
-            if name.endswith(".tmp"):  # a download cut short
-                with contextlib.suppress(OSError):  # its worker may have removed it meanwhile
-                    os.remove(os.path.join(data_dir, name))
+        for tmp in (name for name in names if name.endswith(".tmp")):  # downloads cut short
+            with contextlib.suppress(OSError):  # its worker may have removed it meanwhile
+                os.remove(os.path.join(data_dir, tmp))
         sys.stdout.flush()
         print(f"\ninterrupted: kept the {sum(n.endswith('.parquet') for n in names)} complete files in "
               f"{data_dir}; run prepare.py again to {then}", file=sys.stderr, flush=True)
         os._exit(130)  # at once (a stalled read or rustbpe would hold up sys.exit); 130: Ctrl-C
-    if args.dataset == DATASET:
-        print("ready: run `uv run train.py`")
-    else:
-        print(f'ready: set DATASET = "{args.dataset}" in prepare.py, then run `uv run train.py`')
+    change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
+    print(f"ready: {change}run `uv run train.py`")
 
 if __name__ == "__main__":
     main(ARGS)
