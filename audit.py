@@ -975,21 +975,37 @@ def startup_code(python):
 
 def rerun_store(python, tree):
     """The reruns' data: a cache of their own beside the real one (hard links, else copies, of the training
-    and validation shards, the tokenizer and the ledger key); the held-out shard read into this process's
-    memory and removed from the disk: no file of it exists while a rerun runs (put_back)."""
+    and validation shards, the tokenizer and the ledger key). The held-out shard is read into this process's
+    memory and removed from the disk: no file of it exists while a rerun runs (put_back). A data set of one
+    file (TinyStories) gets a copy with its held-out rows emptied, their count kept (the splits are rows)."""
     ask = """if True:  # what the baseline's prepare.py reads, in its own words
-        import json, os, prepare as p
-        spec = p.DATASETS[p.DATASET]
+        import json, os, sys, prepare as p
+        spec, blanked = p.DATASETS[p.DATASET], []
         files = [r[0] for split in ("train", "val") for r in p.split_row_ranges(split)]
         files += [os.path.join(p.TOKENIZER_DIR, name) for name in os.listdir(p.TOKENIZER_DIR)]
         heldout = None if "file" in spec else os.path.join(p.DATA_DIR, p.shard_filename(spec["heldout"]))
-        print(json.dumps(dict(cache=p.CACHE_DIR, files=files, heldout=heldout)))"""
-    done = subprocess.run([python, "-E", "-s", "-c", ask], cwd=tree, capture_output=True, text=True)
+        if "file" in spec:
+            import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+            source, (first, end) = os.path.join(p.DATA_DIR, spec["file"]), spec["heldout"]
+            pf, start = pq.ParquetFile(source), 0
+            blanked.append(source)
+            target = os.path.join(sys.argv[1], os.path.relpath(source, p.CACHE_DIR))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with pq.ParquetWriter(target, pf.schema_arrow) as out:
+                for group in range(pf.num_row_groups):
+                    table = pf.read_row_group(group)
+                    rows = pa.array(range(start, start + table.num_rows))
+                    held = pc.and_(pc.greater_equal(rows, first), pc.less(rows, end))
+                    text = pc.if_else(held, "", table["text"])
+                    out.write_table(table.set_column(table.schema.get_field_index("text"), "text", text))
+                    start += table.num_rows
+        print(json.dumps(dict(cache=p.CACHE_DIR, files=files, heldout=heldout, blanked=blanked)))"""
+    private = tempfile.mkdtemp(prefix=CONFIRM_PREFIX, dir=os.path.dirname(CACHE_DIR))  # hard links: one disk
+    done = subprocess.run([python, "-E", "-s", "-c", ask, private], cwd=tree, capture_output=True, text=True)
     if done.returncode:
         fail("the baseline's prepare.py cannot list its data: " + " ".join(done.stderr.split())[-200:])
     layout = json.loads(done.stdout.strip().splitlines()[-1])
-    cache, files = layout["cache"], layout["files"]
-    private = tempfile.mkdtemp(prefix=CONFIRM_PREFIX, dir=os.path.dirname(cache))  # a hard link: one disk
+    cache, files = layout["cache"], [f for f in layout["files"] if f not in layout["blanked"]]
     for path in files + [f + ".sha256" for f in files] + [os.path.join(cache, "ledger.key")]:
         if os.path.isfile(path):
             target = os.path.join(private, os.path.relpath(path, cache))

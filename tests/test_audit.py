@@ -1235,3 +1235,26 @@ def test_start_up_code_in_the_base_python_is_named(tmp_path):
     (lib / "site-packages" / "zz.pth").write_text("import os\n")
     assert audit.startup_code(python) == [f"{lib}/sitecustomize.py (run at every start)",
                                           f"{lib}/site-packages/zz.pth belongs to no installed package"]
+
+
+def test_a_one_file_data_set_reruns_without_its_held_out_rows(tmp_path, monkeypatch):
+    """TinyStories holds out rows 0-9,999 of the file it validates and trains on: the reruns get a copy with
+    those rows empty, the same number of rows, the validation and training rows as they were."""
+    cache, tree, spec = tmp_path / "cache", tmp_path / "tree", prepare.DATASETS["tinystories"]
+    data = cache / "data" / "tinystories"
+    data.mkdir(parents=True)
+    texts = [f"story {i}" for i in range(spec["val"][1] + 100)]
+    pq.write_table(pa.table({"text": texts}), data / spec["file"], row_group_size=3000)
+    write_byte_tokenizer(cache / "tokenizer" / "tinystories-512", 512, prepare.SPECIAL_TOKENS,
+                         prepare.SPLIT_PATTERN)
+    tree.mkdir()
+    text = set_constant((ROOT / "prepare.py").read_text(), "DATASET", '"tinystories"')
+    (tree / "prepare.py").write_text(set_constant(text, "VOCAB_SIZE", 512))
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(cache))
+    monkeypatch.setattr(audit, "CACHE_DIR", str(cache))
+    store = audit.rerun_store(sys.executable, str(tree))
+    copy = Path(store["cache"]) / "data" / "tinystories" / spec["file"]
+    copy = pq.read_table(copy).column("text").to_pylist()
+    assert copy == [""] * spec["heldout"][1] + texts[spec["heldout"][1]:]
+    assert pq.read_table(data / spec["file"]).column("text").to_pylist() == texts  # yours, untouched
+    shutil.rmtree(store["cache"])
