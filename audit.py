@@ -13,7 +13,9 @@ code. Exit 0 when everything holds, else 1 with one line per finding naming the 
 import argparse
 import ast
 import base64
+import collections
 import contextlib
+import ctypes
 import fcntl
 import glob
 import hashlib
@@ -486,6 +488,10 @@ def source_findings(source):
         if name in BANNED_NAMES or name.startswith(tuple(n + "." for n in BANNED_NAMES)) or (
                 module == "torch" and name.rsplit(".", 1)[-1] in ("load", "loads", "load_file")):
             return f"uses {name}"
+        part = (rest.split(".") + [""])[:2]
+        if module == "torch" and "." in rest and not (name + ".").startswith(CONFIG) and (
+                part[0] == "utils" and part[1] != "checkpoint" or part[0][:1] == "_"):
+            return f"uses {name} (torch's utilities and private modules read files and run programs)"
         hook = next((part for part in name.split(".") if part in TORCH_HOOKS), None)
         return hook and f"uses {hook} (it intercepts the evaluator's tensor operations)"
 
@@ -548,7 +554,8 @@ def source_findings(source):
                 wrong = problem(f"{node.module}.{alias.name}")
                 if wrong or alias.name in BANNED_ATTRS or alias.name.lstrip("_") in REACHED:
                     say(node, wrong or f"uses .{alias.name}")
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.withitem, ast.arguments)):
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.withitem, ast.arguments, ast.For,
+                               ast.comprehension)):
             # `F = torch.nn.functional` (or :=, `with ... as`, a default argument): an alias of a module
             if isinstance(node, ast.arguments):
                 params = node.posonlyargs + node.args
@@ -557,6 +564,8 @@ def source_findings(source):
                 pairs = [(ast.Name(a.arg), d) for a, d in pairs]
             elif isinstance(node, ast.withitem):
                 pairs = [(node.optional_vars, node.context_expr)]
+            elif isinstance(node, (ast.For, ast.comprehension)):  # `for F in [torch.nn.functional]:`
+                pairs = [(node.target, e) for e in getattr(node.iter, "elts", [node.iter])]
             else:
                 targets, value = getattr(node, "targets", None) or [node.target], node.value
                 pairs = [(t, value) for t in targets]
@@ -975,8 +984,8 @@ def startup_code(python):
 
 def rerun_store(python, tree):
     """The reruns' data: a cache of their own beside the real one (hard links, else copies, of the training
-    and validation shards, the tokenizer and the ledger key). The held-out shard is read into this process's
-    memory and removed from the disk: no file of it exists while a rerun runs (put_back). A data set of one
+    and validation shards, the tokenizer and the ledger key). A held-out shard in the real cache is removed:
+    a confirm never leaves one behind, so one found there was put there (remove_heldout). A data set of one
     file (TinyStories) gets a copy with its held-out rows emptied, their count kept (the splits are rows)."""
     ask = """if True:  # what the baseline's prepare.py reads, in its own words
         import json, os, sys, prepare as p
@@ -1014,26 +1023,44 @@ def rerun_store(python, tree):
                 os.link(path, target)
             except OSError:
                 shutil.copy2(path, target)
-    store = dict(cache=private, heldout=layout["heldout"], held=None)
-    if store["heldout"] and os.path.exists(store["heldout"]):  # TinyStories: its rows are in the val file
-        with open(store["heldout"], "rb") as f:
-            store["held"] = f.read()
-        os.remove(store["heldout"])
+    store = dict(cache=private, heldout=layout["heldout"])
+    remove_heldout(store)
     return store
 
-def put_back(store):
-    """The held-out shard back in the real cache for the clean scorer, from memory; if it was not there
-    before, whatever a rerun left at its name is removed (the scorer downloads it, checked against the hub's
-    digest)."""
-    path = store and store["heldout"]
-    if path and store["held"] is not None:
-        with open(path + ".tmp", "wb") as f:
-            f.write(store["held"])
-        os.replace(path + ".tmp", path)
-    elif path:
-        for name in (path, path + ".sha256"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(name)
+def remove_heldout(store):
+    """Remove the held-out shard from the real cache (TinyStories: its rows are in the validation file). It
+    is on disk only while the clean scorer reads it: downloaded afresh for it, checked against the hub's
+    digest, and removed again before any other code runs, so no run of the night can read or replace it."""
+    for path in (store["heldout"], store["heldout"] + ".sha256") if store and store["heldout"] else ():
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+def adopt_orphans():
+    """Make this process the subreaper of what it starts (Linux): a process a rerun leaves behind, even one
+    that left its session (setsid) and folder, becomes a child of this one, which end_descendants ends."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # 36: PR_SET_CHILD_SUBREAPER
+
+def end_descendants():
+    """Kill every process descended from this one and reap it (none of the confirm's own is running then)."""
+    for _ in range(20):  # a process may start another while the first is ended
+        children = collections.defaultdict(list)
+        for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                children[int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])].append(int(pid))
+        found, todo = [], list(children[os.getpid()])
+        while todo:
+            found.append(todo.pop())
+            todo += children[found[-1]]
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
 
 def others_running(folder):
     """Python processes of this account running in `folder`, this one and its ancestors aside: one left from
@@ -1087,6 +1114,7 @@ def rerun(folder, commit, frozen, store=None):
     ledger = os.path.join(tree, LEDGER)
     code, sizes, stopped = run_capped([python, "-E", "-s", "train.py"], tree, env, log, cap, watch=ledger)
     end_processes_in(tree)
+    end_descendants()
     records, chain = read_ledger(tree, store["cache"])
     at = next((i for i in reversed(range(len(records))) if records[i].get("commit") == commit), None)
     if at is None:
@@ -1164,10 +1192,12 @@ def confirm(commit, results="results.tsv"):
     frozen_files = {"prepare.py": committed(folder, base_full, "prepare.py"),
                     "audit.py": open(os.path.abspath(__file__), "rb").read()}
     started = time.monotonic()
+    adopt_orphans()
     try:
         for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
             runs.append(rerun(folder, c, frozen, runs[0]["store"] if runs else None))
-        put_back(runs[0]["store"])
+        end_descendants()
+        remove_heldout(runs[0]["store"])  # whatever a rerun left at its name
         scoring = time.monotonic()
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
             run["clean"] = clean_score(run, runs[0], frozen_files)
@@ -1176,8 +1206,7 @@ def confirm(commit, results="results.tsv"):
         for run in runs:
             git(folder, "worktree", "remove", "--force", run["tree"])
         if runs:  # the held-out shard leaves the disk again: no later run of the night can read it
-            runs[0]["store"]["held"] = None
-            put_back(runs[0]["store"])
+            remove_heldout(runs[0]["store"])
             shutil.rmtree(runs[0]["store"]["cache"], ignore_errors=True)
     base, mine = runs
     findings = frozen_drift(folder, base_full)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from common import GIT_ENV, ROOT, make_document, set_constant, write_byte_tokenizer
+from common import GIT_ENV, ROOT, make_document, serve_folder, set_constant, write_byte_tokenizer
 from conftest import REAL_HOME
 
 import audit
@@ -366,9 +366,19 @@ class Night:
         code, out = self.train(check=False)
         return commit, code, out, self.row("keep", description or message)
 
-    def confirm(self, commit):
-        shutil.copy(self.root / HELDOUT, self.cache / DATA / HELDOUT)  # what fetch_heldout would download
-        return self.audit("--confirm", commit, timeout=900)
+    def confirm(self, commit, planted=None):
+        """--confirm with the held-out shard on a hub of its own (it downloads it afresh); `planted`: a file
+        the night left at the held-out shard's name in the cache."""
+        if planted:
+            shutil.copy(planted, self.cache / DATA / HELDOUT)
+        hub = self.root / "hub"
+        folder = hub / "datasets" / prepare.DATASETS[prepare.DATASET]["repo"] / "resolve" / "main"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.root / HELDOUT, folder / HELDOUT)
+        with serve_folder(hub) as url:
+            return subprocess.run([str(BASE_PYTHON), "audit.py", "--confirm", commit], cwd=self.repo,
+                                  env=dict(self.env, HF_ENDPOINT=url), capture_output=True, text=True,
+                                  timeout=900)
 
 
 def head_file(cache, ledger):
@@ -881,7 +891,7 @@ def test_confirm_of_an_honest_commit_holds(night, tmp_path):
 def memorizer_confirm(memorizer, tmp_path_factory):
     n, commit, _ = memorizer
     n = n.clone(tmp_path_factory.mktemp("memorizer-confirm"))
-    return commit, n.confirm(commit)
+    return commit, n.confirm(commit, planted=n.cache / DATA / VAL)  # a copy of the validation data
 
 
 @pytest.mark.slow
@@ -1128,6 +1138,8 @@ REACHES = {  # a snippet of train.py, and the line of it the check must name
     "the val split through or_exit": ("from prepare import make_dataloader, or_exit\n"
                                       "loader = or_exit(make_dataloader, None, 4, 64, 'val')\n", 2),
     "a metaclass": ("class Meta(type):\n    pass\n", 1),
+    "torch's utilities": ("import torch\nout = torch.utils.collect_env.run('ls')\n", 2),
+    "a module aliased by a loop": ("import torch\nfor F in [torch.nn.functional]:\n    F.relu = print\n", 3),
     "a class keyword": ("class K(**{'meta' + 'class': object}):\n    pass\n", 1),
     "an isinstance hook": ("class K:\n    def __instancecheck__(cls, obj):\n        return True\n", 2),
     "positions named by __match_args__": ("import sys\nclass K:\n    pass\nmatch sys:\n    case K(m):\n"
@@ -1258,3 +1270,20 @@ def test_a_one_file_data_set_reruns_without_its_held_out_rows(tmp_path, monkeypa
     assert copy == [""] * spec["heldout"][1] + texts[spec["heldout"][1]:]
     assert pq.read_table(data / spec["file"]).column("text").to_pylist() == texts  # yours, untouched
     shutil.rmtree(store["cache"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux: the subreaper and /proc")
+def test_a_process_a_rerun_leaves_behind_is_ended(tmp_path):
+    """In a session of its own, its parent gone: the confirm, its subreaper, still finds and ends it."""
+    code = (f"import subprocess, sys, time; sys.path.insert(0, {str(ROOT)!r}); import audit\n"
+            "audit.adopt_orphans()\n"
+            "subprocess.run(['sh', '-c', 'sleep 300 & echo $! > pid'], cwd=sys.argv[1],\n"
+            "               start_new_session=True)\n"
+            "time.sleep(0.2)\naudit.end_descendants()\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    pid = int((tmp_path / "pid").read_text())
+    try:
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, 9)
