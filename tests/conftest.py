@@ -1,7 +1,8 @@
 """The suite writes only to temporary folders: HOME and every cache a test touches (torch.compile's,
 Jupyter's, IPython's, matplotlib's) point into one made for this session, before any test module imports
 train.py.
-Fixtures shared by several modules live here."""
+Fixtures shared by several modules live here, and the grouping of tests for pytest-xdist (README's test
+command runs the suite on two workers)."""
 
 import os
 import shutil
@@ -9,7 +10,9 @@ import tempfile
 
 import pytest
 
-REAL_HOME = os.path.expanduser("~")
+# pytest-xdist's workers inherit the environment of the process that started them, whose HOME this file has
+# already pointed at a temporary folder of its own: the real one travels to them in a variable
+REAL_HOME = os.environ.setdefault("REAL_HOME_OF_TESTS", os.path.expanduser("~"))
 TEST_HOME = tempfile.mkdtemp(prefix="autoresearch-test-home-")
 os.environ["HOME"] = TEST_HOME
 for name in ("AUTORESEARCH_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "IPYTHONDIR",
@@ -17,10 +20,28 @@ for name in ("AUTORESEARCH_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_
     os.environ.pop(name, None)
 os.environ["XDG_CACHE_HOME"] = os.path.join(TEST_HOME, ".cache")
 os.environ["MPLCONFIGDIR"] = os.path.join(TEST_HOME, ".config", "matplotlib")
+if "PYTEST_XDIST_WORKER" in os.environ:  # workers side by side: one torch thread each, as in the scripts
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the tests run (common.cpu_env)
 
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(TEST_HOME, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """With `--dist loadgroup`, the tests that share an instance of a module's own module- or session-scoped
+    fixture (tests/test_audit.py's honest night, one of its attacks) form one group, run on one worker in file
+    order; every other test goes to whichever worker is free. A fixture that several groups build on (the
+    attacks' bigram night) is then built once per worker that needs it."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # every fixture the test uses, directly or through others
+        shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
+                        if defs[-1].scope != "function" and defs[-1].func.__module__ == item.module.__name__)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{'+'.join(shared)}"))
 
 
 @pytest.fixture(scope="session")

@@ -391,6 +391,10 @@ def test_evaluate_bpb_uniform_model(tok, data_dir, prepared, monkeypatch):
     monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
     monkeypatch.setattr(prepare, "MAX_SEQ_LEN", T)
     monkeypatch.setattr(prepare, "EVAL_TOKENS", B * T * batches)
+    # In a pytest-xdist worker __main__ is `python -c` code, which the run record takes for code run from
+    # prepare.py's folder: it would append a record to the repository's ledger.jsonl. As the main file of a
+    # run without workers is, this test's file is outside that folder: no record.
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", __file__, raising=False)
     bpb = prepare.evaluate_bpb(UniformModel(8192), tok, B)
     ref = reference_batches(tok, B, T, [str(data_dir / prepare.VAL_FILENAME)], 1000)
     targets = torch.cat([next(ref)[1].reshape(-1) for _ in range(batches)]).tolist()
