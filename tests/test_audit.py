@@ -1170,16 +1170,22 @@ def test_the_source_check_passes_common_idioms():
     assert audit.source_findings(source) == []
 
 
-def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
-    """A baseline commit may change prepare.py's settings (a recipe), no other line of a frozen file."""
+def upstream_repo(folder):
+    """A repository in `folder` whose main branch holds this release's frozen files; its git as a function."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, env=GIT_ENV, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=folder, env=GIT_ENV, capture_output=True, text=True,
                               check=True).stdout.strip()
     git("-c", "init.defaultBranch=main", "init", "-q")
     for name in ("prepare.py", "audit.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(ROOT / name, folder / name)
     git("add", "-A")
     git("commit", "-qm", "upstream")
+    return git
+
+
+def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
+    """A baseline commit may change prepare.py's settings (a recipe), no other line of a frozen file."""
+    git = upstream_repo(tmp_path)
     upstream = git("rev-parse", "HEAD")
     git("checkout", "-qb", "autoresearch/night")
     text = set_constant((ROOT / "prepare.py").read_text(), "TIME_BUDGET", 180)
@@ -1198,14 +1204,7 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
 
 def test_a_branch_with_no_history_of_the_users_is_named(tmp_path):
     """An orphan branch (`git checkout --orphan`) shares no commit with the user's: nothing to compare."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, env=GIT_ENV, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    git("-c", "init.defaultBranch=main", "init", "-q")
-    for name in ("prepare.py", "audit.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    git("add", "-A")
-    git("commit", "-qm", "upstream")
+    git = upstream_repo(tmp_path)
     assert audit.frozen_drift(str(tmp_path), git("rev-parse", "HEAD")) == []
     git("checkout", "-q", "--orphan", "autoresearch/night")
     git("commit", "-qm", "baseline, afresh")
