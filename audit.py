@@ -927,14 +927,18 @@ def fresh_python(tree):
         why = f"uv sync failed ({' '.join(done.stderr.split())[:160]})"
     return sys.executable, f"{why}: reran in this Python's environment, not a fresh one (weaker)"
 
-def group_stopped(group):
-    """Whether a process of the process group `group` is stopped (a SIGSTOP, or a tracer, from outside)."""
+def process_table():
+    """{pid: (state, parent pid, process group)} of every process, from /proc (Linux; {} elsewhere)."""
+    table = {}
     for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
-            if int(fields[2]) == group and fields[0] in "Tt":
-                return True
-    return False
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # after the program's name
+            table[int(pid)] = (fields[0], int(fields[1]), int(fields[2]))
+    return table
+
+def group_stopped(group):
+    """Whether a process of the process group `group` is stopped (a SIGSTOP, or a tracer, from outside)."""
+    return any(pgrp == group and state in "Tt" for state, _, pgrp in process_table().values())
 
 def run_capped(command, cwd, env, log, cap, watch=None):
     """Run `command` in a process group of its own, at most `cap` seconds; the group is ended afterwards
@@ -1045,9 +1049,8 @@ def end_descendants():
     """Kill every process descended from this one and reap it (none of the confirm's own is running then)."""
     for _ in range(20):  # a process may start another while the first is ended
         children = collections.defaultdict(list)
-        for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                children[int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])].append(int(pid))
+        for pid, (_, parent, _) in process_table().items():
+            children[parent].append(pid)
         found, todo = [], list(children[os.getpid()])
         while todo:
             found.append(todo.pop())
@@ -1065,13 +1068,10 @@ def end_descendants():
 def others_running(folder):
     """Python processes of this account running in `folder`, this one and its ancestors aside: one left from
     the night could slow a rerun (pause the baseline's, and the commit's extra time hides)."""
-    mine, pid = set(), os.getpid()
-    while pid > 1:  # this process and its ancestors (the shell, uv)
+    mine, pid, table = set(), os.getpid(), process_table()
+    while pid > 1 and pid not in mine:  # this process and its ancestors (the shell, uv)
         mine.add(pid)
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-            continue
-        break
+        pid = table[pid][1] if pid in table else 1
     found = []
     for p in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
         with contextlib.suppress(OSError):
