@@ -377,8 +377,13 @@ class Night:
         shutil.copy(self.root / HELDOUT, folder / HELDOUT)
         with serve_folder(hub) as url:
             return subprocess.run([str(BASE_PYTHON), "audit.py", "--confirm", commit], cwd=self.repo,
-                                  env=dict(self.env, HF_ENDPOINT=url), capture_output=True, text=True,
-                                  timeout=900)
+                                  env=dict(self.env, HF_ENDPOINT=url, TMPDIR=self.tmp()), capture_output=True,
+                                  text=True, timeout=900)
+
+    def tmp(self):
+        """This night's confirm's temporary folder (its worktrees): no other test's process looks in it."""
+        (self.root / "tmp").mkdir(exist_ok=True)
+        return str(self.root / "tmp")
 
 
 def head_file(cache, ledger):
@@ -913,27 +918,31 @@ def test_confirm_of_a_memorized_validation_set_does_not_hold(memorizer_confirm):
     assert re.fullmatch(verdict, result.stdout.splitlines()[-1]), result.stdout
 
 
-# Left running from the night, outside the repository: every second it pauses the confirm's processes for a
-# tenth of a second (the baseline's rerun takes longer, so a commit's extra training would hide)
+# Left running from the night, outside the repository: it pauses the baseline's rerun (the first confirm
+# folder it finds a process in) 0.4 s of every 0.6 s, so that the rerun takes longer and a commit's extra
+# training hides. The confirm samples its processes every 0.25 s: each pause, longer than that, is seen.
 STOPPER = """\
 import os, signal, tempfile, time
-prefix = os.path.join(tempfile.gettempdir(), "autoresearch-confirm-")
+prefix, tree = os.path.join(tempfile.gettempdir(), "autoresearch-confirm-"), None
 while True:
     paused = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.readlink(f"/proc/{pid}/cwd").startswith(prefix):
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if cwd.startswith(prefix):
+                tree = tree or prefix + cwd[len(prefix):].split("/")[0]
+            if tree and (cwd == tree or cwd.startswith(tree + "/")):
                 os.kill(int(pid), signal.SIGSTOP)
                 paused.append(int(pid))
         except OSError:
             pass
-    time.sleep(0.1)
+    time.sleep(0.4)
     for pid in paused:
         try:
             os.kill(pid, signal.SIGCONT)
         except OSError:
             pass
-    time.sleep(0.9)
+    time.sleep(0.2)
 """
 # After its evaluation the commit's rerun plants statistics.py (which audit.py imports) in the other confirm
 # folders, printing a scorer's result, and sets its ledger's times back
@@ -955,7 +964,8 @@ def test_confirm_times_a_rerun_that_trains_past_the_budget(bigrams, tmp_path_fac
     none of the files a rerun could plant."""
     n = clone_of(bigrams, tmp_path_factory, "clock-confirm")
     commit = n.commit("train longer", CLOCK.replace("8 * TIME_BUDGET", "20 * TIME_BUDGET") + PLANT)
-    stopper = subprocess.Popen([sys.executable, "-c", STOPPER], cwd=n.root)
+    stopper = subprocess.Popen([sys.executable, "-c", STOPPER], cwd=n.root,
+                               env=dict(os.environ, TMPDIR=n.tmp()))
     try:
         result = n.confirm(commit)
     finally:
