@@ -848,6 +848,7 @@ def audit(results="results.tsv"):
 
 SCORER_OPS = ("aten", "prims", "cudnn")  # operator namespaces the clean scorer runs
 POLL_S = 0.25               # seconds between looks at a rerun (its ledger's size, a stopped process)
+HASHED = (".py", ".pth", ".pt2", ".cfg", ".json", ".tiktoken")  # files the scorer runs or reads whole
 
 def export_model(model, shape, device, path):
     """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
@@ -1027,7 +1028,7 @@ def rerun_store(python, tree):
                 os.link(path, target)
             except OSError:
                 shutil.copy2(path, target)
-    store = dict(cache=private, heldout=layout["heldout"])
+    store = dict(cache=private, heldout=layout["heldout"], files=layout["files"])
     remove_heldout(store)
     return store
 
@@ -1093,13 +1094,10 @@ def rerun(folder, commit, frozen, store=None):
     source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
     open(os.path.join(tree, "train.py"), "w").write(source)
     python, caveat = fresh_python(tree)
-    cfg = os.path.join(os.path.dirname(os.path.dirname(python)), "pyvenv.cfg")  # checked again before scoring
-    interpreter = (os.path.realpath(python), open(cfg, "rb").read() if os.path.exists(cfg) else b"")
     site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
     if caveat and sys.prefix != sys.base_prefix:  # this Python's own virtual environment: checked instead
         site = [sysconfig.get_paths()["purelib"]]
-    unowned = unowned_files(site[0]) if site else []
-    problems = [f"its environment: {line}" for line in unowned]
+    problems = [f"its environment: {line}" for line in (unowned_files(site[0]) if site else [])]
     store = store or rerun_store(python, tree)
     artifact = os.path.join(tree, "model.pt2")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
@@ -1131,30 +1129,48 @@ def rerun(folder, commit, frozen, store=None):
         problems.append("a process of its rerun was stopped (a SIGSTOP or a tracer from outside paused it): "
                         "its seconds are not its own")
     return dict(record=records[at], problems=problems + chain, seed=seed, source=source.encode(),
-                python=python, tree=tree, artifact=artifact, caveat=caveat, site=site, unowned=unowned,
-                wall=wall, store=store, startup=startup_code(python), interpreter=interpreter,
-                seconds=time.monotonic() - began)
+                python=python, tree=tree, artifact=artifact, caveat=caveat, wall=wall, store=store,
+                startup=startup_code(python), seconds=time.monotonic() - began)
+
+def scorer_reads(base):
+    """What the clean scorer reads: its Python, its import path (the base installation's standard library,
+    the environment's packages), the baseline's artifact, the data and tokenizer files."""
+    done = subprocess.run([base["python"], "-I", "-c", "import sys; print('\\n'.join(sys.path))"],
+                          capture_output=True, text=True)
+    cfg = os.path.join(os.path.dirname(os.path.dirname(base["python"])), "pyvenv.cfg")
+    return [p for p in done.stdout.splitlines() if p] + [os.path.realpath(base["python"]), cfg,
+                                                         base["artifact"], *base["store"]["files"]]
+
+def snapshot(roots):
+    """Each file under `roots` but compiled ones (the scorer reads none: see clean_score): the sha256 of code,
+    start-up files, the model and the tokenizer; inode, size and time of the rest (libraries, data). Not
+    ctime: uv's hard links to its cache change it for every file (~1 s here: 25,000 files hashed, 84,000)."""
+    found = {}
+    for root in roots:
+        one_file = [(os.path.dirname(root), [], [os.path.basename(root)])]
+        for folder, dirs, files in os.walk(root) if os.path.isdir(root) else one_file:
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    s = os.lstat(path)
+                    found[path] = file_sha256(path) if name.endswith(HASHED) else (s.st_ino, s.st_size,
+                                                                                   s.st_mtime_ns)
+    return found
 
 def clean_score(run, base, frozen_files):
-    """The clean scorer's result for a rerun's artifact: the baseline's Python, checked to be as it was
-    synced (a rerun runs with this account's rights: it could change it), runs `-I` (no environment
+    """The clean scorer's result for a rerun's artifact: the baseline's Python runs `-I` (no environment
     variables, no user site, no script folder on the path) in a new folder holding only the baseline's
-    prepare.py and this audit.py, both read before any rerun (`frozen_files`)."""
-    cfg = os.path.join(os.path.dirname(os.path.dirname(base["python"])), "pyvenv.cfg")
-    if (os.path.realpath(base["python"]), open(cfg, "rb").read() if os.path.exists(cfg) else b"") != (
-            base["interpreter"]):
-        return dict(error="the scorer's Python was changed during the confirm")
-    changed = [f for f in unowned_files(base["site"][0]) if f not in base["unowned"]] if base["site"] else []
-    if changed:
-        return dict(error=f"the scorer's environment was changed during the confirm: {changed[0]}")
+    prepare.py and this audit.py, both read before any rerun (`frozen_files`), its compiled files kept in
+    that folder (a .pyc planted beside a module is never read)."""
     if os.path.exists(run["artifact"] + ".failed"):
         return dict(error="it could not be exported: " + open(run["artifact"] + ".failed").read().strip())
     scorer = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
     for name, data in frozen_files.items():
         with open(os.path.join(scorer, name), "wb") as f:
             f.write(data)
-    command = [base["python"], "-I", os.path.join(scorer, "audit.py"), "--score", run["artifact"],
-               str(run["record"]["batch_size"])]
+    command = [base["python"], "-I", "-X", f"pycache_prefix={scorer}/pycache",
+               os.path.join(scorer, "audit.py"), "--score", run["artifact"], str(run["record"]["batch_size"])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
     try:
         done = subprocess.run(command, cwd=scorer, capture_output=True, text=True, start_new_session=True,
@@ -1196,11 +1212,17 @@ def confirm(commit, results="results.tsv"):
     try:
         for c in (base_full, full):  # the baseline first: nothing the commit leaves behind can slow it
             runs.append(rerun(folder, c, frozen, runs[0]["store"] if runs else None))
+            if len(runs) == 1:  # what the scorer reads, as the baseline's rerun left it
+                watched = scorer_reads(runs[0])
+                before = snapshot(watched)
         end_descendants()
         remove_heldout(runs[0]["store"])  # whatever a rerun left at its name
+        after = snapshot(watched)
+        changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
         scoring = time.monotonic()
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
-            run["clean"] = clean_score(run, runs[0], frozen_files)
+            run["clean"] = (dict(error="the commit's rerun changed a file the scorer reads") if changed
+                            else clean_score(run, runs[0], frozen_files))
         scored = time.monotonic()
     finally:
         for run in runs:
@@ -1210,6 +1232,9 @@ def confirm(commit, results="results.tsv"):
             shutil.rmtree(runs[0]["store"]["cache"], ignore_errors=True)
     base, mine = runs
     findings = frozen_drift(folder, base_full)
+    if changed:
+        findings.append(f"{full[:7]}: its rerun changed {len(changed)} file(s) the clean scorer reads (its "
+                        f"Python, the baseline's model, the data): {changed[0]}")
     if not reruns:
         findings.append(f"{base_full[:7]}: no seed rerun of the baseline in {results} (program.md's setup): "
                         f"the noise floor is unknown ({MIN_FLOOR} taken)")

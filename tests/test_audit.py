@@ -944,14 +944,23 @@ while True:
             pass
     time.sleep(0.2)
 """
-# After its evaluation the commit's rerun plants statistics.py (which audit.py imports) in the other confirm
-# folders, printing a scorer's result, and sets its ledger's times back
-PLANT = """
-import glob, os, tempfile
-fake = "print('{\\"val\\": 0.001, \\"heldout\\": 0.001, \\"probe\\": 0}'); raise SystemExit(0)\\n"
+# After its evaluation the commit's rerun plants code printing a scorer's result: statistics.py (which
+# audit.py imports) in the other confirm folders, and a compiled tiktoken (which prepare.py imports) in the
+# baseline's environment, with the header Python checks (its source's time and size); and sets its ledger's
+# times back
+FAKE_SCORE = "import json; print(json.dumps(dict(val=0.001, heldout=0.001, probe=0))); raise SystemExit(0)\n"
+PLANT = f"""
+import glob, importlib.util, marshal, os, tempfile
+fake = {FAKE_SCORE!r}
 for tree in glob.glob(os.path.join(tempfile.gettempdir(), "autoresearch-confirm-*")):
     if os.path.isdir(tree) and tree != os.getcwd():
         open(os.path.join(tree, "statistics.py"), "w").write(fake)
+    for source in glob.glob(os.path.join(tree, ".venv/lib/*/site-packages/tiktoken/__init__.py")):
+        stat, cached = os.stat(source), importlib.util.cache_from_source(source)
+        header = importlib.util.MAGIC_NUMBER + bytes(4) + b"".join(
+            (int(v) & 0xFFFFFFFF).to_bytes(4, "little") for v in (stat.st_mtime, stat.st_size))
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        open(cached, "wb").write(header + marshal.dumps(compile(fake, source, "exec")))
 os.utime("ledger.jsonl", (0, 0))
 """
 
@@ -978,10 +987,35 @@ def test_confirm_times_a_rerun_that_trains_past_the_budget(bigrams, tmp_path_fac
     stopped = (f"{base}: a process of its rerun was stopped (a SIGSTOP or a tracer from outside paused it): "
                "its seconds are not its own")
     assert stopped in lines, result.stdout
-    scores = [re.fullmatch(rf"{base}: SEED = \d+: clean val_bpb (\S+), .*its own evaluation: (\S+);.*", line)
-              for line in lines]
-    clean, own = next(float(m[1]) for m in scores if m), next(float(m[2]) for m in scores if m)
-    assert abs(clean - own) < audit.CLEAN_MATCH, result.stdout
+    for c in (base, commit):  # scored: the planted files never ran
+        scores = [re.fullmatch(rf"{c}: SEED = \d+: clean val_bpb (\S+), .*its own evaluation: (\S+);.*", line)
+                  for line in lines]
+        clean, own = next(float(m[1]) for m in scores if m), next(float(m[2]) for m in scores if m)
+        assert abs(clean - own) < audit.CLEAN_MATCH and clean > 1, result.stdout
+    assert "file(s) the clean scorer reads" not in result.stdout  # compiled files: never read, not watched
+
+
+# After its evaluation the commit's rerun puts a sitecustomize.py, which every start of Python runs (-I too),
+# printing a scorer's result, in the baseline's environment
+SITE_PLANT = f"""
+import glob, os, tempfile
+for site in glob.glob(tempfile.gettempdir() + "/autoresearch-confirm-*/.venv/lib/*/site-packages"):
+    if not site.startswith(os.getcwd()):
+        open(os.path.join(site, "sitecustomize.py"), "w").write({FAKE_SCORE!r})
+"""
+
+
+@pytest.mark.slow
+@needs_uv
+def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(bigrams, tmp_path_factory):
+    n = clone_of(bigrams, tmp_path_factory, "site-confirm")
+    commit = n.commit("plant start-up code", tiny(late=SITE_PLANT))
+    result = n.confirm(commit)
+    assert result.returncode == 1, result.stdout + result.stderr
+    changed = (rf"{commit}: its rerun changed 1 file\(s\) the clean scorer reads \(its Python, the "
+               r"baseline's model, the data\): \S+/site-packages/sitecustomize\.py")
+    assert any(re.fullmatch(changed, line) for line in result.stdout.splitlines()), result.stdout
+    assert "clean val_bpb 0.001000" not in result.stdout and "the gain holds" not in result.stdout
 
 
 # ---------------------------------------------------------------------------
