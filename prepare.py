@@ -230,7 +230,7 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     dataset = dataset or DATASET
     spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
-    shards = (*range(num_shards), spec["val"])  # never the held-out shard (fetch_heldout)
+    shards = (*range(num_shards), spec["val"])  # never the held-out shard (audit.py fetches it)
     names = [spec["file"]] if "file" in spec else [shard_filename(i) for i in shards]
     stop, counts, t0 = stop or threading.Event(), dict.fromkeys(names, 0), time.time()
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
@@ -256,16 +256,6 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
                            + ("." if any(isinstance(e, WriteError) for e in errors) else advice))
     print(f"data: {ready} of {len(names)} files ready in {data_dir}")
 
-def fetch_heldout(dataset=None):
-    """The held-out split's row ranges, downloaded first if missing (only audit.py's --confirm reads them)."""
-    dataset = dataset or DATASET
-    spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
-    name = spec.get("file") or shard_filename(spec["heldout"])
-    if not os.path.exists(os.path.join(data_dir, name)):
-        print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
-    make_dirs(data_dir)
-    download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
-    return split_row_ranges("heldout", data_dir, dataset)
 # ---------------------------------------------------------------------------
 # Tokenizer: training
 
