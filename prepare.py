@@ -1,11 +1,10 @@
 """One-time data preparation for autoresearch, plus what train.py imports at run time: the tokenizer, the data
 loader, the evaluation and, last, the run's harness. Frozen: the agent never edits it (data and score).
+Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
     uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
     uv run prepare.py --dataset tinystories # another data set (then set DATASET below to train on it)
-
-Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
 """
 
 import argparse
@@ -37,9 +36,8 @@ LN2 = math.log(2)           # nats per bit, taken when this file loads
 # computers with a smaller VOCAB_SIZE. Each data set and each (data set, VOCAB_SIZE) has a folder of its own.
 DATASET = "fineweb-edu"
 VOCAB_SIZE = 8192
-# Hub repo and pinned data, never trained on: `val` scores every run; `heldout` only audit.py's --confirm,
-# in a process that never trains. A shard set validates on its last shard, holds out the one before and trains
-# on the rest. TinyStories is one file: test rows 0-9,999 held out, validation rows next, training rows after.
+# Hub repo and pinned data, never trained on: `val` scores every run, `heldout` only audit.py's --confirm
+# (in a process that never trains). A shard set validates on its last shard and holds out the one before.
 DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=1822, heldout=1821),
             "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", val=6542, heldout=6541),
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
@@ -92,9 +90,8 @@ def split_row_ranges(split, data_dir=None, dataset=None):
         ranges = [(os.path.join(data_dir, n), 0, None) for n in names
                   if n.endswith(".parquet") and pinned.get(n, "train") == split]
     if not ranges:
-        flag = "" if dataset == DATASET else f" --dataset {dataset}"
-        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py{flag}` "
-                                "first")
+        command = "prepare.py" if dataset == DATASET else f"prepare.py --dataset {dataset}"
+        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run {command}` first")
     return ranges
 
 # ---------------------------------------------------------------------------
@@ -329,8 +326,7 @@ class Tokenizer:
     def from_directory(cls, tokenizer_dir=None):
         """The saved tokenizer (default: TOKENIZER_DIR), checked: a damaged one raises TokenizerError."""
         tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
-        rank_file = os.path.join(tokenizer_dir, "tokenizer.tiktoken")
-        meta_file = os.path.join(tokenizer_dir, "tokenizer.json")
+        rank_file, meta_file = (os.path.join(tokenizer_dir, "tokenizer." + e) for e in ("tiktoken", "json"))
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
             parent = os.path.dirname(tokenizer_dir)
             others = ", ".join(sorted(os.listdir(parent))) if os.path.isdir(parent) else ""
@@ -388,8 +384,7 @@ def _default_device():
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
-    """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
-    it on `ready`. Documents are indexed by length (sorted lengths, a FIFO each): best fit is a bisect."""
+    """The loader's thread: B rows of T + 1 tokens, packed best-fit into a buffer from `free`, to `ready`."""
     head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
@@ -405,9 +400,8 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     docs = document_batches(split_row_ranges(split))
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
-    pending = collections.deque()  # tokenization runs ahead, in order
-    lengths, by_length = [], collections.defaultdict(collections.deque)
-    count, epoch = 0, 1
+    pending, count, epoch = collections.deque(), 0, 1  # tokenization runs ahead, in order
+    lengths, by_length = [], collections.defaultdict(collections.deque)  # sorted lengths, a FIFO each: bisect
 
     def refill():
         nonlocal count, epoch
@@ -453,8 +447,7 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
         pool.shutdown(wait=True, cancel_futures=True)
 
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
-    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device, packed ahead by a
-    background thread. close() stops and joins the loader's threads."""
+    """Endless (inputs, targets, epoch): int64 (B, T) on the device, packed ahead by a thread till close()."""
     assert split in ("train", "val"), split
     # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
     row_ranges = split_row_ranges(split) + (split_row_ranges("val") if split == "train" else [])
@@ -501,15 +494,13 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-# What the training loader served, and validation batches read through make_dataloader (outside the
-# evaluation, which reads its own): written by the loader, read by the run record
+# What training's loader served, and validation batches drawn outside the evaluation: for the run record
 _served = dict(train_times=[], train_tokens=0, val_outside=0)
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
 def _fingerprint(model):
-    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that
-    trains on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
+    """Sum and sum of squares of each weight and buffer (None: no nn.Module): scoring must not change it."""
     if not isinstance(model, torch.nn.Module):
         return None
     sum_dtype = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
@@ -525,9 +516,8 @@ def _losses(logits, targets):
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
 def _causality_probe(model, x):
-    """(probe, logits of x): the largest change of a logit at a position <= t_b when the tokens after t_b
-    change (row b; t_b random, the new tokens another row's text at a random offset). A causal model's logits
-    do not move. Run before x is scored, so the model cannot answer the changed batch from the real one."""
+    """(probe, logits of x): the largest move of a logit at a position <= t_b (random) when row b's tokens
+    after t_b become another row's (causal: 0). The changed batch runs first: x cannot prime the answer."""
     B, T = x.shape
     gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
@@ -544,8 +534,7 @@ def _causality_probe(model, x):
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, from its logits'
-    cross entropy and `tokenizer`'s byte counts; one batch, drawn at random, is probed for causality."""
+    """(bits per byte, tokens, bytes, causal probe) of model(idx) -> logits on a split; one batch probed."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -575,9 +564,8 @@ def score(model, tokenizer, batch_size, split="val"):
     return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the pinned validation data, comparable across vocabularies, from model(x)'s logits;
-    the tokenizer is read afresh from disk (`tokenizer`: the original's signature). A model that sees the
-    future, or changes while it is scored, is rejected. Each evaluation hands audit.py a run record."""
+    """Bits per byte on the validation data from model(x)'s logits, with the saved tokenizer (`tokenizer`: the
+    original's signature); a model that sees the future or changes is rejected; audit.py gets a run record."""
     own_tokenizer = Tokenizer.from_directory()
     before = _fingerprint(model)
     try:
@@ -630,10 +618,8 @@ GPU_BF16_PEAK_FLOPS = [
 # and cpu (fp32, peak RSS, torch 2.9.1; depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512: 1.4, 2.9).
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b); MPS: as cpu
 MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
-# The whole run: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (forwards: a third of a
-# step's FLOPs a token) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
-# matmuls: on 2 shared cores (load 3-4) steps ran at 0.07-0.21 of it, evaluation at 0.09-0.57: 0.2 fits such
-# load (idle, README's recipe reached about 0.8).
+# The whole run (_run_seconds) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
+# matmuls: on 2 shared cores (load 3-4) steps ran at 0.07-0.21 of it, evaluation at 0.09-0.57 (idle: ~0.8).
 CPU_EFFICIENCY = 0.2
 GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
 STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
@@ -735,7 +721,8 @@ def _flop_rate(device_type):
     return CPU_EFFICIENCY * n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
 
 def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate):
-    """The whole run's seconds by part; training is the budget plus the step that crosses it."""
+    """The run's seconds by part: training is the budget plus the step that crosses it, 11 untimed warm-up
+    steps before it, evaluation forwards only (a third of a step's FLOPs a token)."""
     step = total_batch_size * flops_per_token / rate
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
@@ -749,8 +736,7 @@ def _refuse_or_warn(device_type, problem, gpu_advice):
 
 def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_per_token=None, depth=None,
               width=None, vocab_size=None, sequence_len=MAX_SEQ_LEN):
-    """Before the heavy work, from plain numbers of train.py's model: a row for every token? memory for a
-    step? the whole run within program.md's 600 s? room for the checkpoint?"""
+    """Before the heavy work, from train.py's plain numbers: vocabulary, a step's memory, run time, disk."""
     global _memory_at_start
     device_type, vocab = _default_device().type, tokenizer.get_vocab_size()
     size = _positive(num_params=num_params, flops_per_token=flops_per_token, depth=depth, width=width,
@@ -862,9 +848,8 @@ def peak_memory_mb():
 # Main
 
 def move_old_layout():
-    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat.
-    The shards move into the folder of the data set whose validation shard is among them (never guessed); our
-    old tokenizer into fineweb-edu-8192/; the original's, a pickle, stays where it is, never loaded."""
+    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat:
+    shards go to the data set whose validation shard is among them, our old tokenizer to fineweb-edu-8192/."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
@@ -893,9 +878,8 @@ def _move(names, old, new, what):
     make_dirs(new)
     kept = [n for n in names if os.path.exists(os.path.join(new, n))]
     try:
-        for name in names:
-            if name not in kept:
-                os.replace(os.path.join(old, name), os.path.join(new, name))
+        for name in [n for n in names if n not in kept]:
+            os.replace(os.path.join(old, name), os.path.join(new, name))
     except OSError as e:
         raise WriteError(os.path.join(old, name), e) from None
     left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
