@@ -57,8 +57,7 @@ if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads 
              f"{', '.join(DATASETS)}")
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
-DOWNLOAD_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20                             # 1 MiB: the progress line counts bytes a chunk at a time
+DOWNLOAD_ATTEMPTS, CHUNK_BYTES = 5, 1 << 20  # 1 MiB chunks: the progress line counts bytes a chunk at a time
 
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
@@ -315,8 +314,7 @@ class TokenizerError(FileNotFoundError):
 class Tokenizer:
     """A tiktoken Encoding (the BPE learned above) with the BOS token and byte counts for bits-per-byte."""
     def __init__(self, enc):
-        self.enc = enc
-        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+        self.enc, self.bos_token_id = enc, enc.encode_single_token(BOS_TOKEN)
         # Bytes per token from the raw bytes (decoding a partial UTF-8 token to text would count U+FFFD as 3)
         special_ids = set(enc._special_tokens.values())
         self.token_bytes = torch.tensor([0 if i in special_ids else len(enc.decode_single_token_bytes(i))
@@ -494,8 +492,7 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-# What training's loader served, and validation batches drawn outside the evaluation: for the run record
-_served = dict(train_times=[], train_tokens=0, val_outside=0)
+_served = dict(train_times=[], train_tokens=0, val_outside=0)  # what the loaders served: for the run record
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -631,8 +628,7 @@ DEVICE_NOTES = {"mps": "no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Met
 SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
                          "human, MAX_SEQ_LEN, EVAL_TOKENS and TIME_BUDGET in prepare.py): see README, "
                          "'Tuning for small computers'.")
-# State, each written by one function: the memory free at preflight (out_of_memory's advice reads it), when
-# print_progress last wrote to a file, where save_checkpoint saved the weights (a failed evaluation names it)
+# Set by preflight (out_of_memory's advice), print_progress and save_checkpoint (a failed evaluation names it)
 _memory_at_start, _last_progress_print, _saved_checkpoint = None, 0.0, None
 
 def gpu_peak_flops(name):
@@ -721,8 +717,7 @@ def _flop_rate(device_type):
     return CPU_EFFICIENCY * n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
 
 def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate):
-    """The run's seconds by part: training is the budget plus the step that crosses it, 11 untimed warm-up
-    steps before it, evaluation forwards only (a third of a step's FLOPs a token)."""
+    """Seconds by part: 11 warm-up steps, the budget plus the step crossing it, evaluation forwards (1/3)."""
     step = total_batch_size * flops_per_token / rate
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
@@ -792,12 +787,11 @@ def cache_compiled_graphs():
 # Harness: during and after training (progress, out of memory, the checkpoint, peak memory)
 
 def print_progress(line, step, last):
-    """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
-    run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, and the last."""
+    """A terminal: one line, rewritten; a file (run.log): steps 0..10, one per PROGRESS_EVERY s, the last."""
     global _last_progress_print
     if sys.stdout.isatty():
         print(f"\r{line}    ", end="\n" if last else "", flush=True)
-    elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:
+    elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:  # tail -n 50: a few KB
         print(line, flush=True)
         _last_progress_print = time.time()
 
