@@ -462,9 +462,8 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
 
 def _loader(tokenizer, B, T, split, buffer_size, counted=False):
     """make_dataloader's generator; `counted`: note what it serves in _served (the evaluation's is not)."""
-    device = _default_device()
+    device, stop, ready, free = _default_device(), threading.Event(), queue.Queue(), queue.Queue()
     cuda = device.type == "cuda"
-    stop, ready, free = threading.Event(), queue.Queue(), queue.Queue()
     for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
         free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
     thread = threading.Thread(target=_pack_batches, daemon=True, name=f"dataloader-{split}",
@@ -563,8 +562,7 @@ def score(model, tokenizer, batch_size, split="val"):
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data from model(x)'s logits, with the saved tokenizer (`tokenizer`: the
     original's signature); a model that sees the future or changes is rejected; audit.py gets a run record."""
-    own_tokenizer = Tokenizer.from_directory()
-    before = _fingerprint(model)
+    own_tokenizer, before = Tokenizer.from_directory(), _fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
