@@ -110,7 +110,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "68a5f0f700720d7778bf98c06a5151e2cda46b498aae011d27e72e5bda580c01"
+PREPARE_SHAPE = "bcc42d895c62763e7a08f248ad909957339d364ee811ed9fe0ef324243aa3162"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -875,6 +875,19 @@ def export_model(model, shape, device, path):
         with open(path + ".failed", "w") as f:
             f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
 
+def fetch_heldout(dataset=None):
+    """The held-out split's row ranges, downloaded first if missing (only the clean scorer reads them)."""
+    import prepare  # the scorer's: the baseline's prepare.py
+    dataset = dataset or prepare.DATASET
+    spec, data_dir = prepare.DATASETS[dataset], prepare.cache_dirs(dataset)[0]
+    name = spec.get("file") or prepare.shard_filename(spec["heldout"])
+    if not os.path.exists(os.path.join(data_dir, name)):
+        print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
+    prepare.make_dirs(data_dir)
+    prepare.download_shard(name, data_dir, prepare.base_url(dataset),
+                           min_rows=spec["val"][1] if "file" in spec else 0)
+    return prepare.split_row_ranges("heldout", data_dir, dataset)
+
 def score_artifact(path, batch_size):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
     none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
@@ -905,7 +918,7 @@ def score_artifact(path, batch_size):
         files = [path for path, *_ in prepare.split_row_ranges("val")]
         result["val_sha256"] = file_sha256(files[0])
         try:
-            files += [path for path, *_ in prepare.fetch_heldout()]
+            files += [path for path, *_ in fetch_heldout()]
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
         except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]

@@ -1,11 +1,10 @@
 """One-time data preparation for autoresearch, plus what train.py imports at run time: the tokenizer, the data
 loader, the evaluation and, last, the run's harness. Frozen: the agent never edits it (data and score).
+Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
     uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
     uv run prepare.py --dataset tinystories # another data set (then set DATASET below to train on it)
-
-Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
 """
 
 import argparse
@@ -37,9 +36,8 @@ LN2 = math.log(2)           # nats per bit, taken when this file loads
 # computers with a smaller VOCAB_SIZE. Each data set and each (data set, VOCAB_SIZE) has a folder of its own.
 DATASET = "fineweb-edu"
 VOCAB_SIZE = 8192
-# Hub repo and pinned data, never trained on: `val` scores every run; `heldout` only audit.py's --confirm,
-# in a process that never trains. A shard set validates on its last shard, holds out the one before and trains
-# on the rest. TinyStories is one file: test rows 0-9,999 held out, validation rows next, training rows after.
+# Hub repo and pinned data, never trained on: `val` scores every run, `heldout` only audit.py's --confirm
+# (in a process that never trains). A shard set validates on its last shard and holds out the one before.
 DATASETS = {"fineweb-edu": dict(repo="karpathy/fineweb-edu-100b-shuffle", val=1822, heldout=1821),
             "climbmix": dict(repo="karpathy/climbmix-400b-shuffle", val=6542, heldout=6541),
             "tinystories": dict(repo="karpathy/tinystories-gpt4-clean", file="tinystories_gpt4_clean.parquet",
@@ -50,7 +48,6 @@ CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.c
 def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
             os.path.join(CACHE_DIR, "tokenizer", f"{dataset}-{VOCAB_SIZE}"))
-
 def shard_filename(index):
     return f"shard_{index:05d}.parquet"
 
@@ -59,8 +56,7 @@ if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads 
              f"{', '.join(DATASETS)}")
 DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
-DOWNLOAD_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20                             # 1 MiB: the progress line counts bytes a chunk at a time
+DOWNLOAD_ATTEMPTS, CHUNK_BYTES = 5, 1 << 20  # 1 MiB chunks: the progress line counts bytes a chunk at a time
 
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
@@ -77,7 +73,6 @@ def base_url(dataset=None):
         sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, "
                  "e.g. HF_ENDPOINT=https://hf-mirror.com")
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
-
 def split_row_ranges(split, data_dir=None, dataset=None):
     """A split's documents (DATASETS above) as (file, first row, end row or None), in sorted file order."""
     data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
@@ -92,9 +87,8 @@ def split_row_ranges(split, data_dir=None, dataset=None):
         ranges = [(os.path.join(data_dir, n), 0, None) for n in names
                   if n.endswith(".parquet") and pinned.get(n, "train") == split]
     if not ranges:
-        flag = "" if dataset == DATASET else f" --dataset {dataset}"
-        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run prepare.py{flag}` "
-                                "first")
+        command = "prepare.py" if dataset == DATASET else f"prepare.py --dataset {dataset}"
+        raise FileNotFoundError(f"no {dataset} {split} data in {data_dir}: run `uv run {command}` first")
     return ranges
 
 # ---------------------------------------------------------------------------
@@ -155,23 +149,19 @@ def check_shard(path, min_rows=0):
         raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
     if pf.metadata.num_rows < min_rows:
         raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than its {min_rows:,} validation rows")
-
 class ShardMissing(RuntimeError):
     """The server answered that it does not have a file."""
-
 class WriteError(RuntimeError):
     """The cache cannot be written: strerror names the cause (no permission, read-only, no space, quota)."""
     def __init__(self, path, e):
         room = "free space there or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         super().__init__(f"cannot write {path}: {e.strerror or e}: {room}set AUTORESEARCH_CACHE_DIR to a "
                          "folder you can write, with room, then run prepare.py again")
-
 def make_dirs(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise WriteError(path, e) from None
-
 def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0):
     """One file into data_dir unless a good copy is there (bytes so far in counts[name]); None if stopped."""
     stop, counts = stop or threading.Event(), {} if counts is None else counts
@@ -224,13 +214,12 @@ def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0)
     if isinstance(error, requests.ConnectionError):
         stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
     raise RuntimeError(f"{name}: failed {attempt} attempts, last error: {type(error).__name__}: {error}")
-
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     """The first num_shards training shards and the validation shard (TinyStories: its one file)."""
     dataset = dataset or DATASET
     spec, data_dir, url_base = DATASETS[dataset], data_dir or cache_dirs(dataset)[0], base_url(dataset)
     make_dirs(data_dir)
-    shards = (*range(num_shards), spec["val"])  # never the held-out shard (fetch_heldout)
+    shards = (*range(num_shards), spec["val"])  # never the held-out shard (audit.py fetches it)
     names = [spec["file"]] if "file" in spec else [shard_filename(i) for i in shards]
     stop, counts, t0 = stop or threading.Event(), dict.fromkeys(names, 0), time.time()
     pool = ThreadPoolExecutor(max_workers=workers)  # not `with`: its exit would wait for every download
@@ -256,16 +245,6 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
                            + ("." if any(isinstance(e, WriteError) for e in errors) else advice))
     print(f"data: {ready} of {len(names)} files ready in {data_dir}")
 
-def fetch_heldout(dataset=None):
-    """The held-out split's row ranges, downloaded first if missing (only audit.py's --confirm reads them)."""
-    dataset = dataset or DATASET
-    spec, data_dir = DATASETS[dataset], cache_dirs(dataset)[0]
-    name = spec.get("file") or shard_filename(spec["heldout"])
-    if not os.path.exists(os.path.join(data_dir, name)):
-        print(f"downloading the held-out data: {name} of {spec['repo']}", flush=True)
-    make_dirs(data_dir)
-    download_shard(name, data_dir, base_url(dataset), min_rows=spec["val"][1] if "file" in spec else 0)
-    return split_row_ranges("heldout", data_dir, dataset)
 # ---------------------------------------------------------------------------
 # Tokenizer: training
 
@@ -281,7 +260,6 @@ def _split_texts(row_ranges):
                     yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
         except (OSError, ValueError) as e:
             raise RuntimeError(f"cannot read {path} ({e}): delete it, run `uv run prepare.py` again") from e
-
 def _training_texts(data_dir, dataset):
     total = 0
     for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
@@ -290,7 +268,6 @@ def _training_texts(data_dir, dataset):
             total += min(len(text), TOKENIZER_DOC_CHARS)
             if total >= TOKENIZER_MAX_CHARS:
                 return
-
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
     import rustbpe  # only needed here, not at training time
     t0, bpe, tokenizer_dir = time.time(), rustbpe.Tokenizer(), tokenizer_dir or TOKENIZER_DIR
@@ -324,23 +301,19 @@ class TokenizerError(FileNotFoundError):
     def __init__(self, path, problem):
         self.problem = f"{path} {problem}"
         super().__init__(f"{self.problem}: run `uv run prepare.py` to train the tokenizer again")
-
 class Tokenizer:
     """A tiktoken Encoding (the BPE learned above) with the BOS token and byte counts for bits-per-byte."""
     def __init__(self, enc):
-        self.enc = enc
-        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+        self.enc, self.bos_token_id = enc, enc.encode_single_token(BOS_TOKEN)
         # Bytes per token from the raw bytes (decoding a partial UTF-8 token to text would count U+FFFD as 3)
         special_ids = set(enc._special_tokens.values())
         self.token_bytes = torch.tensor([0 if i in special_ids else len(enc.decode_single_token_bytes(i))
                                          for i in range(enc.n_vocab)], dtype=torch.int32)
-
     @classmethod
     def from_directory(cls, tokenizer_dir=None):
         """The saved tokenizer (default: TOKENIZER_DIR), checked: a damaged one raises TokenizerError."""
         tokenizer_dir = tokenizer_dir or TOKENIZER_DIR
-        rank_file = os.path.join(tokenizer_dir, "tokenizer.tiktoken")
-        meta_file = os.path.join(tokenizer_dir, "tokenizer.json")
+        rank_file, meta_file = (os.path.join(tokenizer_dir, "tokenizer." + e) for e in ("tiktoken", "json"))
         if not (os.path.exists(rank_file) and os.path.exists(meta_file)):
             parent = os.path.dirname(tokenizer_dir)
             others = ", ".join(sorted(os.listdir(parent))) if os.path.isdir(parent) else ""
@@ -368,13 +341,10 @@ class Tokenizer:
                                          special_tokens=meta["special_tokens"]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TokenizerError(meta_file, f"is damaged ({type(e).__name__}: {e})") from None
-
     def get_vocab_size(self):
         return self.enc.n_vocab
-
     def get_bos_token_id(self):
         return self.bos_token_id
-
     def encode(self, text, prepend=None, num_threads=8):
         if prepend is not None and not isinstance(prepend, int):
             prepend = self.enc.encode_single_token(prepend)
@@ -382,10 +352,8 @@ class Tokenizer:
         if isinstance(text, str):
             return head + self.enc.encode_ordinary(text)
         return [head + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
-
     def decode(self, ids):
         return self.enc.decode(ids)
-
 def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory().token_bytes.to(device)
 
@@ -396,15 +364,12 @@ def _default_device():
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
-    """The loader's thread: packs B rows of T + 1 tokens best-fit (spec) into a buffer from `free`, then puts
-    it on `ready`. Documents are indexed by length (sorted lengths, a FIFO each): best fit is a bisect."""
+    """The loader's thread: B rows of T + 1 tokens, packed best-fit into a buffer from `free`, to `ready`."""
     head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
-
     def document_batches(row_ranges, epoch=1):  # endless: file, row-group and row order, <= 128 at a time
         while True:
             for texts in _split_texts(row_ranges):
@@ -415,9 +380,8 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     docs = document_batches(split_row_ranges(split))
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
-    pending = collections.deque()  # tokenization runs ahead, in order
-    lengths, by_length = [], collections.defaultdict(collections.deque)
-    count, epoch = 0, 1
+    pending, count, epoch = collections.deque(), 0, 1  # tokenization runs ahead, in order
+    lengths, by_length = [], collections.defaultdict(collections.deque)  # sorted lengths, a FIFO each: bisect
 
     def refill():
         nonlocal count, epoch
@@ -461,10 +425,8 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
         ready.put((e, None))
     finally:  # wait for the encodes in flight: no loader thread may still be in native code at exit
         pool.shutdown(wait=True, cancel_futures=True)
-
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
-    """Endless (inputs, targets, epoch): int64 (B, T) tensors on the training device, packed ahead by a
-    background thread. close() stops and joins the loader's threads."""
+    """Endless (inputs, targets, epoch): int64 (B, T) on the device, packed ahead by a thread till close()."""
     assert split in ("train", "val"), split
     # Fail now if data is missing or unreadable, the validation shard too (else found only after training)
     row_ranges = split_row_ranges(split) + (split_row_ranges("val") if split == "train" else [])
@@ -478,12 +440,10 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     if split == "train":
         print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
     return loader
-
 def _loader(tokenizer, B, T, split, buffer_size, counted=False):
     """make_dataloader's generator; `counted`: note what it serves in _served (the evaluation's is not)."""
-    device = _default_device()
+    device, stop, ready, free = _default_device(), threading.Event(), queue.Queue(), queue.Queue()
     cuda = device.type == "cuda"
-    stop, ready, free = threading.Event(), queue.Queue(), queue.Queue()
     for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
         free.put((torch.empty((2, B, T), dtype=torch.int64, pin_memory=True) if cuda else None, None))
     thread = threading.Thread(target=_pack_batches, daemon=True, name=f"dataloader-{split}",
@@ -511,33 +471,27 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-# What the training loader served, and validation batches read through make_dataloader (outside the
-# evaluation, which reads its own): written by the loader, read by the run record
-_served = dict(train_times=[], train_tokens=0, val_outside=0)
+_served = dict(train_times=[], train_tokens=0, val_outside=0)  # what the loaders served: for the run record
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
 def _fingerprint(model):
-    """Sum and sum of squares of every weight and buffer (None if `model` is no nn.Module): a model that
-    trains on the evaluation batches, or keeps state from one batch to the next in a buffer, changes it."""
+    """Sum and sum of squares of each weight and buffer (None: no nn.Module): scoring must not change it."""
     if not isinstance(model, torch.nn.Module):
         return None
     sum_dtype = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
     sums = [torch.stack((t.to(sum_dtype).sum(), t.to(sum_dtype).square().sum()))
             for t in (*model.parameters(), *model.buffers())]
     return torch.stack(sums).cpu() if sums else torch.zeros(0)
-
 def _losses(logits, targets):
     """Cross entropy in nats per target, from logits (B, T, V >= vocabulary), in float32, chunk by chunk."""
     logits, targets = logits.flatten(0, 1), targets.flatten()
     rows = max(1, LOSS_CHUNK // logits.size(-1))
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
-
 def _causality_probe(model, x):
-    """(probe, logits of x): the largest change of a logit at a position <= t_b when the tokens after t_b
-    change (row b; t_b random, the new tokens another row's text at a random offset). A causal model's logits
-    do not move. Run before x is scored, so the model cannot answer the changed batch from the real one."""
+    """(probe, logits of x): the largest move of a logit at a position <= t_b (random) when row b's tokens
+    after t_b become another row's (causal: 0). The changed batch runs first: x cannot prime the answer."""
     B, T = x.shape
     gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
@@ -551,11 +505,9 @@ def _causality_probe(model, x):
     moved = torch.cat([(a.float() - b.float()).abs().amax(-1) for a, b in zip(changed.split(chunk),
                                                                              logits.split(chunk))])
     return moved[~after].max().item(), logits
-
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens, bytes, causality probe) of `model` (idx -> logits) on a split, from its logits'
-    cross entropy and `tokenizer`'s byte counts; one batch, drawn at random, is probed for causality."""
+    """(bits per byte, tokens, bytes, causal probe) of model(idx) -> logits on a split; one batch probed."""
     device = _default_device()
     token_bytes = tokenizer.token_bytes.to(device)
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -583,13 +535,10 @@ def score(model, tokenizer, batch_size, split="val"):
         loader.close()
     total_bytes = int(total_bytes)
     return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
-
 def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the pinned validation data, comparable across vocabularies, from model(x)'s logits;
-    the tokenizer is read afresh from disk (`tokenizer`: the original's signature). A model that sees the
-    future, or changes while it is scored, is rejected. Each evaluation hands audit.py a run record."""
-    own_tokenizer = Tokenizer.from_directory()
-    before = _fingerprint(model)
+    """Bits per byte on the validation data from model(x)'s logits, with the saved tokenizer (`tokenizer`: the
+    original's signature); a model that sees the future or changes is rejected; audit.py gets a run record."""
+    own_tokenizer, before = Tokenizer.from_directory(), _fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
@@ -640,10 +589,8 @@ GPU_BF16_PEAK_FLOPS = [
 # and cpu (fp32, peak RSS, torch 2.9.1; depth 8 at 1, 2 x 2048: 2.5, 3.7 GB; 4 at 4, 16 x 512: 1.4, 2.9).
 STEP_MEMORY = {"cuda": (0.0, 39, 2), "cpu": (0.6e9, 113, 15)}  # (fixed bytes, a, b); MPS: as cpu
 MEMORY_NEEDS = ("num_params", "depth", "width", "vocab_size", "sequence_len")  # what _step_memory reads
-# The whole run: start-up, 11 untimed warm-up steps, TIME_BUDGET, the evaluation (forwards: a third of a
-# step's FLOPs a token) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
-# matmuls: on 2 shared cores (load 3-4) steps ran at 0.07-0.21 of it, evaluation at 0.09-0.57: 0.2 fits such
-# load (idle, README's recipe reached about 0.8).
+# The whole run (_run_seconds) at GPU_EFFICIENCY x the bf16 peak, or CPU_EFFICIENCY x the fp32 rate of 1024^2
+# matmuls: on 2 shared cores (load 3-4) steps ran at 0.07-0.21 of it, evaluation at 0.09-0.57 (idle: ~0.8).
 CPU_EFFICIENCY = 0.2
 GPU_EFFICIENCY = 0.4        # MFU 42 % of the default model on an H200 (README)
 STARTUP_SECONDS = {"cuda": 60, "mps": 20, "cpu": 20}  # CUDA: a cold torch.compile (64 s outside the budget)
@@ -655,8 +602,7 @@ DEVICE_NOTES = {"mps": "no CUDA GPU: no FA3, no torch.compile; peak_vram_mb: Met
 SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in train.py (and, as the "
                          "human, MAX_SEQ_LEN, EVAL_TOKENS and TIME_BUDGET in prepare.py): see README, "
                          "'Tuning for small computers'.")
-# State, each written by one function: the memory free at preflight (out_of_memory's advice reads it), when
-# print_progress last wrote to a file, where save_checkpoint saved the weights (a failed evaluation names it)
+# Set by preflight (out_of_memory's advice), print_progress and save_checkpoint (a failed evaluation names it)
 _memory_at_start, _last_progress_print, _saved_checkpoint = None, 0.0, None
 
 def gpu_peak_flops(name):
@@ -681,7 +627,6 @@ def setup_device(seed):
     autocast = (contextlib.nullcontext() if device.type == "cpu"
                 else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
     return device, autocast, sync, peak
-
 def check_batch(total_batch_size, device_batch_size):
     """The gradient-accumulation steps, or a one-line exit saying which setting to change."""
     if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
@@ -693,24 +638,20 @@ def check_batch(total_batch_size, device_batch_size):
                  f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
                  "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
     return total_batch_size // per_micro_step
-
 def or_exit(fn, *args):
     """fn(*args), or exit with prepare's one-line message if the data or tokenizer is missing or damaged."""
     try:
         return fn(*args)
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
-
 def _positive(**numbers):
     """Those of `numbers` that are positive ints or floats; None or anything else counts as not given."""
     return {name: v for name, v in numbers.items() if isinstance(v, (int, float)) and v > 0}
-
 def _step_memory(size, batch_size, device_type):
     """STEP_MEMORY's estimate (bytes) for a model of `size` (MEMORY_NEEDS) at batch_size sequences."""
     fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
     per_token = a * size["depth"] * size["width"] + b * size["vocab_size"]
     return fixed + 16 * size["num_params"] + batch_size * size["sequence_len"] * per_token
-
 def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=None):
     """The largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) that divides the batch and needs
     at most 90 % of `memory` (10 %: the CUDA context, fragmentation; any size if memory is None), or None."""
@@ -724,7 +665,6 @@ def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=N
             per_sequence = max(per_sequence, (memory - fixed) / failed_at)
         sizes = [b for b in sizes if fixed + b * per_sequence <= 0.9 * memory]
     return max(sizes, default=None)
-
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
     if device_type != "cpu":
@@ -732,7 +672,6 @@ def _available_memory(device_type):
     with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as f:  # Linux only
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     return None
-
 def _flop_rate(device_type):
     """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
     if device_type == "cuda":
@@ -743,24 +682,20 @@ def _flop_rate(device_type):
         (m @ m).sum().item()
         n += 1
     return CPU_EFFICIENCY * n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
-
 def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate):
-    """The whole run's seconds by part; training is the budget plus the step that crosses it."""
+    """Seconds by part: 11 warm-up steps, the budget plus the step crossing it, evaluation forwards (1/3)."""
     step = total_batch_size * flops_per_token / rate
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
             "evaluation": eval_tokens * flops_per_token / 3 / rate}
-
 def _refuse_or_warn(device_type, problem, gpu_advice):
     """Stop on a CPU or MPS (else swapping, an OOM kill, a run killed at 600 s); warn on a GPU."""
     if device_type != "cuda":
         sys.exit(f"{problem}:\n{SMALL_COMPUTER_ADVICE}")
     print(f"warning: {problem}; {gpu_advice}")
-
 def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_per_token=None, depth=None,
               width=None, vocab_size=None, sequence_len=MAX_SEQ_LEN):
-    """Before the heavy work, from plain numbers of train.py's model: a row for every token? memory for a
-    step? the whole run within program.md's 600 s? room for the checkpoint?"""
+    """Before the heavy work, from train.py's plain numbers: vocabulary, a step's memory, run time, disk."""
     global _memory_at_start
     device_type, vocab = _default_device().type, tokenizer.get_vocab_size()
     size = _positive(num_params=num_params, flops_per_token=flops_per_token, depth=depth, width=width,
@@ -802,7 +737,6 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
         print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about "
               f"{4 * num_params / 1e6:.0f} MB: the checkpoint will not be saved (the run still trains and "
               "evaluates)")
-
 def cache_compiled_graphs():
     """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs a warm start ~9.5 s, H100), which it
     refuses for sdpa_kernel's helpers and custom autograd.Functions: both are traced into what it hashes."""
@@ -816,15 +750,13 @@ def cache_compiled_graphs():
 # Harness: during and after training (progress, out of memory, the checkpoint, peak memory)
 
 def print_progress(line, step, last):
-    """A terminal gets one line rewritten in place; a file (run.log) plain lines, few enough for `tail -n 50
-    run.log` to stay a few KB: steps 0..10, one every PROGRESS_EVERY seconds, and the last."""
+    """A terminal: one line, rewritten; a file (run.log): steps 0..10, one per PROGRESS_EVERY s, the last."""
     global _last_progress_print
     if sys.stdout.isatty():
         print(f"\r{line}    ", end="\n" if last else "", flush=True)
-    elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:
+    elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:  # tail -n 50: a few KB
         print(line, flush=True)
         _last_progress_print = time.time()
-
 def out_of_memory(e, batch_size, total_batch_size, **model_size):
     """Re-raise `e` unless out of memory; then exit naming a DEVICE_BATCH_SIZE that should fit."""
     if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
@@ -838,7 +770,6 @@ def out_of_memory(e, batch_size, total_batch_size, **model_size):
                   f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = {total_batch_size} "
                   f"gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
     sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
-
 def save_checkpoint(model, path=CHECKPOINT):
     """The weights, via a temporary name: a failed save says so in one line and keeps an earlier file."""
     global _saved_checkpoint
@@ -855,7 +786,6 @@ def save_checkpoint(model, path=CHECKPOINT):
         kept = "; the earlier file is kept" if os.path.exists(path) else ""
         reason = " ".join(str(e).split())[:120]
         print(f"could not save the weights to {path} ({reason}){kept}; evaluating anyway")
-
 def peak_memory_mb():
     """MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory now; on a CPU peak RSS."""
     device_type = _default_device().type
@@ -872,9 +802,8 @@ def peak_memory_mb():
 # Main
 
 def move_old_layout():
-    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat.
-    The shards move into the folder of the data set whose validation shard is among them (never guessed); our
-    old tokenizer into fineweb-edu-8192/; the original's, a pickle, stays where it is, never loaded."""
+    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat:
+    shards go to the data set whose validation shard is among them, our old tokenizer to fineweb-edu-8192/."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
@@ -897,20 +826,17 @@ def move_old_layout():
     ours = [n for n in ("tokenizer.tiktoken", "tokenizer.json") if os.path.isfile(f"{tokenizer}/{n}")]
     if ours:
         _move(ours, tokenizer, f"{tokenizer}/fineweb-edu-8192", "tokenizer files of an old layout")
-
 def _move(names, old, new, what):
     """Rename `names` from folder `old` into `new`, keeping any file of the same name already in `new`."""
     make_dirs(new)
     kept = [n for n in names if os.path.exists(os.path.join(new, n))]
     try:
-        for name in names:
-            if name not in kept:
-                os.replace(os.path.join(old, name), os.path.join(new, name))
+        for name in [n for n in names if n not in kept]:
+            os.replace(os.path.join(old, name), os.path.join(new, name))
     except OSError as e:
         raise WriteError(os.path.join(old, name), e) from None
     left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
     print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
-
 def main(args=None):
     args = args or parse_args()
     print(f"cache: {CACHE_DIR}")

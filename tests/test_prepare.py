@@ -22,6 +22,7 @@ import pytest
 import torch
 from common import ROOT, cpu_env, run_script, shrunk_copy, write_shard
 
+import audit
 import prepare
 
 # the default data set's folders in the cache
@@ -726,7 +727,7 @@ def test_the_held_out_data_is_fetched_once_when_asked(dataset, tmp_path, monkeyp
     lay_out(dataset, tmp_path / "server", random.Random(3))
     server = serve(monkeypatch, tmp_path / "server")
     monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path / "cache"))
-    parts, again = prepare.fetch_heldout(dataset), prepare.fetch_heldout(dataset)
+    parts, again = audit.fetch_heldout(dataset), audit.fetch_heldout(dataset)
     server.close()
     spec = prepare.DATASETS[dataset]
     name = spec.get("file") or prepare.shard_filename(spec["heldout"])
