@@ -48,6 +48,7 @@ CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.c
 def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
             os.path.join(CACHE_DIR, "tokenizer", f"{dataset}-{VOCAB_SIZE}"))
+
 def shard_filename(index):
     return f"shard_{index:05d}.parquet"
 
@@ -73,6 +74,7 @@ def base_url(dataset=None):
         sys.exit(f"error: HF_ENDPOINT={endpoint!r} must start with http:// or https://, "
                  "e.g. HF_ENDPOINT=https://hf-mirror.com")
     return f"{endpoint.rstrip('/')}/datasets/{DATASETS[dataset or DATASET]['repo']}/resolve/main"
+
 def split_row_ranges(split, data_dir=None, dataset=None):
     """A split's documents (DATASETS above) as (file, first row, end row or None), in sorted file order."""
     data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
@@ -149,19 +151,23 @@ def check_shard(path, min_rows=0):
         raise ValueError(f"no 'text' column (columns: {pf.schema_arrow.names})")
     if pf.metadata.num_rows < min_rows:
         raise ValueError(f"{pf.metadata.num_rows:,} rows, fewer than its {min_rows:,} validation rows")
+
 class ShardMissing(RuntimeError):
     """The server answered that it does not have a file."""
+
 class WriteError(RuntimeError):
     """The cache cannot be written: strerror names the cause (no permission, read-only, no space, quota)."""
     def __init__(self, path, e):
         room = "free space there or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         super().__init__(f"cannot write {path}: {e.strerror or e}: {room}set AUTORESEARCH_CACHE_DIR to a "
                          "folder you can write, with room, then run prepare.py again")
+
 def make_dirs(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise WriteError(path, e) from None
+
 def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0):
     """One file into data_dir unless a good copy is there (bytes so far in counts[name]); None if stopped."""
     stop, counts = stop or threading.Event(), {} if counts is None else counts
@@ -214,6 +220,7 @@ def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0)
     if isinstance(error, requests.ConnectionError):
         stop.set()  # never connected in 5 tries: the server is down; spare the others ~30 s of backoff each
     raise RuntimeError(f"{name}: failed {attempt} attempts, last error: {type(error).__name__}: {error}")
+
 def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
     """The first num_shards training shards and the validation shard (TinyStories: its one file)."""
     dataset = dataset or DATASET
@@ -260,6 +267,7 @@ def _split_texts(row_ranges):
                     yield pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()[lo:hi]
         except (OSError, ValueError) as e:
             raise RuntimeError(f"cannot read {path} ({e}): delete it, run `uv run prepare.py` again") from e
+
 def _training_texts(data_dir, dataset):
     total = 0
     for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
@@ -268,6 +276,7 @@ def _training_texts(data_dir, dataset):
             total += min(len(text), TOKENIZER_DOC_CHARS)
             if total >= TOKENIZER_MAX_CHARS:
                 return
+
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
     import rustbpe  # only needed here, not at training time
     t0, bpe, tokenizer_dir = time.time(), rustbpe.Tokenizer(), tokenizer_dir or TOKENIZER_DIR
@@ -301,6 +310,7 @@ class TokenizerError(FileNotFoundError):
     def __init__(self, path, problem):
         self.problem = f"{path} {problem}"
         super().__init__(f"{self.problem}: run `uv run prepare.py` to train the tokenizer again")
+
 class Tokenizer:
     """A tiktoken Encoding (the BPE learned above) with the BOS token and byte counts for bits-per-byte."""
     def __init__(self, enc):
@@ -309,6 +319,7 @@ class Tokenizer:
         special_ids = set(enc._special_tokens.values())
         self.token_bytes = torch.tensor([0 if i in special_ids else len(enc.decode_single_token_bytes(i))
                                          for i in range(enc.n_vocab)], dtype=torch.int32)
+
     @classmethod
     def from_directory(cls, tokenizer_dir=None):
         """The saved tokenizer (default: TOKENIZER_DIR), checked: a damaged one raises TokenizerError."""
@@ -341,10 +352,13 @@ class Tokenizer:
                                          special_tokens=meta["special_tokens"]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TokenizerError(meta_file, f"is damaged ({type(e).__name__}: {e})") from None
+
     def get_vocab_size(self):
         return self.enc.n_vocab
+
     def get_bos_token_id(self):
         return self.bos_token_id
+
     def encode(self, text, prepend=None, num_threads=8):
         if prepend is not None and not isinstance(prepend, int):
             prepend = self.enc.encode_single_token(prepend)
@@ -352,8 +366,10 @@ class Tokenizer:
         if isinstance(text, str):
             return head + self.enc.encode_ordinary(text)
         return [head + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
+
     def decode(self, ids):
         return self.enc.decode(ids)
+
 def get_token_bytes(device="cpu"):  # the original's helper
     return Tokenizer.from_directory().token_bytes.to(device)
 
@@ -364,12 +380,14 @@ def _default_device():
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
     """The loader's thread: B rows of T + 1 tokens, packed best-fit into a buffer from `free`, to `ready`."""
     head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
     def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
         return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
+
     def document_batches(row_ranges, epoch=1):  # endless: file, row-group and row order, <= 128 at a time
         while True:
             for texts in _split_texts(row_ranges):
@@ -425,6 +443,7 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
         ready.put((e, None))
     finally:  # wait for the encodes in flight: no loader thread may still be in native code at exit
         pool.shutdown(wait=True, cancel_futures=True)
+
 def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     """Endless (inputs, targets, epoch): int64 (B, T) on the device, packed ahead by a thread till close()."""
     assert split in ("train", "val"), split
@@ -440,6 +459,7 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
     if split == "train":
         print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
     return loader
+
 def _loader(tokenizer, B, T, split, buffer_size, counted=False):
     """make_dataloader's generator; `counted`: note what it serves in _served (the evaluation's is not)."""
     device, stop, ready, free = _default_device(), threading.Event(), queue.Queue(), queue.Queue()
@@ -483,12 +503,14 @@ def _fingerprint(model):
     sums = [torch.stack((t.to(sum_dtype).sum(), t.to(sum_dtype).square().sum()))
             for t in (*model.parameters(), *model.buffers())]
     return torch.stack(sums).cpu() if sums else torch.zeros(0)
+
 def _losses(logits, targets):
     """Cross entropy in nats per target, from logits (B, T, V >= vocabulary), in float32, chunk by chunk."""
     logits, targets = logits.flatten(0, 1), targets.flatten()
     rows = max(1, LOSS_CHUNK // logits.size(-1))
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
+
 def _causality_probe(model, x):
     """(probe, logits of x): the largest move of a logit at a position <= t_b (random) when row b's tokens
     after t_b become another row's (causal: 0). The changed batch runs first: x cannot prime the answer."""
@@ -505,6 +527,7 @@ def _causality_probe(model, x):
     moved = torch.cat([(a.float() - b.float()).abs().amax(-1) for a, b in zip(changed.split(chunk),
                                                                              logits.split(chunk))])
     return moved[~after].max().item(), logits
+
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
     """(bits per byte, tokens, bytes, causal probe) of model(idx) -> logits on a split; one batch probed."""
@@ -535,6 +558,7 @@ def score(model, tokenizer, batch_size, split="val"):
         loader.close()
     total_bytes = int(total_bytes)
     return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
+
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data from model(x)'s logits, with the saved tokenizer (`tokenizer`: the
     original's signature); a model that sees the future or changes is rejected; audit.py gets a run record."""
@@ -627,6 +651,7 @@ def setup_device(seed):
     autocast = (contextlib.nullcontext() if device.type == "cpu"
                 else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
     return device, autocast, sync, peak
+
 def check_batch(total_batch_size, device_batch_size):
     """The gradient-accumulation steps, or a one-line exit saying which setting to change."""
     if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
@@ -638,20 +663,24 @@ def check_batch(total_batch_size, device_batch_size):
                  f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
                  "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
     return total_batch_size // per_micro_step
+
 def or_exit(fn, *args):
     """fn(*args), or exit with prepare's one-line message if the data or tokenizer is missing or damaged."""
     try:
         return fn(*args)
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
+
 def _positive(**numbers):
     """Those of `numbers` that are positive ints or floats; None or anything else counts as not given."""
     return {name: v for name, v in numbers.items() if isinstance(v, (int, float)) and v > 0}
+
 def _step_memory(size, batch_size, device_type):
     """STEP_MEMORY's estimate (bytes) for a model of `size` (MEMORY_NEEDS) at batch_size sequences."""
     fixed, a, b = STEP_MEMORY["cuda" if device_type == "cuda" else "cpu"]
     per_token = a * size["depth"] * size["width"] + b * size["vocab_size"]
     return fixed + 16 * size["num_params"] + batch_size * size["sequence_len"] * per_token
+
 def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=None):
     """The largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) that divides the batch and needs
     at most 90 % of `memory` (10 %: the CUDA context, fragmentation; any size if memory is None), or None."""
@@ -665,6 +694,7 @@ def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=N
             per_sequence = max(per_sequence, (memory - fixed) / failed_at)
         sizes = [b for b in sizes if fixed + b * per_sequence <= 0.9 * memory]
     return max(sizes, default=None)
+
 def _available_memory(device_type):
     """Free GPU memory, what MPS may take, or available RAM (bytes); None where unknown."""
     if device_type != "cpu":
@@ -672,6 +702,7 @@ def _available_memory(device_type):
     with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as f:  # Linux only
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     return None
+
 def _flop_rate(device_type):
     """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
     if device_type == "cuda":
@@ -682,17 +713,20 @@ def _flop_rate(device_type):
         (m @ m).sum().item()
         n += 1
     return CPU_EFFICIENCY * n * 2 * 1024 ** 3 / (time.perf_counter() - t0)
+
 def _run_seconds(device_type, flops_per_token, batch_size, total_batch_size, rate):
     """Seconds by part: 11 warm-up steps, the budget plus the step crossing it, evaluation forwards (1/3)."""
     step = total_batch_size * flops_per_token / rate
     eval_tokens = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN) * batch_size * MAX_SEQ_LEN
     return {"start-up": STARTUP_SECONDS[device_type], "warm-up": 11 * step, "training": TIME_BUDGET + step,
             "evaluation": eval_tokens * flops_per_token / 3 / rate}
+
 def _refuse_or_warn(device_type, problem, gpu_advice):
     """Stop on a CPU or MPS (else swapping, an OOM kill, a run killed at 600 s); warn on a GPU."""
     if device_type != "cuda":
         sys.exit(f"{problem}:\n{SMALL_COMPUTER_ADVICE}")
     print(f"warning: {problem}; {gpu_advice}")
+
 def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_per_token=None, depth=None,
               width=None, vocab_size=None, sequence_len=MAX_SEQ_LEN):
     """Before the heavy work, from train.py's plain numbers: vocabulary, a step's memory, run time, disk."""
@@ -737,6 +771,7 @@ def preflight(tokenizer, batch_size, total_batch_size, num_params=None, flops_pe
         print(f"warning: {free / 1e6:.0f} MB free for {CHECKPOINT}, its weights need about "
               f"{4 * num_params / 1e6:.0f} MB: the checkpoint will not be saved (the run still trains and "
               "evaluates)")
+
 def cache_compiled_graphs():
     """Let AOTAutograd's cache keep train.py's graphs (re-tracing costs a warm start ~9.5 s, H100), which it
     refuses for sdpa_kernel's helpers and custom autograd.Functions: both are traced into what it hashes."""
@@ -757,6 +792,7 @@ def print_progress(line, step, last):
     elif step <= 10 or last or time.time() - _last_progress_print >= PROGRESS_EVERY:  # tail -n 50: a few KB
         print(line, flush=True)
         _last_progress_print = time.time()
+
 def out_of_memory(e, batch_size, total_batch_size, **model_size):
     """Re-raise `e` unless out of memory; then exit naming a DEVICE_BATCH_SIZE that should fit."""
     if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()):
@@ -770,6 +806,7 @@ def out_of_memory(e, batch_size, total_batch_size, **model_size):
                   f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN: e.g. {fit} with TOTAL_BATCH_SIZE = {total_batch_size} "
                   f"gives {total_batch_size // (fit * MAX_SEQ_LEN)} micro steps per step.")
     sys.exit(f"\nOut of memory at DEVICE_BATCH_SIZE = {batch_size}{advice}")
+
 def save_checkpoint(model, path=CHECKPOINT):
     """The weights, via a temporary name: a failed save says so in one line and keeps an earlier file."""
     global _saved_checkpoint
@@ -786,6 +823,7 @@ def save_checkpoint(model, path=CHECKPOINT):
         kept = "; the earlier file is kept" if os.path.exists(path) else ""
         reason = " ".join(str(e).split())[:120]
         print(f"could not save the weights to {path} ({reason}){kept}; evaluating anyway")
+
 def peak_memory_mb():
     """MB: CUDA's peak allocation; on MPS (no peak kept) the Metal driver's memory now; on a CPU peak RSS."""
     device_type = _default_device().type
@@ -826,6 +864,7 @@ def move_old_layout():
     ours = [n for n in ("tokenizer.tiktoken", "tokenizer.json") if os.path.isfile(f"{tokenizer}/{n}")]
     if ours:
         _move(ours, tokenizer, f"{tokenizer}/fineweb-edu-8192", "tokenizer files of an old layout")
+
 def _move(names, old, new, what):
     """Rename `names` from folder `old` into `new`, keeping any file of the same name already in `new`."""
     make_dirs(new)
@@ -837,6 +876,7 @@ def _move(names, old, new, what):
         raise WriteError(os.path.join(old, name), e) from None
     left = f" ({len(kept)} left in {old}: {new} has files of the same names)" if kept else ""
     print(f"moved {len(names) - len(kept)} {what} from {old} to {new}{left}")
+
 def main(args=None):
     args = args or parse_args()
     print(f"cache: {CACHE_DIR}")
