@@ -110,7 +110,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "bcc42d895c62763e7a08f248ad909957339d364ee811ed9fe0ef324243aa3162"
+PREPARE_SHAPE = "f00d9fcdcd84f5470f863d4fe3e86990a7c69126e87bf7a6f9d61d5362c8f68c"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -266,22 +266,23 @@ def footer_sha256(path):
     except OSError:  # shorter than its footer says: no parquet file
         return None
 
-def train_seconds(times, tokens):
-    """Seconds from the first batch after the 11 warm-up steps to the last batch training drew (batches per
-    step from train.py's TOTAL_BATCH_SIZE, 1 if it has none), and the median step's seconds."""
+def train_seconds(times, tokens, end):
+    """Seconds from the first batch after the 11 warm-up steps to `end`, the evaluation's start (batches per
+    step from train.py's TOTAL_BATCH_SIZE, 1 if it has none; training on batches drawn early counts too),
+    and the median step's seconds."""
     total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
     per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
     gaps = [b - a for a, b in zip(times, times[1:])]
     step = statistics.median(gaps) * per_step if gaps else 0.0
-    return (times[-1] - times[11 * per_step] if len(times) > 11 * per_step else 0.0), step
+    return (end - times[11 * per_step] if len(times) > 11 * per_step else 0.0), step
 
-def append_run_record(facts):
-    """The record of one evaluation: the facts prepare.py measured, with the commit, the files that ran and
-    what training was served. To ledger.jsonl beside a script run from prepare.py's folder, or beside
-    prepare.py for code run with no script (`python -c`, stdin, a notebook): train.py's runs are recorded
-    however they are started, a test suite importing prepare.py is not. And a line to the account's
-    journal."""
-    here = os.path.dirname(facts["prepare_path"])
+def append_run_record(prepare, tokenizer, facts):
+    """The record of one evaluation: the facts the module `prepare` measured, with the commit, the files that
+    ran, the data and `tokenizer` it scored with, and what training was served. To ledger.jsonl beside a
+    script run from prepare.py's folder, or beside prepare.py for code run with no script (`python -c`,
+    stdin, a notebook): train.py's runs are recorded however they are started, a test suite importing
+    prepare.py is not. And a line to the account's journal."""
+    here = os.path.dirname(os.path.abspath(prepare.__file__))
     script = getattr(sys.modules.get("__main__"), "__file__", None)
     script = os.path.abspath(script) if script else os.path.join(here, "(no script file)")
     folder = os.path.dirname(script)
@@ -292,18 +293,19 @@ def append_run_record(facts):
     if not commit:  # a row names a commit: a record without one could stand for any
         print(f"warning: no run record: {folder} has no git commit (commit train.py first)", file=sys.stderr)
         return
-    val, times, tokens = facts.pop("val_path"), facts.pop("train_times"), facts.pop("tokenizer_bytes")
-    timed, step = train_seconds(times, facts["train_tokens"])
+    val, times = prepare.split_row_ranges("val")[0][0], facts.pop("train_times")
+    timed, step = train_seconds(times, facts["train_tokens"], facts.pop("evaluated_at"))
+    tokens = [tokenizer.enc.decode_single_token_bytes(i) for i in range(tokenizer.get_vocab_size())]
     hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
-    data = os.path.dirname(val)  # the training files' folder too
-    facts["train_files"] = [[name, size, footer_sha256(os.path.join(data, name))]
-                            for name, size in facts["train_files"]]
+    facts["train_files"] = [[os.path.basename(p), os.path.getsize(p), footer_sha256(p)]
+                            for p, *_ in prepare.split_row_ranges("train")]
     ran = file_sha256(script) if os.path.isfile(script) else None
     record = dict(
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit,
         dirty=bool(git(folder, "status", "--porcelain", "--untracked-files=no")), script=script,
-        prepare_sha256=file_sha256(facts.pop("prepare_path")), **facts, val_sha256=file_sha256(val),
-        val_hub_sha256=hub, val_file=[os.path.basename(val), os.path.getsize(val), footer_sha256(val)],
+        prepare_sha256=file_sha256(prepare.__file__), dataset=prepare.DATASET, **facts,
+        val_sha256=file_sha256(val), val_hub_sha256=hub,
+        val_file=[os.path.basename(val), os.path.getsize(val), footer_sha256(val)],
         tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=ran,
         train_batches=len(times), train_timed_s=round(timed, 1), train_step_s=round(step, 2))
     try:

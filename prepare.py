@@ -481,7 +481,7 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
                 _served["train_times"].append(time.monotonic())
                 _served["train_tokens"] += B * T
             elif counted:
-                _served["val_outside"] += 1
+                _served["val_batches_outside_evaluation"] += 1
             yield batch[0], batch[1], epoch
     finally:
         stop.set()
@@ -491,7 +491,7 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-_served = dict(train_times=[], train_tokens=0, val_outside=0)  # what the loaders served: for the run record
+_served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0)  # for the run record
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -562,7 +562,7 @@ def score(model, tokenizer, batch_size, split="val"):
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data from model(x)'s logits, with the saved tokenizer (`tokenizer`: the
     original's signature); a model that sees the future or changes is rejected; audit.py gets a run record."""
-    own_tokenizer, before = Tokenizer.from_directory(), _fingerprint(model)
+    started, own_tokenizer, before = time.monotonic(), Tokenizer.from_directory(), _fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
@@ -582,15 +582,10 @@ def evaluate_bpb(model, tokenizer, batch_size):
         audit = None
         print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
     if audit:
-        audit.append_run_record(dict(
+        audit.append_run_record(sys.modules[__name__], own_tokenizer, dict(
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
-            bytes_evaluated=nbytes, causal_probe=probe, dataset=DATASET,
-            val_path=split_row_ranges("val")[0][0], prepare_path=os.path.abspath(__file__),
-            train_files=[(os.path.basename(p), os.path.getsize(p)) for p, *_ in split_row_ranges("train")],
-            tokenizer_bytes=[own_tokenizer.enc.decode_single_token_bytes(i)
-                             for i in range(own_tokenizer.get_vocab_size())],
-            train_times=_served["train_times"], train_tokens=_served["train_tokens"],
-            val_batches_outside_evaluation=_served["val_outside"], peak_vram_mb=round(peak_memory_mb(), 1)))
+            bytes_evaluated=nbytes, causal_probe=probe, evaluated_at=started, **_served,
+            peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
     if audit and (export := os.environ.get("AUTORESEARCH_EXPORT")):  # audit.py --confirm: a clean process
