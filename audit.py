@@ -490,10 +490,12 @@ def source_findings(source):
         if name in BANNED_NAMES or name.startswith(tuple(n + "." for n in BANNED_NAMES)) or (
                 module == "torch" and name.rsplit(".", 1)[-1] in ("load", "loads", "load_file")):
             return f"uses {name}"
-        part = (rest.split(".") + [""])[:2]
-        if module == "torch" and "." in rest and not (name + ".").startswith(CONFIG) and (
-                part[0] == "utils" and part[1] != "checkpoint" or part[0][:1] == "_"):
-            return f"uses {name} (torch's utilities and private modules read files and run programs)"
+        part = rest.split(".") + [""]
+        private = [p for p in part if p[:1] == "_" and not dunder(p)]  # torch._foreach_add_ and such: kernels
+        if module == "torch" and not (name + ".").startswith(CONFIG) and (
+                part[0] == "utils" and part[1] not in ("checkpoint", "")
+                or private and (private != [part[0]] or "." in rest or not part[0].startswith("_foreach"))):
+            return f"uses {name} (torch's utilities and private names read files and run programs)"
         hook = next((part for part in name.split(".") if part in TORCH_HOOKS), None)
         return hook and f"uses {hook} (it intercepts the evaluator's tensor operations)"
 

@@ -1227,6 +1227,7 @@ REACHES = {  # a snippet of train.py, and the line of it the check must name
     "a class made by type()": ("K = type('K', (), {})\n", 1),
     "a distributed checkpoint": ("import torch\nw = torch.distributed.checkpoint.load({}, 'x')\n", 2),
     "torch.jit's private loader": ("import torch\nw = torch.jit._serialization.load('x')\n", 2),
+    "a private function of a public module": ("import torch\nw = torch.storage._load_from_bytes(b'')\n", 2),
 }
 
 
