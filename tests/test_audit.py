@@ -9,7 +9,9 @@ train.py is a bigram table trained for a fixed 300 batches (seconds, the same on
 own copy of that night (see Night.clone), so that no test sees another's records."""
 
 import base64
+import hashlib
 import json
+import marshal
 import os
 import random
 import re
@@ -796,6 +798,36 @@ def test_a_pth_file_planted_in_the_environment_is_named(bigrams, tmp_path):
     result = bigrams.audit(python=python)
     assert result.returncode == 1
     assert findings(result) == [f"environment: {site}/zz_hook.pth belongs to no installed package"]
+
+
+@pytest.mark.slow
+def test_a_compiled_module_planted_in_the_environment_is_named(bigrams, tmp_path):
+    """A package's module compiled by Python passes; other code under its compiled name, with the header
+    Python checks (the source's time and size), is named."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "zz_mod.py").write_text("def dumps(x):\n    return str(x)\n")  # a package of one module
+    info = site / "zz_mod-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zz-mod\nVersion: 1.0\n")
+    digest = base64.urlsafe_b64encode(hashlib.sha256((site / "zz_mod.py").read_bytes()).digest()).rstrip(b"=")
+    (info / "RECORD").write_text(f"zz_mod.py,sha256={digest.decode()},33\nzz_mod-1.0.dist-info/METADATA,,\n"
+                                 "zz_mod-1.0.dist-info/RECORD,,\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([python, "-c", "import zz_mod"], cwd=tmp_path, env=env, check=True)  # Python compiles it
+    cached = site / "__pycache__" / f"zz_mod.{sys.implementation.cache_tag}.pyc"
+    assert cached.exists() and bigrams.audit(python=python).returncode == 0
+    header = cached.read_bytes()[:16]
+    cached.write_bytes(header + marshal.dumps(compile("def dumps(x):\n    return '0.001'\n", "zz", "exec")))
+    assert subprocess.run([python, "-c", "import zz_mod; print(zz_mod.dumps(3))"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True).stdout == "0.001\n"  # Python runs it
+    result = bigrams.audit(python=python)
+    assert result.returncode == 1
+    assert findings(result) == [f"environment: {site}/__pycache__/{cached.name} is not compiled from its "
+                                "source (planted)"]
 
 
 # ---------------------------------------------------------------------------
