@@ -830,6 +830,26 @@ def test_a_compiled_module_planted_in_the_environment_is_named(bigrams, tmp_path
                                 "source (planted)"]
 
 
+@pytest.mark.slow
+def test_code_beside_train_py_that_no_commit_holds_is_named(bigrams, tmp_path):
+    """An untracked module, a compiled one without a source (Python imports it) and a compiled prepare.py
+    holding other code are named; prepare.py compiled by Python is not."""
+    n = bigrams.clone(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import prepare"], cwd=n.repo, env=env, check=True)
+    cached = n.repo / "__pycache__" / f"prepare.{sys.implementation.cache_tag}.pyc"
+    assert cached.exists() and n.audit().returncode == 0
+    (n.repo / "helper.py").write_text("x = 1\n")
+    (n.repo / "weights.pyc").write_bytes(cached.read_bytes())
+    cached.write_bytes(cached.read_bytes()[:16] + marshal.dumps(compile("x = 1\n", "prepare", "exec")))
+    result = n.audit()
+    assert result.returncode == 1
+    assert sorted(findings(result)) == [
+        f"__pycache__/{cached.name}: compiled code that is not its source's",
+        "helper.py: untracked code beside train.py: it can be imported, and no commit holds it",
+        "weights.pyc: compiled code that is not its source's"], result.stdout
+
+
 # ---------------------------------------------------------------------------
 # The ledger
 
