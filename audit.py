@@ -117,9 +117,14 @@ def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
 
+# Code git runs that a night can configure (hooks, the file-system monitor, filters named by an attributes
+# file): switched off for every git command of the records, the audit and the confirm
+GIT_NEUTRAL = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+               "-c", "core.attributesFile=/dev/null")
+
 def git(folder, *args):
     try:
-        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, timeout=60)
+        out = subprocess.run(["git", *GIT_NEUTRAL, *args], cwd=folder, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.decode(errors="replace").strip() if out.returncode == 0 else ""
@@ -733,6 +738,8 @@ def stray_code(folder):
 def check_run(record, base, frozen, folder, commit, expect_train=None):
     """What is wrong with one evaluation's record, against the baseline's record and the frozen constants."""
     budget, val = frozen.get("TIME_BUDGET", 300), base.get("val_file") or ["", -1]
+    foreign = [f[0] for f in record.get("train_files") or []  # a shard's name, or the one file's
+               if not re.fullmatch(r"shard_\d{5}\.parquet", f[0]) and f[0] != val[0]]
     causes = [
         record.get("rejected") and f"its evaluation was rejected: {record['rejected']}",
         record["prepare_sha256"] != sha256(committed(folder, base["commit"], "prepare.py"))
@@ -755,6 +762,7 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         any(f[0] != val[0] and (f[1] == val[1] or f[2:] == val[2:] != [None]) for f in record.get(
             "train_files") or []) and "a training file has the validation file's size or rows: a copy of the "
                                       "validation data",
+        foreign and f"a training file, {foreign[0]}, is not a file prepare.py downloads",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
@@ -1069,6 +1077,8 @@ def remove_heldout(store):
     is on disk only while the clean scorer reads it: downloaded afresh for it, checked against the hub's
     digest, and removed again before any other code runs, so no run of the night can read or replace it."""
     for path in (store["heldout"], store["heldout"] + ".sha256") if store and store["heldout"] else ():
+        if os.path.isdir(path) and not os.path.islink(path):  # a folder at its name (red team 7)
+            shutil.rmtree(path)
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
 
@@ -1120,7 +1130,12 @@ def rerun(folder, commit, frozen, store=None):
     `python -E -s`; its record goes to the worktree's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
     began, tree = time.monotonic(), tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
-    git(folder, "worktree", "add", "--detach", tree, commit)
+    # a clone sharing the night's objects, not a worktree: a worktree shares the night's .git/config, hooks
+    # and info/attributes, and a hook or a smudge filter rewrote the baseline's files at checkout (red team 7)
+    git(folder, "clone", "--quiet", "--shared", "--no-checkout", folder, tree)
+    git(tree, "checkout", "--quiet", "--detach", commit)
+    if git(tree, "rev-parse", "HEAD") != commit or git(tree, "status", "--porcelain", "--ignored"):
+        fail(f"the checkout of {commit[:7]} in {tree} does not hold exactly the commit's files")
     source = open(os.path.join(tree, "train.py")).read()
     seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
     source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
@@ -1167,11 +1182,12 @@ def rerun(folder, commit, frozen, store=None):
 def scorer_reads(base):
     """What the clean scorer reads: its Python, its import path (the base installation's standard library,
     the environment's packages), the baseline's artifact, the data and tokenizer files."""
-    done = subprocess.run([base["python"], "-I", "-c", "import sys; print('\\n'.join(sys.path))"],
-                          capture_output=True, text=True)
+    ask = "import sys; print(sys.base_prefix, *sys.path, sep='\\n')"
+    done = subprocess.run([base["python"], "-I", "-c", ask], capture_output=True, text=True)
+    prefix, *path = done.stdout.splitlines() or [sys.base_prefix]
     cfg = os.path.join(os.path.dirname(os.path.dirname(base["python"])), "pyvenv.cfg")
-    return [p for p in done.stdout.splitlines() if p] + [os.path.realpath(base["python"]), cfg,
-                                                         base["artifact"], *base["store"]["files"]]
+    return [p for p in path if p] + glob.glob(os.path.join(prefix, "lib", "libpython*")) + [
+        os.path.realpath(base["python"]), cfg, base["artifact"], *base["store"]["files"]]
 
 def snapshot(roots):
     """Each file under `roots` but compiled ones (the scorer reads none: see clean_score): the sha256 of code,
@@ -1258,7 +1274,7 @@ def confirm(commit, results="results.tsv"):
         scored = time.monotonic()
     finally:
         for run in runs:
-            git(folder, "worktree", "remove", "--force", run["tree"])
+            shutil.rmtree(run["tree"], ignore_errors=True)
         if runs:  # the held-out shard leaves the disk again: no later run of the night can read it
             remove_heldout(runs[0]["store"])
             shutil.rmtree(runs[0]["store"]["cache"], ignore_errors=True)
@@ -1276,6 +1292,10 @@ def confirm(commit, results="results.tsv"):
     if mine["wall"] > base["wall"] + slack:
         findings.append(f"{full[:7]}: its rerun took {mine['wall']:.0f} s, the baseline's {base['wall']:.0f} "
                         f"s: {slack:.0f} s more is training past TIME_BUDGET, however the run reports it")
+    for key, what in (("train_files", "training files"), ("val_file", "validation file")):
+        if night and base["record"].get(key) != night[0].get(key):  # the cache changed after the night's runs
+            findings.append(f"{base_full[:7]}: the reruns' {what} are not the night's baseline's: data was "
+                            "added, removed or changed since")
     if night and base["record"]["train_tokens"] < night[0]["train_tokens"] / 2:
         findings.append(f"{base_full[:7]}: the baseline's rerun trained on {base['record']['train_tokens']:,}"
                         f" tokens, its night's run {night[0]['train_tokens']:,}: something slowed the rerun")

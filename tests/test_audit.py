@@ -1104,6 +1104,31 @@ def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(bigrams, tmp_pa
     assert "clean val_bpb 0.001000" not in result.stdout and "the gain holds" not in result.stdout
 
 
+@pytest.mark.slow
+@needs_uv
+def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since(bigrams, tmp_path_factory):
+    """Left by the night: a post-checkout hook and a smudge filter (each would rewrite train.py in the
+    reruns' checkouts), a training file planted after its runs, a folder at the held-out shard's name."""
+    n = clone_of(bigrams, tmp_path_factory, "git-settings")
+    commit = n.commit("a loader renamed", tiny().replace("loader = ", "batches = loader = "))
+    mark = n.root / "ran"
+    hook = n.repo / ".git" / "hooks" / "post-checkout"
+    hook.write_text(f"#!/bin/sh\ntouch {mark}\n")
+    hook.chmod(0o755)
+    (n.repo / ".git" / "info").mkdir(exist_ok=True)
+    (n.repo / ".git" / "info" / "attributes").write_text("train.py filter=night\n")
+    n.git("config", "filter.night.smudge", f"touch {mark}; cat")
+    shutil.copy(n.cache / DATA / VAL, n.cache / DATA / "00000.parquet")
+    (n.cache / DATA / HELDOUT).mkdir()
+    result = n.confirm(commit)
+    assert result.returncode == 1 and not mark.exists(), result.stdout + result.stderr
+    base, lines = n.commits["baseline"], result.stdout.splitlines()
+    assert (f"{base}: the reruns' training files are not the night's baseline's: data was added, removed or "
+            "changed since") in lines, result.stdout
+    assert f"{base}: a training file, 00000.parquet, is not a file prepare.py downloads" in lines
+    assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------------------
 # Faults: a crash mid-write, concurrent runs, odd files, and rows that --row must refuse
 
