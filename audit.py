@@ -6,7 +6,7 @@
 
 Every evaluation appends a record to ledger.jsonl (prepare.py's evaluate_bpb): the row is written from it, and
 the audit checks each row against its record, the frozen files and train.py's source. --confirm reruns in
-fresh worktrees and environments and scores the trained models in a process that runs none of train.py's
+fresh clones and environments and scores the trained models in a process that runs none of train.py's
 code. Exit 0 when everything holds, else 1 with one line per finding naming the commit.
 """
 
@@ -54,7 +54,7 @@ MIN_FLOOR = 0.001           # the smallest noise floor (program.md)
 CAUSAL_TOLERANCE = 1e-3     # prepare.py's: a logit before changed tokens may move this much
 CLEAN_MATCH = 0.002         # a run's own score and the clean scorer's differ by bf16 noise only (~1e-4)
 SEEDS = (42, 43)            # a confirm reruns with the seed the row did not use
-CONFIRM_PREFIX = "autoresearch-confirm-"  # a confirm's worktrees (its records stay in their own ledgers)
+CONFIRM_PREFIX = "autoresearch-confirm-"  # a confirm's clones (their records stay in their own ledgers)
 # What train.py may take from prepare.py: the original's five names and the harness helpers
 PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb",
           "cache_compiled_graphs", "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight",
@@ -406,7 +406,7 @@ def evaluations(records, full):
 
 def journal(folder, records):
     """From the account's journal of evaluations: ({commit: evaluations recorded in another folder's ledger},
-    a confirm's worktrees left out; the entries of this folder's ledger that it no longer holds)."""
+    a confirm's clones left out; the entries of this folder's ledger that it no longer holds)."""
     mine, counts, missing = os.path.realpath(os.path.join(folder, LEDGER)), {}, []
     held = {(r.get("time"), r.get("commit"), r.get("val_bpb")) for r in records}
     with contextlib.suppress(OSError), open(JOURNAL, errors="replace") as f:
@@ -955,7 +955,7 @@ def score_artifact(path, batch_size):
     print(json.dumps(result))
 
 def fresh_python(tree):
-    """(python, caveat): the locked environment synced fresh into the worktree by uv (from uv's cache when the
+    """(python, caveat): the locked environment synced fresh into the clone by uv (from uv's cache when the
     network is unreachable); failing that, this Python, its files checked against their packages' records
     (weaker: a hook hidden where the check does not look would survive)."""
     uv, why = shutil.which("uv"), "uv not found"
@@ -1126,8 +1126,8 @@ def others_running(folder):
     return found
 
 def rerun(folder, commit, frozen, store=None):
-    """Rerun `commit` with the other seed in a fresh worktree and environment, on the data of rerun_store,
-    `python -E -s`; its record goes to the worktree's own ledger, never to the night's. Its record, what is
+    """Rerun `commit` with the other seed in a fresh clone and environment, on the data of rerun_store,
+    `python -E -s`; its record goes to the clone's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
     began, tree = time.monotonic(), tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
     # a clone sharing the night's objects, not a worktree: a worktree shares the night's .git/config, hooks
@@ -1245,7 +1245,7 @@ def confirm(commit, results="results.tsv"):
     reruns = [float(row[1]) for row, text in zip(scored[1:], unseeded[1:]) if text == unseeded[0]]
     floor = max([abs(v - float(scored[0][1])) for v in reruns] + [MIN_FLOOR])
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
-    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh worktree and "
+    print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh clone and "
           "environment; scored by a separate process that runs none of train.py", flush=True)
     others = others_running(folder)
     if others:
@@ -1362,7 +1362,7 @@ def main():
                              "or crash")
     parser.add_argument("--commit", help="with --row: the commit whose run it is (at least 7 hex digits)")
     parser.add_argument("--confirm", metavar="COMMIT",
-                        help="rerun the baseline and COMMIT in fresh worktrees and environments (two whole "
+                        help="rerun the baseline and COMMIT in fresh clones and environments (two whole "
                              "runs)")
     parser.add_argument("--score", nargs=2, metavar=("ARTIFACT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
