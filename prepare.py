@@ -1,6 +1,5 @@
-"""One-time data preparation for autoresearch, plus what train.py imports at run time: the tokenizer, the data
-loader, the evaluation and, last, the run's harness. Frozen: the agent never edits it (data and score).
-Everything lands in ~/.cache/autoresearch (or $AUTORESEARCH_CACHE_DIR).
+"""One-time data preparation (into ~/.cache/autoresearch or $AUTORESEARCH_CACHE_DIR), plus what train.py
+imports: the tokenizer, data loader, evaluation and harness. Frozen: the agent never edits data or score.
 
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
     uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
@@ -14,6 +13,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -94,8 +94,7 @@ def split_row_ranges(split, data_dir=None, dataset=None):
     return ranges
 
 # ---------------------------------------------------------------------------
-# Before torch loads (seconds): the command line is read first, so that --help and a wrong argument answer at
-# once; train.py imports this file first, and torch reads the variables set here when it starts
+# Before torch loads (seconds): arguments answer at once; torch (train.py's too) reads the variables set here
 
 if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
     print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
@@ -112,9 +111,8 @@ def parse_args():
         "  HF_ENDPOINT             hub (or mirror) to download shards from (default: https://huggingface.co)")
     parser.add_argument("--dataset", choices=DATASETS, default=DATASET,
                         help=f"data set to download (default: {DATASET}, the DATASET that train.py uses)")
-    parser.add_argument("--num-shards", type=int, default=10,
-                        help="training shards to download, -1 for all (TinyStories is one file); the "
-                             "validation shard is always added (default: 10)")
+    parser.add_argument("--num-shards", type=int, default=10, help="training shards to download, -1 for all "
+                        "(TinyStories is one file); the validation shard is always added (default: 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default: 8)")
     args = parser.parse_args()
     most = DATASETS[args.dataset]["heldout"]  # a shard set trains on shards 0 ... heldout - 1
@@ -270,20 +268,18 @@ def _split_texts(row_ranges):
 
 def _training_texts(data_dir, dataset):
     total = 0
-    for batch in _split_texts(split_row_ranges("train", data_dir, dataset)):
-        for text in batch:
-            yield text[:TOKENIZER_DOC_CHARS]
-            total += min(len(text), TOKENIZER_DOC_CHARS)
-            if total >= TOKENIZER_MAX_CHARS:
-                return
+    for text in itertools.chain.from_iterable(_split_texts(split_row_ranges("train", data_dir, dataset))):
+        yield text[:TOKENIZER_DOC_CHARS]
+        total += min(len(text), TOKENIZER_DOC_CHARS)
+        if total >= TOKENIZER_MAX_CHARS:
+            return
 
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
     import rustbpe  # only needed here, not at training time
     t0, bpe, tokenizer_dir = time.time(), rustbpe.Tokenizer(), tokenizer_dir or TOKENIZER_DIR
     # in a worker thread: the main thread, waiting, sees Ctrl-C at once (never while inside rustbpe's Rust)
-    work = ThreadPoolExecutor(1).submit(bpe.train_from_iterator, _training_texts(data_dir, dataset),
-                                        VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
-    work.result()  # an unreadable shard raises its one-line RuntimeError here
+    ThreadPoolExecutor(1).submit(bpe.train_from_iterator, _training_texts(data_dir, dataset),
+                                 VOCAB_SIZE - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN).result()
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda token_rank: token_rank[1])
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     # tiktoken's base64 rank file plus JSON: loading runs no code (the original pickled the Encoding)
@@ -385,17 +381,12 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     """The loader's thread: B rows of T + 1 tokens, packed best-fit into a buffer from `free`, to `ready`."""
     head, enc = np.array([tokenizer.get_bos_token_id()], dtype=np.uint32), tokenizer.enc
 
-    def encode(texts):  # in a worker thread: numpy, no Python int lists (the GIL is what limits throughput)
-        return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts]
+    def encode(texts, epoch):  # in a worker thread: numpy, no Python int lists (the GIL limits throughput)
+        return [np.concatenate((head, enc.encode_to_numpy(t, disallowed_special=()))) for t in texts], epoch
 
-    def document_batches(row_ranges, epoch=1):  # endless: file, row-group and row order, <= 128 at a time
-        while True:
-            for texts in _split_texts(row_ranges):
-                for i in range(0, len(texts), 128):
-                    yield texts[i:i + 128], epoch
-            epoch += 1
-
-    docs = document_batches(split_row_ranges(split))
+    row_ranges = split_row_ranges(split)
+    docs = ((texts[i:i + 128], epoch) for epoch in itertools.count(1) for texts in _split_texts(row_ranges)
+            for i in range(0, len(texts), 128))  # endless: file, row-group and row order, <= 128 at a time
     pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),  # a core left for the caller
                               thread_name_prefix="dataloader-tokenize")
     pending, count, epoch = collections.deque(), 0, 1  # tokenization runs ahead, in order
@@ -404,10 +395,9 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
     def refill():
         nonlocal count, epoch
         while len(pending) < lookahead:
-            texts, e = next(docs)
-            pending.append((pool.submit(encode, texts), e))
-        future, epoch = pending.popleft()
-        for doc in future.result():
+            pending.append(pool.submit(encode, *next(docs)))
+        encoded, epoch = pending.popleft().result()
+        for doc in encoded:
             if len(doc) not in by_length:
                 bisect.insort(lengths, len(doc))
             by_length[len(doc)].append(doc)
@@ -436,8 +426,7 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
             if copied is not None:
                 copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
             host = torch.empty((2, B, T), dtype=torch.int64) if host is None else host
-            view = host.numpy()
-            view[0], view[1] = rows[:, :-1], rows[:, 1:]
+            np.stack((rows[:, :-1], rows[:, 1:]), out=host.numpy())  # inputs, targets
             ready.put((host, epoch))
     except BaseException as e:  # hand the error to the consumer instead of dying silently
         ready.put((e, None))
@@ -512,15 +501,14 @@ def _losses(logits, targets):
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
 def _causality_probe(model, x):
-    """(probe, logits of x): the largest move of a logit at a position <= t_b (random) when row b's tokens
-    after t_b become another row's (causal: 0). The changed batch runs first: x cannot prime the answer."""
+    """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
     B, T = x.shape
     gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
     rows, shift = (int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T))
     donor = x.roll((rows, shift), (0, 1))  # another row's text (the row itself, shifted, if B is 1)
-    changed, logits = model(torch.where(after, donor, x)), model(x)
+    changed, logits = model(torch.where(after, donor, x)), model(x)  # changed first: x cannot prime it
     if not (torch.is_tensor(changed) and torch.is_tensor(logits) and changed.shape == logits.shape):
         return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
     chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
@@ -536,10 +524,9 @@ def score(model, tokenizer, batch_size, split="val"):
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     probe_at, probe = secrets.randbelow(steps), None
-    loader = _loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)
-    next(loader)
     total_nats = total_bytes = 0  # sums on the device: no host sync per batch
-    try:
+    with contextlib.closing(_loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)) as loader:
+        next(loader)
         for step in range(steps):
             x, y, _ = next(loader)
             if step == probe_at:
@@ -554,14 +541,11 @@ def score(model, tokenizer, batch_size, split="val"):
             nbytes = token_bytes[y.flatten()]
             total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(sum_dtype)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
-    finally:
-        loader.close()
     total_bytes = int(total_bytes)
     return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
-    """Bits per byte on the validation data from model(x)'s logits, with the saved tokenizer (`tokenizer`: the
-    original's signature); a model that sees the future or changes is rejected; audit.py gets a run record."""
+    """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
     started, own_tokenizer, before = time.monotonic(), Tokenizer.from_directory(), _fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
@@ -631,8 +615,7 @@ def gpu_peak_flops(name):
 # Harness: before training (the device, the settings, the pre-flight estimates)
 
 def setup_device(seed):
-    """Seeds, matmul precision and the device's start-up line: (device, autocast, synchronize, bf16 peak
-    FLOP/s or None). bf16 autocast on GPUs; fp32 on CPUs, where bf16 matmuls are emulated and slow."""
+    """Seeds, matmul precision, the device line: (device, autocast, synchronize, bf16 peak FLOP/s or None)."""
     torch.manual_seed(seed)  # every device's generator, CUDA's too
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (cuDNN's convolutions allow it already)
     device = _default_device()
@@ -643,7 +626,7 @@ def setup_device(seed):
                  "progress lines and 0.00 in the summary")
     print(line)
     sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
-    autocast = (contextlib.nullcontext() if device.type == "cpu"
+    autocast = (contextlib.nullcontext() if device.type == "cpu"  # fp32: a CPU emulates bf16 matmuls, slowly
                 else torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16))
     return device, autocast, sync, peak
 
@@ -679,9 +662,8 @@ def _step_memory(size, batch_size, device_type):
 def _fitting_batch_size(size, device_type, memory, total_batch_size, failed_at=None):
     """The largest DEVICE_BATCH_SIZE below failed_at (it ran out of memory) that divides the batch and needs
     at most 90 % of `memory` (10 %: the CUDA context, fragmentation; any size if memory is None), or None."""
-    seq = size.get("sequence_len", MAX_SEQ_LEN)
-    sizes = [b for b in range(1, failed_at or total_batch_size // seq + 1)
-             if total_batch_size % (b * seq) == 0]
+    T = size.get("sequence_len", MAX_SEQ_LEN)
+    sizes = [b for b in range(1, failed_at or total_batch_size // T + 1) if total_batch_size % (b * T) == 0]
     if memory:
         fixed = _step_memory(size, 0, device_type)
         per_sequence = _step_memory(size, 1, device_type) - fixed
@@ -835,8 +817,7 @@ def peak_memory_mb():
 # Main
 
 def move_old_layout():
-    """The original (ClimbMix) and this project before data sets (FineWeb-Edu) kept data/ and tokenizer/ flat:
-    shards go to the data set whose validation shard is among them, our old tokenizer to fineweb-edu-8192/."""
+    """Moves the flat data/ and tokenizer/ of the original (ClimbMix) and of ours before data sets came in."""
     data, tokenizer = os.path.join(CACHE_DIR, "data"), os.path.join(CACHE_DIR, "tokenizer")
     shards = sorted(n for n in (os.listdir(data) if os.path.isdir(data) else []) if n.startswith("shard_"))
     if shards:
