@@ -674,9 +674,10 @@ def source_findings(source):
 
 UV_SHIM = {"_virtualenv.pth": "import _virtualenv"}  # what uv writes into every environment it makes
 
-def unowned_files(site):
-    """Files in a site-packages folder that no installed distribution lists (a planted .pth hook, say), and
-    Python files that differ from the hash their distribution's RECORD lists (an edited package)."""
+def unowned_files(site, compiled=True):
+    """Files in a site-packages folder that no installed distribution lists (a planted .pth hook, say), Python
+    files that differ from the hash their distribution's RECORD lists (an edited package), and (`compiled`)
+    compiled files that are not their source's."""
     owned, found = {}, []
     for dist in importlib.metadata.distributions(path=[site]):
         for f in dist.files or []:
@@ -685,7 +686,7 @@ def unowned_files(site):
         for name in files:
             path = os.path.normpath(os.path.join(folder, name))
             if os.path.basename(folder) == "__pycache__":
-                if not_its_source(path):
+                if compiled and not_its_source(path):
                     found.append(f"{os.path.relpath(path, site)} is not compiled from its source (planted)")
             elif name in UV_SHIM:
                 if open(path, errors="replace").read().strip() != UV_SHIM[name]:
@@ -1023,8 +1024,8 @@ def startup_code(python):
             if os.path.exists(path) and not any(f"{path}\n" in open(f, errors="replace").read()
                                                 for f in glob.glob("/var/lib/dpkg/info/*.list")):
                 found.append(f"{path} (run at every start)")
-        found += [f"{site}/{line}" for line in (unowned_files(site) if os.path.isdir(site) else [])
-                  if line.split(" ")[0].endswith(".pth")]
+        lines = unowned_files(site, compiled=False) if os.path.isdir(site) else []  # its .pth files only
+        found += [f"{site}/{line}" for line in lines if line.split(" ")[0].endswith(".pth")]
     return found
 
 def rerun_store(python, tree):
@@ -1197,7 +1198,9 @@ def snapshot(roots):
     for root in roots:
         one_file = [(os.path.dirname(root), [], [os.path.basename(root)])]
         for folder, dirs, files in os.walk(root) if os.path.isdir(root) else one_file:
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            # a package folder inside the standard library's (the base Python's own) is not imported from
+            dirs[:] = [d for d in dirs if d != "__pycache__" and (
+                d not in ("site-packages", "dist-packages") or os.path.join(folder, d) in roots)]
             for name in files:
                 path = os.path.join(folder, name)
                 with contextlib.suppress(OSError):

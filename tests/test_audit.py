@@ -1004,9 +1004,9 @@ def test_confirm_of_a_memorized_validation_set_does_not_hold(memorizer_confirm):
     assert re.fullmatch(verdict, result.stdout.splitlines()[-1]), result.stdout
 
 
-# Left running from the night, outside the repository: it pauses the baseline's rerun (the first confirm
-# folder it finds a process in) 0.4 s of every 0.6 s, so that the rerun takes longer and a commit's extra
-# training hides. The confirm samples its processes every 0.25 s: each pause, longer than that, is seen.
+# Left running from the night, outside the repository: it pauses the baseline's training run (the first
+# confirm folder it finds train.py running in) 0.4 s of every 0.6 s, so that the rerun takes longer and a
+# commit's extra training hides. The confirm samples its processes every 0.25 s: each pause, longer, is seen.
 STOPPER = """\
 import os, signal, tempfile, time
 prefix, tree = os.path.join(tempfile.gettempdir(), "autoresearch-confirm-"), None
@@ -1015,7 +1015,7 @@ while True:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cwd = os.readlink(f"/proc/{pid}/cwd")
-            if cwd.startswith(prefix):
+            if cwd.startswith(prefix) and b"train.py" in open(f"/proc/{pid}/cmdline", "rb").read():
                 tree = tree or prefix + cwd[len(prefix):].split("/")[0]
             if tree and (cwd == tree or cwd.startswith(tree + "/")):
                 os.kill(int(pid), signal.SIGSTOP)
