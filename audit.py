@@ -921,6 +921,10 @@ def score_artifact(path, batch_size):
     none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
     and on the held-out data that training never reads. Prints one JSON line."""
     sys.path.insert(0, HERE)
+    # every torch.load safe, torch.export.load's of pickled weights too: an unpickled object runs code (red
+    # team 8 hid a GraphModule, whose saved code runs on loading, in a tensor subclass's buffer)
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     import prepare
     import torch
     with contextlib.suppress(ImportError):

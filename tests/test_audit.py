@@ -1129,6 +1129,37 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
 
 
+# A buffer of a tensor subclass carrying a GraphModule, whose saved code Python runs when it is unpickled:
+# torch.export.load unpickles such weights (red team 8 rewrote prepare.score in the clean scorer this way)
+PICKLED = """
+class usable(torch.Tensor):  # a name of audit.py, the scorer's __main__: unpickling finds a class there
+    pass
+
+
+class Carrier(Bigram):
+    def __init__(self, vocab):
+        super().__init__(vocab)
+        inner = torch.fx.symbolic_trace(torch.nn.Identity())
+        inner._code = {code!r}
+        tag = torch.zeros(1).as_subclass(usable)
+        tag.gm = inner
+        self.register_buffer("tag", tag)
+"""
+
+
+@pytest.mark.slow
+@needs_uv
+def test_the_clean_scorer_unpickles_no_code_from_an_exported_model(bigrams, tmp_path_factory):
+    n = clone_of(bigrams, tmp_path_factory, "pickled")
+    mark = n.root / "ran"
+    code = f"\nimport pathlib\npathlib.Path({str(mark)!r}).touch()\ndef forward(self, x):\n    return x\n"
+    commit = n.commit("a tagged bigram", tiny(middle=PICKLED.format(code=code), model="Carrier"))
+    result = n.confirm(commit)
+    assert result.returncode == 1 and not mark.exists(), result.stdout + result.stderr
+    assert any(line.startswith(f"{commit}: no clean score (the clean scorer failed: ")
+               for line in result.stdout.splitlines()), result.stdout
+
+
 # ---------------------------------------------------------------------------
 # Faults: a crash mid-write, concurrent runs, odd files, and rows that --row must refuse
 
