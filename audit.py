@@ -709,6 +709,8 @@ def not_its_source(path):
         return False
     with open(path, "rb") as f:
         data = f.read()
+    if data[:4] != importlib.util.MAGIC_NUMBER:
+        return False  # another Python's: this one would not load it
     try:
         code = marshal.loads(data[16:])  # after the header: magic number, flags, the source's time and size
     except (ValueError, EOFError, TypeError):
@@ -718,7 +720,7 @@ def not_its_source(path):
                            optimize=int(level[0][len("opt-"):]) if level else 0)
     except (SyntaxError, ValueError):
         return True  # no source compiles to it
-    return data[:4] == importlib.util.MAGIC_NUMBER and code != compiled
+    return code != compiled
 
 def stray_code(folder):
     """Code train.py could import that is not committed: untracked Python files and compiled files that do not
@@ -1197,7 +1199,7 @@ def scorer_reads(base):
 def snapshot(roots):
     """Each file under `roots` but compiled ones (the scorer reads none: see clean_score): the sha256 of code,
     start-up files, the model and the tokenizer; inode, size and time of the rest (libraries, data). Not
-    ctime: uv's hard links to its cache change it for every file (~1 s here: 25,000 files hashed, 84,000)."""
+    ctime: uv's hard links to its cache change it for every file (0.6 s here for 35,000 files)."""
     found = {}
     for root in roots:
         one_file = [(os.path.dirname(root), [], [os.path.basename(root)])]

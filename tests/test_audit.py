@@ -785,16 +785,22 @@ def test_rows_out_of_order_are_named(night, tmp_path):
 # The environment
 
 
-@pytest.mark.slow
-def test_a_pth_file_planted_in_the_environment_is_named(bigrams, tmp_path):
-    """A .pth hook planted in the environment (by an earlier run's code) is named with its path."""
-    venv = tmp_path / "venv"  # a throwaway environment: the audit needs nothing outside the standard library
+def throwaway_venv(tmp_path):
+    """(python, site-packages) of a new environment: the audit needs nothing outside the standard library."""
+    venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
+    return python, Path(site)
+
+
+@pytest.mark.slow
+def test_a_pth_file_planted_in_the_environment_is_named(bigrams, tmp_path):
+    """A .pth hook planted in the environment (by an earlier run's code) is named with its path."""
+    python, site = throwaway_venv(tmp_path)
     assert bigrams.audit(python=python).returncode == 0
-    (Path(site) / "zz_hook.pth").write_text("import sys\n")
+    (site / "zz_hook.pth").write_text("import sys\n")
     result = bigrams.audit(python=python)
     assert result.returncode == 1
     assert findings(result) == [f"environment: {site}/zz_hook.pth belongs to no installed package"]
@@ -804,11 +810,7 @@ def test_a_pth_file_planted_in_the_environment_is_named(bigrams, tmp_path):
 def test_a_compiled_module_planted_in_the_environment_is_named(bigrams, tmp_path):
     """A package's module compiled by Python passes; other code under its compiled name, with the header
     Python checks (the source's time and size), is named."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    python, site = throwaway_venv(tmp_path)
     (site / "zz_mod.py").write_text("def dumps(x):\n    return str(x)\n")  # a package of one module
     info = site / "zz_mod-1.0.dist-info"
     info.mkdir()
