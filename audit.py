@@ -918,6 +918,22 @@ def fetch_heldout(dataset=None):
                            min_rows=spec["val"][1] if "file" in spec else 0)
     return prepare.split_row_ranges("heldout", data_dir, dataset)
 
+def not_the_hubs(paths, url_base):
+    """The names of the files whose sha256 is not the one the hub names for them (X-Linked-Etag, the header
+    prepare.py checks at download); a file it names none for, or a hub out of reach, goes unchecked."""
+    import requests
+    wrong = []
+    for path in paths:
+        try:
+            r = requests.head(f"{url_base}/{os.path.basename(path)}", allow_redirects=True, timeout=(10, 60))
+        except requests.RequestException:
+            continue
+        hub = next((h.headers["X-Linked-Etag"].strip('"') for h in (*r.history, r)
+                    if "X-Linked-Etag" in h.headers), "")
+        if len(hub) == 64 and file_sha256(path) != hub:
+            wrong.append(os.path.basename(path))
+    return wrong
+
 def score_artifact(path, batch_size):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
     none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
@@ -956,6 +972,9 @@ def score_artifact(path, batch_size):
             result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
         except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
+        # the data on disk as the hub has it: a shard changed before the night's baseline run is its data
+        train = [path for path, *_ in prepare.split_row_ranges("train")]
+        result["not_hub"] = not_the_hubs(dict.fromkeys(train + files), prepare.base_url(prepare.DATASET))
         # what it scored on: the same for both models of a confirm, or the cache changed between them
         digests = b"".join(file_sha256(f).encode() for f in files)
         result["data"] = sha256(digests + tokenizer.token_bytes.numpy().tobytes())
@@ -1308,6 +1327,10 @@ def confirm(commit, results="results.tsv"):
     if night and base["record"]["train_tokens"] < night[0]["train_tokens"] / 2:
         findings.append(f"{base_full[:7]}: the baseline's rerun trained on {base['record']['train_tokens']:,}"
                         f" tokens, its night's run {night[0]['train_tokens']:,}: something slowed the rerun")
+    not_hub = sorted(set(base["clean"].get("not_hub") or []) | set(mine["clean"].get("not_hub") or []))
+    if not_hub:  # each scorer read the same cache
+        findings.append(f"{base_full[:7]}: {', '.join(not_hub[:3])}: not the hub's file (its sha256 is not "
+                        "the one the hub names): the data on disk was changed")
     for run, c in ((base, base_full), (mine, full)):
         r, clean = run["record"], run["clean"]
         findings += [f"{c[:7]}: {n}" for n in run["problems"]]

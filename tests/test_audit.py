@@ -392,16 +392,18 @@ class Night:
         code, out = self.train(check=False)
         return commit, code, out, self.row("keep", description or message)
 
-    def confirm(self, commit, planted=None):
-        """--confirm with the held-out shard on a hub of its own (it downloads it afresh); `planted`: a file
-        the night left at the held-out shard's name in the cache."""
+    def confirm(self, commit, planted=None, served=()):
+        """--confirm with the held-out shard on a hub of its own (it downloads it afresh), which names each
+        file's sha256; `planted`: a file the night left at the held-out shard's name in the cache; `served`:
+        the hub's copies of other files."""
         if planted:
             shutil.copy(planted, self.cache / DATA / HELDOUT)
         hub = self.root / "hub"
         folder = hub / "datasets" / prepare.DATASETS[prepare.DATASET]["repo"] / "resolve" / "main"
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.root / HELDOUT, folder / HELDOUT)
-        with serve_folder(hub) as url:
+        for path in (self.root / HELDOUT, *served):
+            shutil.copy(path, folder / os.path.basename(path))
+        with serve_folder(hub, digests=True) as url:
             return subprocess.run([str(BASE_PYTHON), "audit.py", "--confirm", commit], cwd=self.repo,
                                   env=dict(self.env, HF_ENDPOINT=url, TMPDIR=self.tmp()), capture_output=True,
                                   text=True, timeout=900)
@@ -1110,7 +1112,8 @@ def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(bigrams, tmp_pa
 @needs_uv
 def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since(bigrams, tmp_path_factory):
     """Left by the night: a post-checkout hook and a smudge filter (each would rewrite train.py in the
-    reruns' checkouts), a training file planted after its runs, a folder at the held-out shard's name."""
+    reruns' checkouts), a training file planted after its runs, a folder at the held-out shard's name; and a
+    training shard that is not the hub's (changed before the night's baseline run; the validation file is)."""
     n = clone_of(bigrams, tmp_path_factory, "git-settings")
     commit = n.commit("a loader renamed", tiny().replace("loader = ", "batches = loader = "))
     mark = n.root / "ran"
@@ -1122,12 +1125,16 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     n.git("config", "filter.night.smudge", f"touch {mark}; cat")
     shutil.copy(n.cache / DATA / VAL, n.cache / DATA / "00000.parquet")
     (n.cache / DATA / HELDOUT).mkdir()
-    result = n.confirm(commit)
+    hubs = n.root / prepare.shard_filename(0)  # the hub's first shard is not the one the night trained on
+    write_shard(hubs, 21, 2000)
+    result = n.confirm(commit, served=[hubs, n.cache / DATA / VAL])
     assert result.returncode == 1 and not mark.exists(), result.stdout + result.stderr
     base, lines = n.commits["baseline"], result.stdout.splitlines()
     assert (f"{base}: the reruns' training files are not the night's baseline's: data was added, removed or "
             "changed since") in lines, result.stdout
     assert f"{base}: a training file, 00000.parquet, is not a file prepare.py downloads" in lines
+    assert (f"{base}: {prepare.shard_filename(0)}: not the hub's file (its sha256 is not the one the hub "
+            "names): the data on disk was changed") in lines, result.stdout
     assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
 
 
