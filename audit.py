@@ -122,28 +122,28 @@ def fail(message):
 # settings but the repository's own (a night wrote a filter into ~/.gitconfig: red team 9), no GIT_*
 # variable, and no replace refs
 GIT_NEUTRAL = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
-               "-c", "core.attributesFile=/dev/null")
+               "-c", "core.attributesFile=/dev/null", "-c", "safe.directory=*")  # (as ~/.gitconfig may say)
 GIT_SETTINGS = dict(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_NO_REPLACE_OBJECTS="1")
 
-def git(folder, *args):
+def git_bytes(folder, *args):
+    """git's output (b"" when it fails)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | GIT_SETTINGS
     try:
         out = subprocess.run(["git", *GIT_NEUTRAL, *args], cwd=folder, capture_output=True, timeout=60,
                              env=env)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.decode(errors="replace").strip() if out.returncode == 0 else ""
+        return b""
+    return out.stdout if out.returncode == 0 else b""
+
+def git(folder, *args):
+    return git_bytes(folder, *args).decode(errors="replace").strip()
 
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 def committed(folder, commit, path):
     """The bytes of `path` at `commit` (b"" if it has none)."""
-    try:
-        out = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=folder, capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return b""
-    return out.stdout if out.returncode == 0 else b""
+    return git_bytes(folder, "cat-file", "blob", f"{commit}:{path}")
 
 def frozen_shape(source):
     """The sha256 of prepare.py's syntax tree (comments and layout aside) with each setting's literal value
@@ -1186,6 +1186,19 @@ def others_running(folder):
                 found.append(p)
     return found
 
+def clean_clone(folder, commit):
+    """A new folder holding exactly `commit`'s files: a clone sharing the night's objects, not a worktree (a
+    worktree shares the night's .git/config, hooks and info/attributes: a hook or a smudge filter rewrote the
+    baseline's files at checkout, red team 7), from no template (a template's info/attributes named a filter
+    of ~/.gitconfig, red team 9), its files checked byte for byte."""
+    tree = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
+    git(folder, "clone", "--quiet", "--shared", "--no-checkout", f"--template={os.devnull}", folder, tree)
+    git(tree, "checkout", "--quiet", "--detach", commit)
+    if (git(tree, "rev-parse", "HEAD") != commit or git(tree, "status", "--porcelain", "--ignored")
+            or not checked_out(tree)):
+        fail(f"the checkout of {commit[:7]} in {tree} does not hold exactly the commit's files")
+    return tree
+
 def checked_out(tree):
     """Whether each file in `tree` holds its HEAD's bytes, hashed here as git hashes an object: a filter, or
     an object rewritten in place under its old name (git status trusts a file's time), would differ."""
@@ -1205,15 +1218,7 @@ def rerun(folder, commit, frozen, store=None):
     """Rerun `commit` with the other seed in a fresh clone and environment, on the data of rerun_store,
     `python -E -s`; its record goes to the clone's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
-    began, tree = time.monotonic(), tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
-    # a clone sharing the night's objects, not a worktree: a worktree shares the night's .git/config, hooks
-    # and info/attributes, and a hook or a smudge filter rewrote the baseline's files at checkout (red team 7)
-    # (and with no template: a template's info/attributes named a filter, red team 9)
-    git(folder, "clone", "--quiet", "--shared", "--no-checkout", f"--template={os.devnull}", folder, tree)
-    git(tree, "checkout", "--quiet", "--detach", commit)
-    if (git(tree, "rev-parse", "HEAD") != commit or git(tree, "status", "--porcelain", "--ignored")
-            or not checked_out(tree)):
-        fail(f"the checkout of {commit[:7]} in {tree} does not hold exactly the commit's files")
+    began, tree = time.monotonic(), clean_clone(folder, commit)
     source = open(os.path.join(tree, "train.py")).read()
     seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
     source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)

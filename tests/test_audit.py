@@ -9,6 +9,7 @@ train.py is a bigram table trained for a fixed 300 batches (seconds, the same on
 own copy of that night (see Night.clone), so that no test sees another's records."""
 
 import base64
+import functools
 import hashlib
 import json
 import marshal
@@ -18,13 +19,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from common import GIT_ENV, ROOT, make_document, serve_folder, set_constant, write_byte_tokenizer
+from common import git as run_git
 from conftest import REAL_HOME
 
 import audit
@@ -392,10 +396,10 @@ class Night:
         code, out = self.train(check=False)
         return commit, code, out, self.row("keep", description or message)
 
-    def confirm(self, commit, planted=None, served=()):
+    def confirm(self, commit, planted=None, served=(), **env):
         """--confirm with the held-out shard on a hub of its own (it downloads it afresh), which names each
         file's sha256; `planted`: a file the night left at the held-out shard's name in the cache; `served`:
-        the hub's copies of other files."""
+        the hub's copies of other files; `env`: the user's variables (HOME, say; None unsets one)."""
         if planted:
             shutil.copy(planted, self.cache / DATA / HELDOUT)
         hub = self.root / "hub"
@@ -405,8 +409,9 @@ class Night:
             shutil.copy(path, folder / os.path.basename(path))
         with serve_folder(hub, digests=True) as url:
             return subprocess.run([str(BASE_PYTHON), "audit.py", "--confirm", commit], cwd=self.repo,
-                                  env=dict(self.env, HF_ENDPOINT=url, TMPDIR=self.tmp()), capture_output=True,
-                                  text=True, timeout=900)
+                                  env={k: v for k, v in dict(self.env, HF_ENDPOINT=url, TMPDIR=self.tmp(),
+                                                             **env).items() if v is not None},
+                                  capture_output=True, text=True, timeout=900)
 
     def tmp(self):
         """This night's confirm's temporary folder (its worktrees): no other test's process looks in it."""
@@ -834,6 +839,58 @@ def test_a_compiled_module_planted_in_the_environment_is_named(bigrams, tmp_path
                                 "source (planted)"]
 
 
+def test_a_folder_linked_into_site_packages_is_named_and_watched(tmp_path):
+    """Python imports from a link to a folder, which os.walk alone never enters (red team 9 linked a
+    sitecustomize package into the scorer's environment); a link back up is walked once."""
+    site, payload = tmp_path / "site-packages", tmp_path / "elsewhere" / "sitecustomize"
+    site.mkdir()
+    payload.mkdir(parents=True)
+    (payload / "__init__.py").write_text("print('start-up code')\n")
+    before = audit.snapshot([str(site)])
+    (site / "sitecustomize").symlink_to(payload)
+    (site / "loop").symlink_to(site)
+    assert audit.unowned_files(str(site)) == ["sitecustomize/__init__.py belongs to no installed package"]
+    assert set(audit.snapshot([str(site)])) - set(before) == {str(site / "sitecustomize" / "__init__.py")}
+
+
+@pytest.mark.slow
+def test_a_module_committed_beside_train_py_is_named(bigrams, tmp_path):
+    """train.py imports a committed kernels.py (a name it may import), whose code the audit never reads (red
+    team 9's rewrote the run's record)."""
+    n = bigrams.clone(tmp_path)
+    (n.repo / "kernels.py").write_text("X = 1\n")
+    n.git("add", "kernels.py")
+    commit = n.commit("kernels", tiny().replace("import torch\n", "import torch\nimport kernels\n", 1))
+    n.train()
+    assert n.row("keep", "kernels").returncode == 0
+    result = n.audit()
+    assert findings(result) == [f"{commit}: its commit changes kernels.py, not train.py, the one file the "
+                                "agent edits"], result.stdout
+
+
+# The record without a key the audit reads (red team 9: a KeyError in the audit and in the confirm)
+DROP_KEY = """
+import audit
+_append = audit.append_run_record
+audit.append_run_record = lambda p, t, facts: _append(p, t, {k: facts[k] for k in facts if k != "batch_size"})
+"""
+
+
+@pytest.mark.slow
+def test_a_record_without_a_key_the_audit_reads_is_named_not_a_traceback(bigrams, tmp_path):
+    n = bigrams.clone(tmp_path)
+    commit = n.commit("no batch size", tiny(late=DROP_KEY))
+    n.train()
+    row = n.row("keep", "no batch size")
+    assert row.returncode == 1 and "Traceback" not in row.stderr, row.stderr  # its record is ignored
+    with open(n.repo / "results.tsv", "a") as f:
+        f.write(f"{commit}\t1.000000\t0.0\tkeep\tno batch size\n")  # typed by hand
+    result = n.audit()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "ledger record 2 ({commit}): no batch_size of the kind every record has: it is ignored".format(
+        commit=commit) in findings(result), result.stdout
+
+
 @pytest.mark.slow
 def test_code_beside_train_py_that_no_commit_holds_is_named(bigrams, tmp_path):
     """An untracked module, a compiled one without a source (Python imports it) and a compiled prepare.py
@@ -1112,11 +1169,21 @@ def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(bigrams, tmp_pa
 @needs_uv
 def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since(bigrams, tmp_path_factory):
     """Left by the night: a post-checkout hook and a smudge filter (each would rewrite train.py in the
-    reruns' checkouts), a training file planted after its runs, a folder at the held-out shard's name; and a
-    training shard that is not the hub's (changed before the night's baseline run; the validation file is)."""
+    reruns' checkouts), a filter and a template in the user's ~/.gitconfig (red team 9), a training file
+    planted after its runs, a folder at the held-out shard's name; a training shard that is not the hub's
+    (changed before the night's baseline run; the validation file is); a module committed beside train.py;
+    a baseline whose rerun scores worse than its night's run (here: its row lowered)."""
     n = clone_of(bigrams, tmp_path_factory, "git-settings")
+    (n.repo / "kernels.py").write_text("X = 1\n")
+    n.git("add", "kernels.py")
     commit = n.commit("a loader renamed", tiny().replace("loader = ", "batches = loader = "))
     mark = n.root / "ran"
+    home = n.root / "home"  # the user's: its ~/.gitconfig gives each new repository a template and a filter
+    (home / "template" / "info").mkdir(parents=True)
+    (home / "template" / "info" / "attributes").write_text("* filter=kit\n")
+    (home / ".gitconfig").write_text(f'[init]\n\ttemplateDir = {home / "template"}\n'
+                                     f'[filter "kit"]\n\tsmudge = "touch {mark}; cat"\n')
+    set_row_value(n, n.commits["baseline"], "0.500000")  # its rerun then scores far worse than its night
     hook = n.repo / ".git" / "hooks" / "post-checkout"
     hook.write_text(f"#!/bin/sh\ntouch {mark}\n")
     hook.chmod(0o755)
@@ -1127,7 +1194,8 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     (n.cache / DATA / HELDOUT).mkdir()
     hubs = n.root / prepare.shard_filename(0)  # the hub's first shard is not the one the night trained on
     write_shard(hubs, 21, 2000)
-    result = n.confirm(commit, served=[hubs, n.cache / DATA / VAL])
+    result = n.confirm(commit, served=[hubs, n.cache / DATA / VAL], HOME=str(home),
+                       GIT_CONFIG_GLOBAL=None)
     assert result.returncode == 1 and not mark.exists(), result.stdout + result.stderr
     base, lines = n.commits["baseline"], result.stdout.splitlines()
     assert (f"{base}: the reruns' training files are not the night's baseline's: data was added, removed or "
@@ -1135,6 +1203,10 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     assert f"{base}: a training file, 00000.parquet, is not a file prepare.py downloads" in lines
     assert (f"{base}: {prepare.shard_filename(0)}: not the hub's file (its sha256 is not the one the hub "
             "names): the data on disk was changed") in lines, result.stdout
+    assert f"{commit}: its commit changes kernels.py, not train.py, the one file the agent edits" in lines
+    assert any(re.fullmatch(rf"{base}: its rerun scored \d\.\d{{6}}, the night's run of the same code "
+                            r"0\.500000: worse beyond the noise floor, so something hurt the rerun \(its "
+                            r"environment, the machine\)", line) for line in lines), result.stdout
     assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
 
 
@@ -1398,6 +1470,42 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
         found
 
 
+def test_the_confirms_clone_holds_the_commits_bytes_whatever_git_is_told(tmp_path, monkeypatch):
+    """The user's ~/.gitconfig written by the night (a template whose attributes name its filter: red team 9),
+    a replace ref (the night's `git show` of the baseline would read another commit), and the baseline's
+    train.py rewritten in its object store under its own name (git never re-hashes what it reads)."""
+    import zlib
+    src, home, mark = tmp_path / "src", tmp_path / "home", tmp_path / "ran"
+    src.mkdir()
+    (home / "template" / "info").mkdir(parents=True)
+    (home / "template" / "info" / "attributes").write_text("* filter=kit\n")
+    (home / ".gitconfig").write_text(f'[init]\n\ttemplateDir = {home / "template"}\n'
+                                     f'[filter "kit"]\n\tsmudge = "touch {mark}; cat"\n')
+    git = functools.partial(run_git, src)
+    git("-c", "init.defaultBranch=main", "init", "-q")
+    (src / "train.py").write_text("LR = 100\n")
+    git("add", "-A")
+    git("commit", "-qm", "baseline")
+    base = git("rev-parse", "HEAD").strip()
+    git("checkout", "-q", "--orphan", "other")
+    (src / "train.py").write_text("LR = 0\n")
+    git("commit", "-qam", "other")
+    git("checkout", "-q", "main")
+    git("replace", base, git("rev-parse", "other").strip())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert audit.committed(str(src), base, "train.py") == b"LR = 100\n"
+    tree = Path(audit.clean_clone(str(src), base))
+    assert (tree / "train.py").read_text() == "LR = 100\n" and not mark.exists()
+    blob = audit.git(str(src), "rev-parse", f"{base}:train.py")  # the real one, not its replacement's
+    stored = src / ".git" / "objects" / blob[:2] / blob[2:]
+    stored.chmod(0o644)
+    stored.write_bytes(zlib.compress(b"blob 9\0LR = 0  \n"))  # the same size
+    with pytest.raises(SystemExit):  # "does not hold exactly the commit's files"
+        audit.clean_clone(str(src), base)
+
+
 def test_a_branch_with_no_history_of_the_users_is_named(tmp_path):
     """An orphan branch (`git checkout --orphan`) shares no commit with the user's: nothing to compare."""
     git = upstream_repo(tmp_path)
@@ -1431,7 +1539,8 @@ def test_a_statement_hidden_on_a_settings_line_changes_the_shape():
 
 
 def test_start_up_code_in_the_base_python_is_named(tmp_path):
-    """A sitecustomize module or a .pth file no package owns, in the installation a venv's Python runs on."""
+    """A sitecustomize module or package, a zipped standard library, or a .pth file no package owns, in the
+    installation a venv's Python runs on."""
     lib = tmp_path / "base" / "lib" / "python3.12"
     (lib / "site-packages").mkdir(parents=True)
     (tmp_path / "venv" / "bin").mkdir(parents=True)
@@ -1440,8 +1549,15 @@ def test_start_up_code_in_the_base_python_is_named(tmp_path):
     assert audit.startup_code(python) == []
     (lib / "sitecustomize.py").write_text("import os\n")
     (lib / "site-packages" / "zz.pth").write_text("import os\n")
-    assert audit.startup_code(python) == [f"{lib}/sitecustomize.py (run at every start)",
-                                          f"{lib}/site-packages/zz.pth belongs to no installed package"]
+    (lib / "site-packages" / "usercustomize").mkdir()  # a package is imported as well (red team 9)
+    (lib / "site-packages" / "usercustomize" / "__init__.py").write_text("import os\n")
+    with zipfile.ZipFile(lib.parent / "python312.zip", "w") as z:  # first on the path, where it exists
+        z.writestr("sitecustomize.py", "import os\n")
+    assert audit.startup_code(python) == [
+        f"{lib.parent}/python312.zip (a zipped standard library, imported first)",
+        f"{lib}/sitecustomize.py (run at every start)",
+        f"{lib}/site-packages/usercustomize (run at every start)",
+        f"{lib}/site-packages/zz.pth belongs to no installed package"]
 
 
 def test_a_one_file_data_set_reruns_without_its_held_out_rows(tmp_path, monkeypatch):
