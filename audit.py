@@ -1246,8 +1246,10 @@ def rerun(folder, commit, frozen, store=None):
     records, chain = read_ledger(tree, store["cache"])
     at = next((i for i in reversed(range(len(records))) if records[i].get("commit") == commit), None)
     if at is None:
+        ignored = [line for line in chain if line.endswith("it is ignored")]  # a damaged record
         fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
-            f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})")
+            f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})"
+             + (f": {ignored[-1]}" if ignored else ""))
     # its seconds: until the ledger first held its record's line (an export after it aside), on this clock
     lines = open(ledger, "rb").read().split(b"\n")
     ends = [end for end, line in zip(itertools.accumulate(len(line) + 1 for line in lines), lines)

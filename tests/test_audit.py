@@ -876,10 +876,15 @@ audit.append_run_record = lambda p, t, facts: _append(p, t, {k: facts[k] for k i
 """
 
 
+@pytest.fixture(scope="module")
+def no_batch_size(bigrams, tmp_path_factory):
+    n = clone_of(bigrams, tmp_path_factory, "no-batch-size")
+    return n, n.commit("no batch size", tiny(late=DROP_KEY))
+
+
 @pytest.mark.slow
-def test_a_record_without_a_key_the_audit_reads_is_named_not_a_traceback(bigrams, tmp_path):
-    n = bigrams.clone(tmp_path)
-    commit = n.commit("no batch size", tiny(late=DROP_KEY))
+def test_a_record_without_a_key_the_audit_reads_is_named_not_a_traceback(no_batch_size):
+    n, commit = no_batch_size
     n.train()
     row = n.row("keep", "no batch size")
     assert row.returncode == 1 and "Traceback" not in row.stderr, row.stderr  # its record is ignored
@@ -889,6 +894,17 @@ def test_a_record_without_a_key_the_audit_reads_is_named_not_a_traceback(bigrams
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "ledger record 2 ({commit}): no batch_size of the kind every record has: it is ignored".format(
         commit=commit) in findings(result), result.stdout
+
+
+@pytest.mark.slow
+@needs_uv
+def test_the_confirm_of_a_record_without_a_key_is_one_line(no_batch_size, tmp_path):
+    n, commit = no_batch_size
+    result = n.clone(tmp_path).confirm(commit)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.fullmatch(rf"error: the rerun of {commit} recorded no evaluation \(exit 0; see \S+\): ledger "
+                        rf"record 1 \({commit}\): no batch_size of the kind every record has: it is ignored",
+                        result.stderr.strip()), result.stderr
 
 
 @pytest.mark.slow
