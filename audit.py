@@ -209,9 +209,35 @@ def draw_shape(source):
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
-    tree.body = [node for node in tree.body if not (isinstance(node, ast.Assign) and [
-        getattr(t, "id", None) for t in node.targets] == ["SEED"])]
+    def seed(node):  # `SEED = 42`, `SEED: int = 42`
+        targets = getattr(node, "targets", [getattr(node, "target", None)])
+        return isinstance(node, (ast.Assign, ast.AnnAssign)) and [getattr(t, "id", 0) for t in targets] == [
+            "SEED"]
+    tree.body = [node for node in tree.body if not seed(node)]
     return ast.dump(tree)
+
+def seed_line(source):
+    """(its SEED, its line's (first, end) character offsets) when train.py binds SEED once, at the top level,
+    to an integer, however the line is laid out (`SEED=416`, `SEED: int = 416`); else None: a confirm could
+    not draw afresh (red team 10 kept its fished seed through a regex's miss)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    binds = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "SEED" and isinstance(
+        n.ctx, ast.Store)]
+    node = next((n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) and binds and (
+        n.targets if isinstance(n, ast.Assign) else [n.target]) == binds[:1]), None)
+    if len(binds) != 1 or node is None or not isinstance(node.value, ast.Constant) or type(
+            node.value.value) is not int:
+        return None
+    lines = source.splitlines(keepends=True)
+    starts = [0, *itertools.accumulate(len(line) for line in lines)]
+
+    def at(row, byte):  # ast's columns count UTF-8 bytes
+        return starts[row - 1] + len(lines[row - 1].encode()[:byte].decode(errors="replace"))
+    v = node.value
+    return v.value, (at(v.lineno, v.col_offset), at(v.end_lineno, v.end_col_offset))
 
 def resolve(folder, commit):
     """The full hash of a commit given by at least 7 hex digits, or exit saying why."""
@@ -290,6 +316,9 @@ def train_seconds(times, tokens, end):
     and the median step's seconds."""
     total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
     per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
+    # the warm-up is at most 11/50 of the batches served: a TOTAL_BATCH_SIZE of 2**40 made every batch a
+    # warm-up one and every run 0 s long (red team 10); a run of 50 steps or more keeps all 11
+    per_step = min(per_step, max(1, len(times) // 50))
     gaps = [b - a for a, b in zip(times, times[1:])]
     step = statistics.median(gaps) * per_step if gaps else 0.0
     return (end - times[11 * per_step] if len(times) > 11 * per_step else 0.0), step
@@ -362,6 +391,17 @@ RECORD = dict(commit=str, val_bpb=NUMBER, batch_size=int, tokens_evaluated=int, 
               val_sha256=str, tokenizer_sha256=str, train_batches=int, train_tokens=int, train_timed_s=NUMBER,
               train_step_s=NUMBER, val_batches_outside_evaluation=int, train_files=list, val_file=list)
 
+def well_formed(key, value):
+    """Whether a record's `value` at `key` is of the kind the audit reads (red team 10 crashed it with a
+    batch_size of 0 and a training file of one number)."""
+    def file(f):  # [name, size, footer sha256 or None]
+        return isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and type(f[1]) is int and (
+            f[2] is None or isinstance(f[2], str))
+    if key in ("train_files", "val_file"):
+        return all(map(file, value)) if key == "train_files" and isinstance(value, list) else file(value)
+    return isinstance(value, RECORD[key]) and not isinstance(value, bool) and (
+        isinstance(value, str) or value > 0 or (value == 0 and key != "batch_size"))
+
 def read_ledger(folder, cache=CACHE_DIR):
     """(records, findings): every line's record ({} where a line is damaged) and what is wrong with the
     chain: each record's `prev` is the HMAC of the line before it, under the key kept outside the repo (in
@@ -387,7 +427,7 @@ def read_ledger(folder, cache=CACHE_DIR):
             findings.append(f"ledger record {i + 1} ({str(record.get('commit', '?'))[:7]}): the chain breaks "
                             f"here: it, or the record before it ({before}), was edited, or records were "
                             "deleted")
-        bad = next((k for k, kind in RECORD.items() if record and not isinstance(record.get(k), kind)), None)
+        bad = record and next((k for k in RECORD if not well_formed(k, record.get(k))), None)
         if bad:  # the audit reads each (red team 9: a record without batch_size crashed it)
             findings.append(f"ledger record {i + 1} ({str(record.get('commit', '?'))[:7]}): no {bad} of the "
                             "kind every record has: it is ignored")
@@ -966,6 +1006,23 @@ def not_the_hubs(paths, url_base):
             wrong.append(os.path.basename(path))
     return wrong
 
+def covering_probe(model, x):
+    """The most a logit at t <= cut moves when the tokens after the cut change, the rows' cuts covering
+    every position (evaluate_bpb's random cut per row missed a model that reads the next token at one
+    position: 62 times in 63 a row, red team 10): (T - 1) / B forward passes (16 at the defaults)."""
+    import torch
+    B, T = x.shape
+    with torch.no_grad():
+        logits, other = model(x), torch.where(x > 0, x - 1, x + 1)  # each later token changed, in the vocab
+        most = torch.zeros((), device=x.device)
+        for first in range(0, T - 1, B):
+            cut = (first + torch.arange(B, device=x.device)).clamp(max=T - 2)[:, None]
+            after = torch.arange(T, device=x.device)[None] > cut
+            changed = model(torch.where(after, other, x))
+            for a, b, keep in zip(changed, logits, ~after):  # a row at a time: (T, vocabulary)
+                most = torch.maximum(most, (a.float() - b.float()).abs().amax(-1)[keep].max())
+    return most.item()
+
 def score_artifact(path, batch_size, import_path):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
     none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
@@ -997,6 +1054,9 @@ def score_artifact(path, batch_size, import_path):
     else:
         model, tokenizer = program.module(), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, _, result["probe"] = prepare.score(model, tokenizer, batch_size, "val")
+        with contextlib.closing(prepare.make_dataloader(tokenizer, batch_size, prepare.MAX_SEQ_LEN,
+                                                        "val")) as batches:
+            result["probe"] = max(result["probe"], covering_probe(model, next(batches)[0]))
         files = [path for path, *_ in prepare.split_row_ranges("val")]
         result["val_sha256"] = file_sha256(files[0])
         try:
@@ -1041,20 +1101,31 @@ def group_stopped(group):
 
 def run_capped(command, cwd, env, log, cap, watch=None):
     """Run `command` in a process group of its own, at most `cap` seconds; the group is ended afterwards
-    (nothing it started is left running). Every POLL_S the size of the file `watch` is noted on this
-    process's clock (a run can set its files' times, never this clock), and whether a process of the group
-    is stopped. (exit code or None at the cap, [(seconds, size)], stopped)"""
-    sizes, stopped, start = [], False, time.monotonic()
+    (nothing it started is left running). Every POLL_S the file `watch` is read on this process's clock (a
+    run can set its files' times, never this clock): its size, and when each of its lines was first seen
+    (a run padded its ledger early and moved its record into the padding, red team 10); and whether a
+    process of the group is stopped. (exit code or None at the cap, [(seconds, size)], {line: seconds},
+    stopped)"""
+    sizes, first, stopped, start = [], {}, False, time.monotonic()
+
+    def look():
+        data, now = b"", time.monotonic() - start
+        with contextlib.suppress(OSError):
+            data = open(watch, "rb").read() if watch else b""
+        for line in data.split(b"\n")[:-1]:  # whole lines only
+            first.setdefault(line, now)
+        sizes.append((now, len(data)))
+
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             while proc.poll() is None and time.monotonic() - start < cap:
                 time.sleep(POLL_S)
-                size = os.path.getsize(watch) if watch and os.path.exists(watch) else 0
-                sizes.append((time.monotonic() - start, size))
+                look()
                 stopped = stopped or group_stopped(proc.pid)
-            return proc.poll(), sizes, stopped
+            look()
+            return proc.poll(), sizes, first, stopped
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -1219,15 +1290,20 @@ def rerun(folder, commit, frozen, store=None):
     `python -E -s`; its record goes to the clone's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
     began, tree = time.monotonic(), clean_clone(folder, commit)
-    source = open(os.path.join(tree, "train.py")).read()
-    seed = SEEDS[0] if re.search(rf"(?m)^SEED = {SEEDS[1]}\b", source) else SEEDS[1]
-    source = re.sub(r"(?m)^SEED = \d+", f"SEED = {seed}", source)
-    open(os.path.join(tree, "train.py"), "w").write(source)
+    source, problems = open(os.path.join(tree, "train.py")).read(), []
+    found = seed_line(source)
+    seed = SEEDS[0] if found and found[0] == SEEDS[1] else SEEDS[1]
+    if found:
+        (first, end) = found[1]
+        source = source[:first] + str(seed) + source[end:]
+        open(os.path.join(tree, "train.py"), "w").write(source)
+    else:
+        problems.append("its SEED is not one top-level `SEED = <integer>`: the rerun could not draw afresh")
     python, caveat = fresh_python(tree)
     site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
     if caveat and sys.prefix != sys.base_prefix:  # this Python's own virtual environment: checked instead
         site = [sysconfig.get_paths()["purelib"]]
-    problems = [f"its environment: {line}" for line in (unowned_files(site[0]) if site else [])]
+    problems += [f"its environment: {line}" for line in (unowned_files(site[0]) if site else [])]
     store = store or rerun_store(python, tree)
     artifact = os.path.join(tree, "model.pt2")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
@@ -1240,7 +1316,8 @@ def rerun(folder, commit, frozen, store=None):
           flush=True)
     log = os.path.join(folder, f"confirm-{commit[:7]}.log")  # beside results.tsv; git ignores it
     ledger = os.path.join(tree, LEDGER)
-    code, sizes, stopped = run_capped([python, "-E", "-s", "train.py"], tree, env, log, cap, watch=ledger)
+    code, sizes, first, stopped = run_capped([python, "-E", "-s", "train.py"], tree, env, log, cap,
+                                             watch=ledger)
     end_processes_in(tree)
     end_descendants()
     records, chain = read_ledger(tree, store["cache"])
@@ -1250,11 +1327,9 @@ def rerun(folder, commit, frozen, store=None):
         fail(f"the rerun of {commit[:7]} recorded no evaluation (" + (
             f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})"
              + (f": {ignored[-1]}" if ignored else ""))
-    # its seconds: until the ledger first held its record's line (an export after it aside), on this clock
-    lines = open(ledger, "rb").read().split(b"\n")
-    ends = [end for end, line in zip(itertools.accumulate(len(line) + 1 for line in lines), lines)
-            if line.strip()]  # where each record's line ends, as read_ledger counts them
-    wall = next((t for t, size in sizes if size >= ends[at]), sizes[-1][0] if sizes else 0.0)
+    # its seconds: until its record's line was first seen whole (an export after it aside), on this clock
+    line = [line for line in open(ledger, "rb").read().split(b"\n") if line.strip()][at]  # as read_ledger
+    wall = first.get(line, sizes[-1][0] if sizes else 0.0)
     if any(b < a for (_, a), (_, b) in zip(sizes, sizes[1:])):
         problems.append("its ledger shrank while it ran: a record was rewritten or removed")
     if stopped:
@@ -1339,7 +1414,7 @@ def confirm(commit, results="results.tsv"):
     by_seed, first = {}, float(scored[0][1])
     for row, text, bare in zip(scored, texts, unseeded):
         if bare == unseeded[0]:
-            by_seed.setdefault(int((re.search(rb"(?m)^SEED = (\d+)", text) or [0, 0])[1]), float(row[1]))
+            by_seed.setdefault((seed_line(text.decode(errors="replace")) or [None])[0], float(row[1]))
     floor = max([abs(v - float(scored[0][1])) for v in reruns] + [MIN_FLOOR])
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
     print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh clone and "

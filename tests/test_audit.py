@@ -664,6 +664,20 @@ def test_training_far_past_the_budget_is_named(clock):
 
 
 @pytest.mark.slow
+def test_a_huge_TOTAL_BATCH_SIZE_hides_no_training_from_the_record(bigrams, tmp_path_factory):
+    """Every batch a warm-up one of one unfinished step: the record timed 0 s of twelve budgets (red team
+    10); the warm-up is now at most 11/50 of the batches served."""
+    n = clone_of(bigrams, tmp_path_factory, "huge-batch")
+    source = CLOCK.replace("TIME_BUDGET = 8 * TIME_BUDGET\n",
+                           "TOTAL_BATCH_SIZE = 2 ** 40\nLONG = 12 * TIME_BUDGET\n")
+    commit, code, out, row = n.attack("train longer", source.replace("< TIME_BUDGET:", "< LONG:"))
+    assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
+    assert n.records()[-1]["train_timed_s"] >= 0.75 * 12 * BIGRAM_BUDGET
+    far = rf"{commit}: its timed training took \d+ s, far past TIME_BUDGET = {BIGRAM_BUDGET} s"
+    assert any(re.fullmatch(far, line) for line in findings(n.audit())), n.records()[-1]
+
+
+@pytest.mark.slow
 def test_training_on_batches_drawn_early_is_timed_to_the_evaluation(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "prefetch")
     commit, code, out, row = n.attack("train on batches drawn first", PREFETCH)
@@ -880,6 +894,23 @@ audit.append_run_record = lambda p, t, facts: _append(p, t, {k: facts[k] for k i
 def no_batch_size(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "no-batch-size")
     return n, n.commit("no batch size", tiny(late=DROP_KEY))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [dict(batch_size=0), dict(train_files=[1]), dict(val_file=["v", 1])])
+def test_a_record_of_odd_values_is_named_not_a_traceback(bigrams, tmp_path, change):
+    """A line written by hand with keys of the right kinds but values the audit cannot use (red team 10)."""
+    n = bigrams.clone(tmp_path)
+    commit = n.commit("half the learning rate", tiny(lr=50))
+    record = dict(n.records()[0], commit=n.git("rev-parse", "HEAD"), val_bpb=3.0, **change)
+    with open(n.repo / "ledger.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    with open(n.repo / "results.tsv", "a") as f:
+        f.write(f"{commit}\t3.000000\t0.0\tkeep\thalf the learning rate\n")
+    result = n.audit()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"ledger record 2 ({commit}): no {next(iter(change))} of the kind every record has: it is " \
+        "ignored" in findings(result), result.stdout
 
 
 @pytest.mark.slow
@@ -1485,6 +1516,48 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
         f"{commit[:7]}: its prepare.py is not this release's",
         f"{commit[:7]}: its prepare.py differs from the one at {upstream[:7]}, where its branch began,"], \
         found
+
+
+def test_the_confirm_reseeds_a_seed_line_of_any_layout():
+    """A regex missed `SEED=416` and the rerun replayed the night's fished seed (red team 10)."""
+    for line in ("SEED=416", "SEED: int = 416  # mine", "SEED = (416)", "SEED = \\\n    416"):
+        source = f"import torch\n{line}\ntorch.manual_seed(SEED)\n"
+        value, (first, end) = audit.seed_line(source)
+        assert value == 416 and source[first:end] == "416"
+    for source in ("SEED = 4\nSEED = 5\n", "def f():\n    SEED = 3\nSEED = 4\n", "SEED = 4.0\n", "X = 1\n"):
+        assert audit.seed_line(source) is None
+    assert audit.draw_shape("SEED: int = 416\nX = 1\n") == audit.draw_shape("SEED = 42\nX = 1\n")
+
+
+def test_the_confirms_clock_stops_when_the_record_first_appears(tmp_path):
+    """A ledger padded at start, its record moved into the padding after 1.5 s (the same size): the rerun
+    took 1.5 s, not the moment the file first reached the record's end (red team 10)."""
+    run = ("import time\n"
+           "open('ledger.jsonl', 'wb').write(b'\\n' * 4096)\n"
+           "time.sleep(1.5)\n"
+           "open('ledger.jsonl', 'ab').write(b'{\"commit\": \"abc\"}\\n')\n"
+           "data = open('ledger.jsonl', 'rb').read()\n"
+           "line = data.strip() + b'\\n'\n"
+           "open('ledger.jsonl', 'r+b').write(line + b'\\n' * (len(data) - len(line)))\n"
+           "time.sleep(1)\n")
+    code, sizes, first, stopped = audit.run_capped([sys.executable, "-c", run], tmp_path, None,
+                                                   tmp_path / "log", 60, watch=tmp_path / "ledger.jsonl")
+    assert code == 0 and not stopped, (tmp_path / "log").read_text()
+    assert 1.5 <= first[b'{"commit": "abc"}'] < 2.4 and sizes[-1][1] == 4096 + 18
+
+
+def test_the_covering_probe_finds_a_model_that_reads_one_later_token():
+    """The model's logit at position 31 reads the token at 32: a random cut a row finds it in 1 of 63."""
+    import torch
+
+    class Peek(torch.nn.Module):
+        def forward(self, idx):
+            logits = torch.nn.functional.one_hot(idx, 16).float()
+            return torch.cat([logits[:, :31], logits[:, 31:32] + logits[:, 32:33], logits[:, 32:]], dim=1)
+
+    x = torch.randint(0, 16, (4, 64), generator=torch.Generator().manual_seed(0))
+    assert audit.covering_probe(Peek(), x) == 1.0
+    assert audit.covering_probe(lambda idx: torch.nn.functional.one_hot(idx, 16).float(), x) == 0.0
 
 
 def test_the_confirms_clone_holds_the_commits_bytes_whatever_git_is_told(tmp_path, monkeypatch):
