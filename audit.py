@@ -1200,7 +1200,7 @@ def rerun_store(python, tree):
                 os.link(path, target)
             except OSError:
                 shutil.copy2(path, target)
-    store = dict(cache=private, heldout=layout["heldout"], files=layout["files"])
+    store = dict(cache=private, heldout=layout["heldout"], files=layout["files"], blanked=layout["blanked"])
     remove_heldout(store)
     return store
 
@@ -1523,6 +1523,8 @@ def confirm(commit, results="results.tsv"):
     if gain > floor and held is not None and held > floor:
         verdict = f"unconfirmed: {len(findings)} finding(s) above" if findings else "the gain holds"
     caveat = base["caveat"] or mine["caveat"]
+    if base["store"]["blanked"] and not caveat:  # one file holds them: a rerun could read your cache's
+        caveat = "the held-out rows stay in your cache's file of this data set, which a rerun could read"
     if base["startup"] and not caveat:
         caveat = f"the reruns' Python runs start-up code no package owns: {', '.join(base['startup'][:3])}"
     if caveat:

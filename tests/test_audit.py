@@ -1670,6 +1670,7 @@ def test_a_one_file_data_set_reruns_without_its_held_out_rows(tmp_path, monkeypa
     copy = pq.read_table(copy).column("text").to_pylist()
     assert copy == [""] * spec["heldout"][1] + texts[spec["heldout"][1]:]
     assert pq.read_table(data / spec["file"]).column("text").to_pylist() == texts  # yours, untouched
+    assert store["blanked"] == [str(data / spec["file"])]  # so the confirm says "weaker": a rerun can read it
     shutil.rmtree(store["cache"])
 
 
