@@ -1319,7 +1319,8 @@ def test_a_truncated_last_line_is_the_ledgers_only_finding(night, tmp_path):
 def test_concurrent_appends_keep_one_valid_chain(tmp_path):
     env = dict(os.environ, AUTORESEARCH_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
     write = ("import sys, audit\n"  # records of every key the audit reads
-             "whole = {k: k if t is str else [] if t is list else 0 for k, t in audit.RECORD.items()}\n"
+             "whole = {k: k if t is str else [] if t is list else 1 for k, t in audit.RECORD.items()}\n"
+             "whole['val_file'] = ['val.parquet', 1, None]\n"
              "for i in range(20):\n"
              "  audit.append_record('ledger.jsonl', dict(whole, commit=sys.argv[1], i=i, pad='x' * 5000))\n")
     subprocess.run([BASE_PYTHON, "-c", write, "first"], cwd=tmp_path, env=env, check=True)  # makes the key
