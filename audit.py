@@ -1407,15 +1407,19 @@ def confirm(commit, results="results.tsv"):
     if not scored:
         fail(f"{results} has no row with a score: nothing to compare with")
     base_full = resolve(folder, scored[0][0])
-    texts = [committed(folder, resolve(folder, row[0]), "train.py") for row in scored]
-    unseeded = [re.sub(rb"(?m)^SEED = \d+.*$", b"", text) for text in texts]  # a seed rerun: the baseline's
-    reruns = [float(row[1]) for row, text in zip(scored[1:], unseeded[1:]) if text == unseeded[0]]
+    texts = [committed(folder, resolve(folder, row[0]), "train.py").decode(errors="replace")
+             for row in scored]
+    shapes = [draw_shape(text) for text in texts]  # a seed rerun: the baseline's train.py but for its SEED
+    records = read_ledger(folder)[0]
+    # each row's score as its record has it, where it has one (a row edited by hand moves neither number)
+    values = [next((r["val_bpb"] for r in evaluations(records, resolve(folder, row[0]))), float(row[1]))
+              for row in scored]
+    same = [i for i, shape in enumerate(shapes) if shape is not None and shape == shapes[0]]
+    floor = max([abs(values[i] - values[0]) for i in same[1:]] + [MIN_FLOOR])
     # the night's scores of the baseline's code, by SEED: its rerun should score as they did
-    by_seed, first = {}, float(scored[0][1])
-    for row, text, bare in zip(scored, texts, unseeded):
-        if bare == unseeded[0]:
-            by_seed.setdefault((seed_line(text.decode(errors="replace")) or [None])[0], float(row[1]))
-    floor = max([abs(v - float(scored[0][1])) for v in reruns] + [MIN_FLOOR])
+    by_seed, first = {}, values[0]
+    for i in same:
+        by_seed.setdefault((seed_line(texts[i]) or [None])[0], values[i])
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
     print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh clone and "
           "environment; scored by a separate process that runs none of train.py", flush=True)
@@ -1423,7 +1427,7 @@ def confirm(commit, results="results.tsv"):
     if others:
         fail(f"Python processes of yours still run in {folder} (pid {', '.join(others[:5])}): stop them (one "
              "could slow a rerun) and confirm again")
-    runs, night = [], evaluations(read_ledger(folder)[0], base_full)
+    runs, night = [], evaluations(records, base_full)
     # the scorer's code, read before any code of the night runs: a rerun could change the files later
     frozen_files = {"prepare.py": committed(folder, base_full, "prepare.py"),
                     "audit.py": open(os.path.abspath(__file__), "rb").read()}
@@ -1456,7 +1460,7 @@ def confirm(commit, results="results.tsv"):
         findings.append(f"{full[:7]}: its rerun changed {len(changed)} file(s) the clean scorer reads (its "
                         f"Python, the baseline's model, the data): {changed[0]}")
     findings += [f"{full[:7]}: {line}" for line in beside_train(folder, base_full, full)]
-    if not reruns:
+    if len(same) < 2:
         findings.append(f"{base_full[:7]}: no seed rerun of the baseline in {results} (program.md's setup): "
                         f"the noise floor is unknown ({MIN_FLOOR} taken)")
     # a quarter budget more training shows; an eighth of the run and 10 s: a bigger model's compile and

@@ -1074,8 +1074,8 @@ def test_confirm_of_an_honest_commit_holds(night, tmp_path):
     n = night.clone(tmp_path)
     kept = n.commits["learning rates on"]
     text = (n.repo / "results.tsv").read_text()
-    rows = [line.split("\t") for line in text.splitlines()[1:]]
-    floor = max(abs(float(rows[1][1]) - float(rows[0][1])), audit.MIN_FLOOR)  # the seed rerun's
+    scores = [r["val_bpb"] for r in n.records()]  # the rows' records: baseline, seed rerun, ...
+    floor = max(abs(scores[1] - scores[0]), audit.MIN_FLOOR)  # the seed rerun's
     (n.repo / "results.tsv").write_text(text.replace("baseline (seed 43)", "noise check"))  # found by content
     result = n.confirm(kept)
     weaker = " (weaker, see above)" if audit.startup_code(sys.executable) else ""  # this machine's Python
@@ -1219,7 +1219,7 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     reruns' checkouts), a filter and a template in the user's ~/.gitconfig (red team 9), a training file
     planted after its runs, a folder at the held-out shard's name; a training shard that is not the hub's
     (changed before the night's baseline run; the validation file is); a module committed beside train.py;
-    a baseline whose rerun scores worse than its night's run (here: its row lowered)."""
+    a baseline whose rerun scores worse than its night's run (here: its record lowered)."""
     n = clone_of(bigrams, tmp_path_factory, "git-settings")
     (n.repo / "kernels.py").write_text("X = 1\n")
     n.git("add", "kernels.py")
@@ -1230,7 +1230,8 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     (home / "template" / "info" / "attributes").write_text("* filter=kit\n")
     (home / ".gitconfig").write_text(f'[init]\n\ttemplateDir = {home / "template"}\n'
                                      f'[filter "kit"]\n\tsmudge = "touch {mark}; cat"\n')
-    set_row_value(n, n.commits["baseline"], "0.500000")  # its rerun then scores far worse than its night
+    lowered = json.dumps(dict(n.records()[0], val_bpb=0.5)) + "\n"  # its rerun scores far worse than that
+    rewrite_ledger(n, lambda lines: lines.__setitem__(0, lowered))
     hook = n.repo / ".git" / "hooks" / "post-checkout"
     hook.write_text(f"#!/bin/sh\ntouch {mark}\n")
     hook.chmod(0o755)
