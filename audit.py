@@ -21,6 +21,7 @@ import glob
 import hashlib
 import hmac
 import importlib.metadata
+import io
 import itertools
 import json
 import marshal
@@ -36,6 +37,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import tokenize
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -231,7 +233,7 @@ def seed_line(source):
     if len(binds) != 1 or node is None or not isinstance(node.value, ast.Constant) or type(
             node.value.value) is not int:
         return None
-    lines = source.splitlines(keepends=True)
+    lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", source)  # ast's lines (no form feeds)
     starts = [0, *itertools.accumulate(len(line) for line in lines)]
 
     def at(row, byte):  # ast's columns count UTF-8 bytes
@@ -402,6 +404,11 @@ def well_formed(key, value):
     return isinstance(value, RECORD[key]) and not isinstance(value, bool) and (
         isinstance(value, str) or value > 0 or (value == 0 and key != "batch_size"))
 
+def record_lines(data):
+    """A ledger's lines that are not blank, as bytes: the confirm times a rerun by this list too (a line of
+    \\x1c, blank to str.strip only, shifted its count: red team 11)."""
+    return [line for line in data.split(b"\n") if line.decode(errors="replace").strip()]
+
 def read_ledger(folder, cache=CACHE_DIR):
     """(records, findings): every line's record ({} where a line is damaged) and what is wrong with the
     chain: each record's `prev` is the HMAC of the line before it, under the key kept outside the repo (in
@@ -410,7 +417,7 @@ def read_ledger(folder, cache=CACHE_DIR):
     if not os.path.exists(path):
         return [], []
     with open(path, "rb") as f:
-        lines = [line for line in f.read().decode(errors="replace").split("\n") if line.strip()]
+        lines = [line.decode(errors="replace") for line in record_lines(f.read())]
     key = bytes.fromhex(open(LEDGER_KEY).read().strip()) if os.path.exists(LEDGER_KEY) else None
     records, findings, previous = [], [], None
     for i, line in enumerate(lines):
@@ -1290,13 +1297,20 @@ def rerun(folder, commit, frozen, store=None):
     `python -E -s`; its record goes to the clone's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
     began, tree = time.monotonic(), clean_clone(folder, commit)
-    source, problems = open(os.path.join(tree, "train.py")).read(), []
+    raw, problems = open(os.path.join(tree, "train.py"), "rb").read(), []
+    try:  # in its own encoding (a coding line; red team 11 crashed a confirm with latin-1)
+        encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+        source = raw.decode(encoding)
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        encoding, source = None, ""
     found = seed_line(source)
     seed = SEEDS[0] if found and found[0] == SEEDS[1] else SEEDS[1]
     if found:
-        (first, end) = found[1]
-        source = source[:first] + str(seed) + source[end:]
-        open(os.path.join(tree, "train.py"), "w").write(source)
+        new = source[:found[1][0]] + str(seed) + source[found[1][1]:]
+        found = (seed_line(new) or [None])[0] == seed  # checked: red team 11 shifted a line with a form feed
+    if found:
+        raw = new.encode(encoding)
+        open(os.path.join(tree, "train.py"), "wb").write(raw)
     else:
         problems.append("its SEED is not one top-level `SEED = <integer>`: the rerun could not draw afresh")
     python, caveat = fresh_python(tree)
@@ -1328,15 +1342,15 @@ def rerun(folder, commit, frozen, store=None):
             f"stopped at the {cap} s cap" if code is None else f"exit {code}") + f"; see {log})"
              + (f": {ignored[-1]}" if ignored else ""))
     # its seconds: until its record's line was first seen whole (an export after it aside), on this clock
-    line = [line for line in open(ledger, "rb").read().split(b"\n") if line.strip()][at]  # as read_ledger
+    line = record_lines(open(ledger, "rb").read())[at]
     wall = first.get(line, sizes[-1][0] if sizes else 0.0)
     if any(b < a for (_, a), (_, b) in zip(sizes, sizes[1:])):
         problems.append("its ledger shrank while it ran: a record was rewritten or removed")
     if stopped:
         problems.append("a process of its rerun was stopped (a SIGSTOP or a tracer from outside paused it): "
                         "its seconds are not its own")
-    return dict(record=records[at], problems=problems + chain, seed=seed, source=source.encode(),
-                python=python, tree=tree, artifact=artifact, caveat=caveat, wall=wall, store=store,
+    return dict(record=records[at], problems=problems + chain, seed=seed, source=raw, python=python,
+                site=(site or [None])[0], tree=tree, artifact=artifact, caveat=caveat, wall=wall, store=store,
                 startup=startup_code(python), seconds=time.monotonic() - began)
 
 def scorer_reads(base):
@@ -1416,10 +1430,7 @@ def confirm(commit, results="results.tsv"):
               for row in scored]
     same = [i for i, shape in enumerate(shapes) if shape is not None and shape == shapes[0]]
     floor = max([abs(values[i] - values[0]) for i in same[1:]] + [MIN_FLOOR])
-    # the night's scores of the baseline's code, by SEED: its rerun should score as they did
-    by_seed, first = {}, values[0]
-    for i in same:
-        by_seed.setdefault((seed_line(texts[i]) or [None])[0], values[i])
+    best = min(values[i] for i in same)  # the night's best run of the baseline's code
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
     print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh clone and "
           "environment; scored by a separate process that runs none of train.py", flush=True)
@@ -1443,9 +1454,12 @@ def confirm(commit, results="results.tsv"):
         remove_heldout(runs[0]["store"])  # whatever a rerun left at its name
         after = snapshot(watched)
         changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+        # and files no package owns in the scorer's environment, planted before the snapshot by the baseline's
+        # own rerun (red team 11: a simplejson.py, which requests imports)
+        planted = unowned_files(runs[0]["site"], compiled=False) if runs[0]["site"] else []
         scoring = time.monotonic()
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
-            run["clean"] = (dict(error="the commit's rerun changed a file the scorer reads") if changed
+            run["clean"] = (dict(error="a rerun changed what the scorer reads") if changed or planted
                             else clean_score(run, runs[0], frozen_files))
         scored = time.monotonic()
     finally:
@@ -1459,6 +1473,9 @@ def confirm(commit, results="results.tsv"):
     if changed:
         findings.append(f"{full[:7]}: its rerun changed {len(changed)} file(s) the clean scorer reads (its "
                         f"Python, the baseline's model, the data): {changed[0]}")
+    if planted:
+        findings.append(f"{base_full[:7]}: after the reruns its environment, which the clean scorer runs, "
+                        f"holds {planted[0]}")
     findings += [f"{full[:7]}: {line}" for line in beside_train(folder, base_full, full)]
     if len(same) < 2:
         findings.append(f"{base_full[:7]}: no seed rerun of the baseline in {results} (program.md's setup): "
@@ -1484,7 +1501,8 @@ def confirm(commit, results="results.tsv"):
         r, clean = run["record"], run["clean"]
         findings += [f"{c[:7]}: {n}" for n in run["problems"]]
         findings += check_run(r, base["record"], frozen, folder, c, expect_train=run["source"])
-        findings += [f"{c[:7]} (rerun): {line}" for line in source_findings(run["source"].decode())]
+        findings += [f"{c[:7]} (rerun): {line}" for line in source_findings(run["source"].decode(
+            errors="replace"))]
         if clean.get("error"):
             findings.append(f"{c[:7]}: no clean score ({clean['error']}): only its own process's (weaker)")
             clean["val"] = r["val_bpb"]
@@ -1503,12 +1521,12 @@ def confirm(commit, results="results.tsv"):
         print(f"{c[:7]}: SEED = {run['seed']}: clean val_bpb {clean['val']:.6f}" + (
             f", held-out {clean['heldout']:.6f}" if clean.get("heldout") is not None else "")
             + f" (its own evaluation: {r['val_bpb']:.6f}; the rerun took {run['wall']:.0f} s)")
-    night_score = by_seed.get(base["seed"], first)  # its seed's, else the baseline row's
-    # a gain measured from a hobbled baseline is none (red team 9 zeroed its gradients from ~/.gitconfig)
-    if base["clean"]["val"] > night_score + floor:
-        findings.append(f"{base_full[:7]}: its rerun scored {base['clean']['val']:.6f}, the night's run of "
-                        f"the same code {night_score:.6f}: worse beyond the noise floor, so something hurt "
-                        "the rerun (its environment, the machine)")
+    # a gain measured from a hobbled baseline is none (red team 9 zeroed its gradients from ~/.gitconfig);
+    # against its best run, not its seed's (red team 11 hobbled the seed rerun that sets the floor too)
+    if base["clean"]["val"] > best + floor:
+        findings.append(f"{base_full[:7]}: its rerun scored {base['clean']['val']:.6f}, the night's best run "
+                        f"of the same code {best:.6f}: worse beyond the noise floor, so something hurt the "
+                        "rerun (its environment, the machine)")
     gain = base["clean"]["val"] - mine["clean"]["val"]
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:

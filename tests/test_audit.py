@@ -1212,6 +1212,33 @@ def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(bigrams, tmp_pa
     assert "clean val_bpb 0.001000" not in result.stdout and "the gain holds" not in result.stdout
 
 
+# The baseline's own rerun (a confirm's folder) puts a module no package owns where the clean scorer imports
+# from, before the snapshot: red team 11's simplejson.py, which requests imports
+SELF_PLANT = """
+import glob, os
+if "autoresearch-confirm-" in os.getcwd():
+    for site in glob.glob(".venv/lib/*/site-packages"):
+        open(os.path.join(site, "simplejson.py"), "w").write("raise SystemExit(0)")
+"""
+
+
+@pytest.mark.slow
+@needs_uv
+def test_confirm_names_a_module_the_baselines_rerun_plants_for_the_scorer(tmp_path):
+    n = Night(tmp_path)
+    n.create(tiny(late=SELF_PLANT), **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
+    n.train()
+    assert n.row("keep", "baseline").returncode == 0
+    commit = n.commit("half the learning rate", tiny(lr=50))
+    result = n.confirm(commit)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert (f"{n.commits['baseline']}: after the reruns its environment, which the clean scorer runs, holds "
+            "simplejson.py belongs to no installed package") in lines, result.stdout
+    assert f"{commit}: no clean score (a rerun changed what the scorer reads): only its own process's " \
+        "(weaker)" in lines, result.stdout
+
+
 @pytest.mark.slow
 @needs_uv
 def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since(bigrams, tmp_path_factory):
@@ -1252,7 +1279,7 @@ def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since
     assert (f"{base}: {prepare.shard_filename(0)}: not the hub's file (its sha256 is not the one the hub "
             "names): the data on disk was changed") in lines, result.stdout
     assert f"{commit}: its commit changes kernels.py, not train.py, the one file the agent edits" in lines
-    assert any(re.fullmatch(rf"{base}: its rerun scored \d\.\d{{6}}, the night's run of the same code "
+    assert any(re.fullmatch(rf"{base}: its rerun scored \d\.\d{{6}}, the night's best run of the same code "
                             r"0\.500000: worse beyond the noise floor, so something hurt the rerun \(its "
                             r"environment, the machine\)", line) for line in lines), result.stdout
     assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
@@ -1521,14 +1548,20 @@ def test_a_frozen_file_edited_where_the_branch_began_is_named(tmp_path):
 
 
 def test_the_confirm_reseeds_a_seed_line_of_any_layout():
-    """A regex missed `SEED=416` and the rerun replayed the night's fished seed (red team 10)."""
-    for line in ("SEED=416", "SEED: int = 416  # mine", "SEED = (416)", "SEED = \\\n    416"):
-        source = f"import torch\n{line}\ntorch.manual_seed(SEED)\n"
+    """A regex missed `SEED=416` and the rerun replayed the night's fished seed (red team 10); a form feed
+    shifted the line (red team 11)."""
+    layouts = ("SEED=416", "SEED: int = 416  # mine", "SEED = (416)", "SEED = \\\n  416", "\x0c\nSEED = 416")
+    for line in layouts:
+        source = f"import torch  # a form feed is no line break\x0c\n{line}\ntorch.manual_seed(SEED)\n"
         value, (first, end) = audit.seed_line(source)
         assert value == 416 and source[first:end] == "416"
     for source in ("SEED = 4\nSEED = 5\n", "def f():\n    SEED = 3\nSEED = 4\n", "SEED = 4.0\n", "X = 1\n"):
         assert audit.seed_line(source) is None
     assert audit.draw_shape("SEED: int = 416\nX = 1\n") == audit.draw_shape("SEED = 42\nX = 1\n")
+
+
+def test_the_ledger_and_the_confirms_clock_count_the_same_lines():
+    assert audit.record_lines(b'\x1c\n{"a": 1}\n \n{"b": 2}') == [b'{"a": 1}', b'{"b": 2}']
 
 
 def test_the_confirms_clock_stops_when_the_record_first_appears(tmp_path):
