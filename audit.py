@@ -1292,17 +1292,22 @@ def checked_out(tree):
             return False
     return True
 
+def python_text(raw):
+    """(text, encoding) of a Python file's bytes in the encoding Python reads it by (its coding line: red
+    team 11 crashed a confirm with latin-1); ("", None) when Python could not read it."""
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+        return raw.decode(encoding), encoding
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return "", None
+
 def rerun(folder, commit, frozen, store=None):
     """Rerun `commit` with the other seed in a fresh clone and environment, on the data of rerun_store,
     `python -E -s`; its record goes to the clone's own ledger, never to the night's. Its record, what is
     wrong with it, the artifact, and its seconds from start to record, measured here."""
     began, tree = time.monotonic(), clean_clone(folder, commit)
     raw, problems = open(os.path.join(tree, "train.py"), "rb").read(), []
-    try:  # in its own encoding (a coding line; red team 11 crashed a confirm with latin-1)
-        encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
-        source = raw.decode(encoding)
-    except (SyntaxError, UnicodeDecodeError, LookupError):
-        encoding, source = None, ""
+    source, encoding = python_text(raw)
     found = seed_line(source)
     seed = SEEDS[0] if found and found[0] == SEEDS[1] else SEEDS[1]
     if found:

@@ -1560,6 +1560,13 @@ def test_the_confirm_reseeds_a_seed_line_of_any_layout():
     assert audit.draw_shape("SEED: int = 416\nX = 1\n") == audit.draw_shape("SEED = 42\nX = 1\n")
 
 
+def test_the_confirm_reads_train_py_in_its_own_encoding():
+    raw = "# -*- coding: latin-1 -*-\nNAME = 'café'\nSEED = 42\n".encode("latin-1")
+    text, encoding = audit.python_text(raw)
+    assert encoding == "iso-8859-1" and audit.seed_line(text)[0] == 42
+    assert audit.python_text(b"\xe9\n") == ("", None)  # no coding line: not UTF-8, Python would not run it
+
+
 def test_the_ledger_and_the_confirms_clock_count_the_same_lines():
     assert audit.record_lines(b'\x1c\n{"a": 1}\n \n{"b": 2}') == [b'{"a": 1}', b'{"b": 2}']
 
