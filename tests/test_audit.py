@@ -665,14 +665,14 @@ def test_training_far_past_the_budget_is_named(clock):
 
 @pytest.mark.slow
 def test_a_huge_TOTAL_BATCH_SIZE_hides_no_training_from_the_record(bigrams, tmp_path_factory):
-    """Every batch a warm-up one of one unfinished step: the record timed 0 s of twelve budgets (red team
+    """Every batch a warm-up one of one unfinished step: the record timed 0 s of fifteen budgets (red team
     10); the warm-up is now at most 11/50 of the batches served."""
     n = clone_of(bigrams, tmp_path_factory, "huge-batch")
     source = CLOCK.replace("TIME_BUDGET = 8 * TIME_BUDGET\n",
-                           "TOTAL_BATCH_SIZE = 2 ** 40\nLONG = 12 * TIME_BUDGET\n")
+                           "TOTAL_BATCH_SIZE = 2 ** 40\nLONG = 15 * TIME_BUDGET\n")
     commit, code, out, row = n.attack("train longer", source.replace("< TIME_BUDGET:", "< LONG:"))
     assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
-    assert n.records()[-1]["train_timed_s"] >= 0.75 * 12 * BIGRAM_BUDGET
+    assert n.records()[-1]["train_timed_s"] >= 0.6 * 15 * BIGRAM_BUDGET  # ~0.78: the warm-up is 11/50 (load)
     far = rf"{commit}: its timed training took \d+ s, far past TIME_BUDGET = {BIGRAM_BUDGET} s"
     assert any(re.fullmatch(far, line) for line in findings(n.audit())), n.records()[-1]
 
