@@ -38,6 +38,7 @@ import sysconfig
 import tempfile
 import time
 import tokenize
+import warnings
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -797,8 +798,10 @@ def not_its_source(path):
     except (ValueError, EOFError, TypeError):
         return False  # Python would not load it either
     try:
-        compiled = compile(open(source, "rb").read(), source, "exec", dont_inherit=True,
-                           optimize=int(level[0][len("opt-"):]) if level else 0)
+        with warnings.catch_warnings():  # a package's own `~flag` or "\d" warns at compile: not ours to say
+            warnings.simplefilter("ignore")
+            compiled = compile(open(source, "rb").read(), source, "exec", dont_inherit=True,
+                               optimize=int(level[0][len("opt-"):]) if level else 0)
     except (SyntaxError, ValueError):
         return True  # no source compiles to it
     return code != compiled

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -851,6 +852,20 @@ def test_a_compiled_module_planted_in_the_environment_is_named(bigrams, tmp_path
     assert result.returncode == 1
     assert findings(result) == [f"environment: {site}/__pycache__/{cached.name} is not compiled from its "
                                 "source (planted)"]
+
+
+def test_a_package_whose_source_warns_at_compile_is_checked_in_silence(tmp_path):
+    """The environment check compiles every package's source again (a GPU machine's torch install printed
+    "DeprecationWarning: Bitwise inversion '~' on bool" from audit.py three times per confirm)."""
+    source = tmp_path / "pkg" / "zz_warn.py"
+    source.parent.mkdir()
+    source.write_text("flag = ~True\npattern = '\\d'\n")
+    import py_compile
+    cached = py_compile.compile(str(source), doraise=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert audit.not_its_source(cached) is False  # its own compiled file: not planted
+    assert caught == []
 
 
 def test_a_folder_linked_into_site_packages_is_named_and_watched(tmp_path):
