@@ -757,6 +757,14 @@ def source_findings(source):
 # ---------------------------------------------------------------------------
 # The audit: every row against its record, the frozen files and the baseline's record
 
+def own_site():
+    """The site-packages of the virtual environment this Python runs in (uv run's .venv), None outside one:
+    from its pyvenv.cfg, since under -S sys.prefix is the base installation's (no site module set it)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    if not os.path.exists(os.path.join(root, "pyvenv.cfg")):
+        return None
+    return sysconfig.get_paths(vars=dict(base=root, platbase=root))["purelib"]
+
 @functools.cache
 def uv_shim():
     """{name: bytes} of the files no package owns that the uv on PATH writes into every environment it makes
@@ -910,11 +918,10 @@ def audit(results="results.tsv"):
                 open(os.path.join(folder, name), "rb").read()) != reference:
             findings.append(f"{name}: the file in {folder} is not the baseline's")
     # the night's environment, and this one if it is a virtual environment: a file no package owns is a plant
-    sites = glob.glob(os.path.join(folder, ".venv", "lib", "python*", "site-packages")) + (
-        [sysconfig.get_paths()["purelib"]] if sys.prefix != sys.base_prefix else [])
-    for site in dict.fromkeys(os.path.realpath(site) for site in sites):
+    sites = glob.glob(os.path.join(folder, ".venv", "lib", "python*", "site-packages")) + [own_site()]
+    for site in dict.fromkeys(os.path.realpath(site) for site in sites if site):
         findings += [f"environment: {site}/{line}" for line in unowned_files(site)]
-    seen, shapes = set(), {}
+    seen, shapes, kept = set(), {}, None
     for row in rows:
         if len(row) != 5:
             findings.append(f"{row[0][:7]}: the row has {len(row)} tab-separated columns, not 5")
@@ -941,12 +948,14 @@ def audit(results="results.tsv"):
         if row[3] == "crash" or value == 0:
             continue
         shape, seed = draw_shape(source), (seed_line(source) or [None])[0]
-        # the same code with another SEED is a second draw; with the first one's SEED, a return to it (red
-        # team 12: a simplicity keep that deletes a kept change, back to the baseline)
-        if row[3] == "keep" and shape and shape in shapes and seed != shapes[shape][1]:
+        # the same code as the last keep, or as an earlier row with another SEED, is a second draw; an
+        # earlier row's code and SEED again is a return to it (red team 12: a simplicity keep that deletes
+        # a kept change, back to the baseline)
+        if row[3] == "keep" and shape and shape in shapes and (seed != shapes[shape][1] or shape == kept):
             findings.append(f"{row[0]}: kept, but its train.py is {shapes[shape][0]}'s but for SEED or "
                             "comments: a second draw of the same code, not a gain")
         shapes.setdefault(shape, (row[0], seed))
+        kept = shape if row[3] == "keep" else kept
         mine = evaluations(records, full)
         matching = [r for r in mine if f"{r.get('val_bpb', -1):.6f}" == row[1]]
         if not matching:
@@ -1365,8 +1374,8 @@ def rerun(folder, commit, frozen, store=None):
         problems.append("its SEED is not one top-level `SEED = <integer>`: the rerun could not draw afresh")
     python, caveat = fresh_python(tree)
     site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
-    if caveat and sys.prefix != sys.base_prefix:  # this Python's own virtual environment: checked instead
-        site = [sysconfig.get_paths()["purelib"]]
+    if caveat and own_site():  # this Python's own virtual environment: checked instead
+        site = [own_site()]
     problems += [f"its environment: {line}" for line in (unowned_files(site[0]) if site else [])]
     store = store or rerun_store(python, tree)
     artifact = os.path.join(tree, "model.pt2")
@@ -1641,13 +1650,12 @@ def main():
         parser.error("--commit goes with --row")
     if args.row:
         return write_row(*args.row, commit=args.commit, results=args.results)
-    if not sys.flags.no_site:  # the site module ran the environment's .pth files before this line
+    code = confirm(args.confirm, args.results) if args.confirm else audit(args.results)
+    if not sys.flags.no_site:  # the site module ran the environment's .pth files before audit.py began
         print("note: run the audit and the confirm as `uv run python -I -S audit.py ...`: without -S, "
               "start-up code planted in the night's .venv runs first and can rewrite what they say",
               file=sys.stderr)
-    if args.confirm:
-        return confirm(args.confirm, args.results)
-    return audit(args.results)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1861,7 +1861,6 @@ def test_a_keep_back_to_an_earlier_rows_code_and_seed_is_not_a_second_draw(bigra
     change, back to the baseline's code and seed, and was named for a second draw. Another SEED still is."""
     n = clone_of(bigrams, tmp_path_factory, "revert")
     seeded = tiny(middle="SEED = 42\ntorch.manual_seed(SEED)\n")
-    n.git("commit", "-q", "--allow-empty", "-m", "placeholder")  # keeps the shared fixture's history
     first, code, out, row = n.attack("seeded", seeded)
     assert code == 0 and row.returncode == 0, out[-2000:] + row.stderr
     added, code, out, row = n.attack("add BIAS", seeded.replace("SEED = 42\n", "SEED = 42\nBIAS = 0.0\n"))
