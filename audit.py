@@ -1,8 +1,8 @@
 """Run records' tools for autoresearch. This file is frozen: the agent never edits it.
 
     uv run audit.py --row STATUS "description" [--commit C]   # results.tsv's row from the run's record
-    uv run python -I -S audit.py [RESULTS]                     # check every row of results.tsv (the night)
-    uv run python -I -S audit.py --confirm COMMIT [RESULTS]    # rerun the baseline and COMMIT cleanly
+    python3 -I -S audit.py [RESULTS]                           # check every row of results.tsv (the night)
+    python3 -I -S audit.py --confirm COMMIT [RESULTS]          # rerun the baseline and COMMIT cleanly
 
 Every evaluation appends a record to ledger.jsonl (prepare.py's evaluate_bpb): the row is written from it, and
 the audit checks each row against its record, the frozen files and train.py's source. --confirm reruns in
@@ -49,6 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LEDGER = "ledger.jsonl"     # prepare.py's name for it
 CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.expanduser("~/.cache/autoresearch")
 NIGHT_PYTHON = getattr(sys, "_base_executable", sys.executable)  # the interpreter the reruns get
+MAX_FILE = 1 << 30          # bytes: a ledger, journal or results.tsv (a record is ~2 KB: 500,000 runs)
 LEDGER_KEY = os.path.join(CACHE_DIR, "ledger.key")  # the HMAC key of the record chain
 JOURNAL = os.path.join(CACHE_DIR, "evaluations.jsonl")  # every evaluation of this account, in any folder
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -124,12 +125,16 @@ def fail(message):
     sys.exit(1)
 
 def regular_bytes(path):
-    """A file's bytes, or exit with one line when it is no regular file: a FIFO at the ledger's name made
-    every read wait for a writer, forever (red team 12)."""
+    """A file's bytes, or exit with one line when it is no regular file (a FIFO at the ledger's name made
+    every read wait for a writer, forever: red team 12) or is too big to be one of ours (red team 13: a
+    sparse ledger of 4 TiB, a MemoryError)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once this way, and is refused below
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             fail(f"{path} is not a regular file (a FIFO, a device): remove it, then run this again")
+        if info.st_size > MAX_FILE:
+            fail(f"{path} holds {info.st_size:,} bytes, more than a night's records ever do: remove it")
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read()
     finally:
@@ -247,8 +252,8 @@ def seed_line(source):
     node = next((n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) and binds and (
         n.targets if isinstance(n, ast.Assign) else [n.target]) == binds[:1]), None)
     if len(binds) != 1 or node is None or not isinstance(node.value, ast.Constant) or type(
-            node.value.value) is not int:
-        return None
+            node.value.value) is not int or not isinstance(getattr(node, "annotation", ast.Name()), ast.Name):
+        return None  # (an annotation is code too: red team 13 hid `SHRINK := -0.016` in one)
     lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", source)  # ast's lines (no form feeds)
     starts = [0, *itertools.accumulate(len(line) for line in lines)]
 
@@ -460,7 +465,8 @@ def read_ledger(folder, cache=CACHE_DIR):
         findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
     whole = lines[:-1] if records and not records[-1] else lines  # the head counts whole lines written
     head = ledger_head(path, cache)
-    count, mac = (open(head).read().split() + ["", ""])[:2] if os.path.exists(head) else ("0", "")
+    count, mac = (regular_bytes(head).decode(errors="replace").split() + ["", ""])[:2] if os.path.exists(
+        head) else ("0", "")
     if key and whole and count != str(len(whole)):
         findings.append(f"ledger.jsonl: {len(whole)} records, but its head ({head}) says {count}: records "
                         "were deleted from its end, or it was replaced (or the folder moved)")
@@ -494,15 +500,15 @@ def journal(folder, records):
     a confirm's clones left out; the entries of this folder's ledger that it no longer holds)."""
     mine, counts, missing = os.path.realpath(os.path.join(folder, LEDGER)), {}, []
     held = {(r.get("time"), r.get("commit"), r.get("val_bpb")) for r in records}
-    with contextlib.suppress(OSError), open(JOURNAL, errors="replace") as f:
-        for line in f:
-            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
-                entry = json.loads(line)
-                where = os.path.basename(os.path.dirname(entry["ledger"]))
-                if entry["ledger"] == mine and (entry["time"], entry["commit"], entry["val_bpb"]) not in held:
-                    missing.append(entry)
-                elif entry["ledger"] != mine and not where.startswith(CONFIRM_PREFIX):
-                    counts[entry["commit"]] = counts.get(entry["commit"], 0) + 1
+    lines = regular_bytes(JOURNAL).decode(errors="replace").split("\n") if os.path.exists(JOURNAL) else []
+    for line in lines:
+        with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+            entry = json.loads(line)
+            where = os.path.basename(os.path.dirname(entry["ledger"]))
+            if entry["ledger"] == mine and (entry["time"], entry["commit"], entry["val_bpb"]) not in held:
+                missing.append(entry)
+            elif entry["ledger"] != mine and not where.startswith(CONFIRM_PREFIX):
+                counts[entry["commit"]] = counts.get(entry["commit"], 0) + 1
     return counts, missing
 
 def write_row(status, description, commit=None, results="results.tsv"):
@@ -1166,11 +1172,13 @@ def run_capped(command, cwd, env, log, cap, watch=None):
     def look():
         data, now = b"", time.monotonic() - start
         with contextlib.suppress(OSError):
-            data = open(watch, "rb").read() if watch else b""
+            data = regular_bytes(watch) if watch and os.path.exists(watch) else b""
         for line in data.split(b"\n")[:-1]:  # whole lines only
             first.setdefault(line, now)
         sizes.append((now, len(data)))
 
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(log)  # whatever the night left at its name (red team 13: a FIFO; a link out)
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -1343,8 +1351,9 @@ def checked_out(tree):
 def python_text(raw):
     """(text, encoding) of a Python file's bytes in the encoding Python reads it by (its coding line: red
     team 11 crashed a confirm with latin-1); ("", None) when Python could not read it."""
-    try:
-        encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+    try:  # in its first two lines as Python splits them: at a lone \r too (red team 13 hid a third line)
+        lines = io.BytesIO(raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+        encoding = tokenize.detect_encoding(lines.readline)[0]
         return raw.decode(encoding), encoding
     except (SyntaxError, UnicodeDecodeError, LookupError):
         return "", None
@@ -1479,11 +1488,13 @@ def clean_score(run, base, frozen_files):
 def wall_slack(mine, base, budget):
     """Seconds the commit's rerun may take beyond the baseline's: a quarter budget more training shows; an
     eighth of the run and 10 s for compile, evaluation and load (GPU, default budget: 135 s; CPU at a 10 s
-    budget: ~15 s); and the untimed part of the baseline's rerun again for each time its median step is
-    slower, up to 4 (red team 12: depth 6 against 4 on a CPU, 3.4 times a step, warmed up and evaluated
-    16 s longer than the 15 s allowed)."""
-    steps = [run["record"].get("train_step_s") for run in (mine, base)]
-    slower = max(1, min(4, steps[0] / steps[1])) if all(isinstance(t, NUMBER) and t > 0 for t in steps) else 1
+    budget: ~15 s); and the untimed part of the baseline's rerun again for each time fewer tokens a timed
+    second it trained, up to 4 (red team 12: depth 6 against 4 on a CPU, 3.4 times a step, warmed up and
+    evaluated 16 s longer than the 15 s allowed)."""
+    # tokens a timed second, not the median step: a declared TOTAL_BATCH_SIZE moves that (red team 13)
+    rates = [r["train_tokens"] / r["train_timed_s"] if r.get("train_timed_s") else 0 for r in (
+        mine["record"], base["record"])]
+    slower = max(1, min(4, rates[1] / rates[0])) if all(rates) else 1
     return budget / 4 + base["wall"] / 8 + 10 + max(0, base["wall"] - budget) * (slower - 1)
 
 def confirm(commit, results="results.tsv"):
@@ -1594,7 +1605,7 @@ def confirm(commit, results="results.tsv"):
             + f" (its own evaluation: {r['val_bpb']:.6f}; the rerun took {run['wall']:.0f} s)")
     # a gain measured from a hobbled baseline is none (red team 9 zeroed its gradients from ~/.gitconfig);
     # against its best run, not its seed's (red team 11 hobbled the seed rerun that sets the floor too)
-    if base["clean"]["val"] > best + floor:
+    if base["clean"]["val"] > best + 1.5 * floor:  # its seed's draw is the floor; half one more: its timing
         findings.append(f"{base_full[:7]}: its rerun scored {base['clean']['val']:.6f}, the night's best run "
                         f"of the same code {best:.6f}: worse beyond the noise floor, so something hurt the "
                         "rerun (its environment, the machine)")
@@ -1651,9 +1662,9 @@ def main():
     if args.row:
         return write_row(*args.row, commit=args.commit, results=args.results)
     code = confirm(args.confirm, args.results) if args.confirm else audit(args.results)
-    if not sys.flags.no_site:  # the site module ran the environment's .pth files before audit.py began
-        print("note: run the audit and the confirm as `uv run python -I -S audit.py ...`: without -S, "
-              "start-up code planted in the night's .venv runs first and can rewrite what they say",
+    if not sys.flags.no_site or own_site():  # .pth files ran before audit.py began, or the .venv's library
+        print("note: run the audit and the confirm as `python3 -I -S audit.py ...` with your own Python: "
+              "start-up code or a standard library the night planted in its .venv can rewrite what they say",
               file=sys.stderr)
     return code
 

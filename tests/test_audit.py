@@ -1824,15 +1824,14 @@ def test_a_walrus_on_the_seed_line_is_no_seed_rerun():
 def test_a_bigger_models_longer_warm_up_and_evaluation_are_allowed():
     """Red team 12's honest night (CPU, 10 s budget): depth 6 against 4, 3.4 times a step, reran in 49 s
     against the baseline's 25 s, and was named as training past the budget. Its untimed part grows with its
-    step; a run of the baseline's step that long is still named."""
-    base = dict(wall=25.0, record=dict(train_step_s=0.56))
-    bigger = dict(wall=49.0, record=dict(train_step_s=1.9))
-    assert 49 - 25 < audit.wall_slack(bigger, base, 10) < 60
-    same = dict(wall=49.0, record=dict(train_step_s=0.56))
-    assert audit.wall_slack(same, base, 10) < 49 - 25
-    huge = dict(wall=500.0, record=dict(train_step_s=100.0))  # at most 4 times the untimed part
-    assert audit.wall_slack(huge, base, 10) == audit.wall_slack(dict(wall=0, record=dict(train_step_s=2.24)),
-                                                                base, 10)
+    cost, told by the tokens it trained a timed second (a declared TOTAL_BATCH_SIZE moves the median step:
+    red team 13); a run as fast as the baseline's that long is still named."""
+    def run(wall, tokens):
+        return dict(wall=wall, record=dict(train_tokens=tokens, train_timed_s=10.0, train_step_s=0.56))
+    base = run(25.0, 34_000)
+    assert 49 - 25 < audit.wall_slack(run(49.0, 10_000), base, 10) < 60
+    assert audit.wall_slack(run(49.0, 34_000), base, 10) < 49 - 25
+    assert audit.wall_slack(run(500.0, 1), base, 10) == audit.wall_slack(run(0, 8_500), base, 10)  # 4 at most
 
 
 @pytest.mark.parametrize("args", [[], ["--confirm", "HEAD"]])
@@ -1878,7 +1877,7 @@ def test_a_keep_back_to_an_earlier_rows_code_and_seed_is_not_a_second_draw(bigra
 @pytest.mark.slow
 def test_a_shim_planted_in_the_nights_venv_is_named_by_the_audit(bigrams, tmp_path_factory):
     """Red team 12 planted `_virtualenv.pth` and its own `_virtualenv.py` in the night's .venv, which `uv run
-    audit.py` runs at start. README's `uv run python -I -S audit.py` runs neither, and names both."""
+    audit.py` runs at start. under -I -S it runs neither, and names both."""
     n = clone_of(bigrams, tmp_path_factory, "venvshim")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(n.repo / ".venv")], check=True)
     python = n.repo / ".venv" / "bin" / "python"
@@ -1891,3 +1890,54 @@ def test_a_shim_planted_in_the_nights_venv_is_named_by_the_audit(bigrams, tmp_pa
     assert {line.split("/")[-1] for line in findings(result)} >= {
         f"{name} {'is not what uv writes' if name in audit.uv_shim() else 'belongs to no installed package'}"
         for name in ("_virtualenv.pth", "_virtualenv.py")}, result.stdout
+
+
+# ---------------------------------------------------------------------------
+# Red team 13's routes, each closed
+
+
+def test_code_in_the_seed_lines_annotation_makes_no_seed_rerun():
+    """`SEED: (SHRINK := -0.016) = 43` binds SHRINK in the annotation: red team 13's seed rerun set a floor
+    with it, as red team 12's walrus did in the value."""
+    base = "SHRINK = 0.0\nSEED = 42\nX = 1\n"
+    assert audit.seed_line("SEED: int = 43\n")[0] == 43
+    assert audit.seed_line(base.replace("SEED = 42", "SEED: (SHRINK := -0.016) = 43")) is None
+    hidden = base.replace("SEED = 42", "SEED: (SHRINK := -0.016) = 43")
+    assert audit.draw_shape(base) != audit.draw_shape(hidden)
+
+
+def test_a_coding_line_python_ignores_is_ignored(tmp_path):
+    """With lone \r line endings the third line is a line to Python, and its coding line is ignored: red
+    team 13 hid code from the audit, which read the whole file in that coding."""
+    raw = b"# one\r# two\r# -*- coding: raw_unicode_escape -*-\rx = 1 # \\u000aprint('hidden')\r"
+    (tmp_path / "t.py").write_bytes(raw)
+    assert subprocess.run([sys.executable, str(tmp_path / "t.py")], capture_output=True,
+                          text=True).stdout == ""  # Python reads it as UTF-8: a comment, nothing printed
+    text, encoding = audit.python_text(raw)
+    assert encoding == "utf-8" and text == raw.decode()
+
+
+@pytest.mark.parametrize("what", ["head", "journal", "sparse ledger"])
+def test_a_fifo_or_a_huge_file_among_the_records_is_refused_in_one_line(bigrams, tmp_path_factory, what):
+    """Red team 13: a FIFO at the ledger's head or the journal hung the audit; a ledger of 4 TiB, sparse,
+    ended in a MemoryError."""
+    n = clone_of(bigrams, tmp_path_factory, "fifo")
+    path = {"head": Path(head_file(n.cache, n.repo / audit.LEDGER)), "sparse ledger": n.repo / audit.LEDGER,
+            "journal": n.cache / os.path.basename(audit.JOURNAL)}[what]
+    path.unlink()
+    if what == "sparse ledger":
+        with open(path, "wb") as f:
+            f.truncate(2 << 30)  # 2 GiB of nothing
+    else:
+        os.mkfifo(path)
+    result = n.audit(timeout=60)
+    why = "holds 2,147,483,648 bytes" if what == "sparse ledger" else "is not a regular file"
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1 and why in result.stderr, result
+
+
+def test_a_fifo_at_the_confirms_log_is_replaced(tmp_path):
+    """The confirm writes each rerun's output beside results.tsv: red team 13's FIFO there hung it."""
+    log = tmp_path / "confirm-abc1234.log"
+    os.mkfifo(log)
+    code, *_ = audit.run_capped([sys.executable, "-c", "print('done')"], tmp_path, None, str(log), 60)
+    assert code == 0 and log.read_text() == "done\n"
