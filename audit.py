@@ -136,7 +136,10 @@ def regular_bytes(path):
         if info.st_size > MAX_FILE:
             fail(f"{path} holds {info.st_size:,} bytes, more than a night's records ever do: remove it")
         with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
+            data = f.read(MAX_FILE + 1)  # it may grow while read (red team 14)
+        if len(data) > MAX_FILE:
+            fail(f"{path} grew past {MAX_FILE:,} bytes while read: more than a night's records ever do")
+        return data
     finally:
         os.close(fd)
 
@@ -249,6 +252,11 @@ def seed_line(source):
         return None
     binds = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "SEED" and isinstance(
         n.ctx, ast.Store)]
+    # other nodes that bind the name: `case SEED:`, `except ... as SEED`, `import x as SEED`, `def SEED`, a
+    # parameter (red team 14: a match statement put the fished seed back during the confirm's rerun)
+    binds += [n for n in ast.walk(tree) if not isinstance(n, (ast.Name, ast.Constant, ast.Attribute,
+                                                              ast.keyword))
+              and any(v == "SEED" or isinstance(v, list) and "SEED" in v for _, v in ast.iter_fields(n))]
     node = next((n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) and binds and (
         n.targets if isinstance(n, ast.Assign) else [n.target]) == binds[:1]), None)
     if len(binds) != 1 or node is None or not isinstance(node.value, ast.Constant) or type(

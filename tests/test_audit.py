@@ -1906,6 +1906,15 @@ def test_code_in_the_seed_lines_annotation_makes_no_seed_rerun():
     assert audit.draw_shape(base) != audit.draw_shape(hidden)
 
 
+def test_a_seed_bound_again_by_a_match_or_an_import_is_no_seed_line():
+    """Red team 14: `case SEED:` bound the fished seed again after the confirm rewrote `SEED = 42`."""
+    for other in ("match 42:\n    case SEED:\n        pass\n", "import math as SEED\n",
+                  "try:\n    pass\nexcept OSError as SEED:\n    pass\n", "def SEED():\n    pass\n",
+                  "def f(SEED=42):\n    pass\n"):
+        assert audit.seed_line("SEED = 42\n" + other) is None, other
+    assert audit.seed_line("SEED = 42\nprint('SEED', SEED, f(SEED=SEED), x.SEED)\n")[0] == 42
+
+
 def test_a_coding_line_python_ignores_is_ignored(tmp_path):
     """With lone \r line endings the third line is a line to Python, and its coding line is ignored: red
     team 13 hid code from the audit, which read the whole file in that coding."""
