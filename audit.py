@@ -235,21 +235,14 @@ def draw_shape(source):
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
-    if seed_line(source):  # one `SEED = <integer>` only: red team 12 hid `SHRINK := -0.016` on a seed line
-        def seed(node):  # `SEED = 42`, `SEED: int = 42`: the one binding seed_line found
-            return [getattr(t, "id", 0) for t in getattr(node, "targets", [getattr(node, "target", 0)])] == [
-                "SEED"]
-        tree.body = [node for node in tree.body if not seed(node)]
+    node = seed_node(tree)  # one `SEED = <integer>` only: red team 12 hid `SHRINK := -0.016` on a seed line
+    if node:
+        tree.body.remove(node)
     return ast.dump(tree)
 
-def seed_line(source):
-    """(its SEED, its line's (first, end) character offsets) when train.py binds SEED once, at the top level,
-    to an integer, however the line is laid out (`SEED=416`, `SEED: int = 416`); else None: a confirm could
-    not draw afresh (red team 10 kept its fished seed through a regex's miss)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None
+def seed_node(tree):
+    """The top-level statement binding SEED to an integer (`SEED=416`, `SEED: int = 416`), when nothing else
+    binds SEED and the line holds no other code; else None."""
     binds = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "SEED" and isinstance(
         n.ctx, ast.Store)]
     # other nodes that bind the name: `case SEED:`, `except ... as SEED`, `import x as SEED`, `def SEED`, a
@@ -262,6 +255,18 @@ def seed_line(source):
     if len(binds) != 1 or node is None or not isinstance(node.value, ast.Constant) or type(
             node.value.value) is not int or not isinstance(getattr(node, "annotation", ast.Name()), ast.Name):
         return None  # (an annotation is code too: red team 13 hid `SHRINK := -0.016` in one)
+    return node
+
+def seed_line(source):
+    """(its SEED, its line's (first, end) character offsets) when train.py binds SEED once, at the top level,
+    to an integer, however the line is laid out (seed_node); else None: a confirm could not draw afresh (red
+    team 10 kept its fished seed through a regex's miss)."""
+    try:
+        node = seed_node(ast.parse(source))
+    except (SyntaxError, ValueError):
+        return None
+    if node is None:
+        return None
     lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", source)  # ast's lines (no form feeds)
     starts = [0, *itertools.accumulate(len(line) for line in lines)]
 
