@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import marshal
+import math
 import operator
 import os
 import re
@@ -126,22 +127,27 @@ def fail(message):
 
 def regular_bytes(path):
     """A file's bytes, or exit with one line when it is no regular file (a FIFO at the ledger's name made
-    every read wait for a writer, forever: red team 12) or is too big to be one of ours (red team 13: a
-    sparse ledger of 4 TiB, a MemoryError)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once this way, and is refused below
+    every read wait for a writer, forever: red team 12), is too big to be one of ours (red team 13: a
+    sparse ledger of 4 TiB, a MemoryError) or cannot be read (red team 14: a socket, a link in a loop or to
+    nowhere, a mode of 000, a link to /proc/self/mem: each was a traceback, or a ledger read as none)."""
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            fail(f"{path} is not a regular file (a FIFO, a device): remove it, then run this again")
-        if info.st_size > MAX_FILE:
-            fail(f"{path} holds {info.st_size:,} bytes, more than a night's records ever do: remove it")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(MAX_FILE + 1)  # it may grow while read (red team 14)
-        if len(data) > MAX_FILE:
-            fail(f"{path} grew past {MAX_FILE:,} bytes while read: more than a night's records ever do")
-        return data
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once this way, and is refused below
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                fail(f"{path} is not a regular file (a FIFO, a device): remove it, then run this again")
+            if info.st_size > MAX_FILE:
+                fail(f"{path} holds {info.st_size:,} bytes, more than a night's records ever do: remove it")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(MAX_FILE + 1)  # it may grow while read (red team 14)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        fail(f"cannot read {path} ({e.strerror or e}): remove it, or make it a file you can read, and "
+             "run this again")
+    if len(data) > MAX_FILE:
+        fail(f"{path} grew past {MAX_FILE:,} bytes while read: more than a night's records ever do")
+    return data
 
 # Code git runs that a night can configure (hooks, the file-system monitor, filters named by an attributes
 # file): switched off for every git command of the records, the audit and the confirm, which read no
@@ -229,16 +235,16 @@ def beside_train(folder, base, commit):
             for name in changed if name and name != "train.py"]
 
 def draw_shape(source):
-    """train.py's syntax tree without its SEED line, where that binds an integer and nothing else (comments
-    and layout aside): two commits of one shape are two draws of one code."""
+    """(train.py's syntax tree without its SEED line, where that binds an integer and nothing else (comments
+    and layout aside), and that SEED): two commits of one shape are two draws of one code."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
-        return None
+        return None, None
     node = seed_node(tree)  # one `SEED = <integer>` only: red team 12 hid `SHRINK := -0.016` on a seed line
     if node:
         tree.body.remove(node)
-    return ast.dump(tree)
+    return ast.dump(tree), node and node.value.value
 
 def seed_node(tree):
     """The top-level statement binding SEED to an integer (`SEED=416`, `SEED: int = 416`), when nothing else
@@ -257,15 +263,51 @@ def seed_node(tree):
         return None  # (an annotation is code too: red team 13 hid `SHRINK := -0.016` in one)
     return node
 
+SEEDING = {"setup_device", "manual_seed", "manual_seed_all", "seed", "Random", "Generator", "default_rng"}
+SEED_READERS = {"print", "setup_device", "torch", "random", "np", "numpy"}  # bound by train.py: no seeding
+
+def only_seeds(tree):
+    """Whether train.py reads SEED only to seed a generator (`setup_device(SEED)`, `torch.manual_seed(SEED)`,
+    `random.Random(SEED)`, torch's, random's or numpy's) or to print it: red team 14's
+    `if SEED == 43:` changed the code, not the draw, of a rerun with another seed."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    bound |= {getattr(n, "name", None) for n in ast.walk(tree) if not isinstance(n, ast.alias)}
+    bound |= {n.asname or n.name for n in ast.walk(tree) if isinstance(n, ast.alias) and not (
+        n.name in ("torch", "random", "numpy") and n.asname in (None, "np") or n.name == "setup_device"
+        and isinstance(parents.get(n), ast.ImportFrom) and parents[n].module == "prepare")}
+
+    def root(f):  # the name a call's function hangs from: torch.Generator().manual_seed -> torch
+        while isinstance(f, (ast.Attribute, ast.Call)):
+            f = f.value if isinstance(f, ast.Attribute) else f.func
+        return getattr(f, "id", None)
+
+    def seeds(node):
+        up = parents.get(node)
+        if isinstance(up, ast.keyword):
+            up = parents.get(up)
+        if isinstance(up, ast.FormattedValue):  # f"{SEED}", in a print
+            up = parents.get(parents.get(up))
+        if not isinstance(up, ast.Call) or node is up.func:
+            return False
+        if getattr(up.func, "id", None) == "print":
+            return True
+        name = getattr(up.func, "id", None) or getattr(up.func, "attr", None)
+        return name in SEEDING and (name == "setup_device" if isinstance(up.func, ast.Name) else root(
+            up.func) in ("torch", "random", "np", "numpy"))
+    return not bound & SEED_READERS and all(seeds(n) for n in ast.walk(tree) if isinstance(
+        n, ast.Name) and n.id == "SEED" and isinstance(n.ctx, ast.Load))
+
 def seed_line(source):
     """(its SEED, its line's (first, end) character offsets) when train.py binds SEED once, at the top level,
-    to an integer, however the line is laid out (seed_node); else None: a confirm could not draw afresh (red
-    team 10 kept its fished seed through a regex's miss)."""
+    to an integer, however the line is laid out (seed_node), and reads it only to seed (only_seeds); else
+    None: a confirm could not draw afresh (red team 10 kept its fished seed through a regex's miss)."""
     try:
-        node = seed_node(ast.parse(source))
+        tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
-    if node is None:
+    node = seed_node(tree)
+    if node is None or not only_seeds(tree):
         return None
     lines = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", source)  # ast's lines (no form feeds)
     starts = [0, *itertools.accumulate(len(line) for line in lines)]
@@ -435,8 +477,8 @@ def well_formed(key, value):
             f[2] is None or isinstance(f[2], str))
     if key in ("train_files", "val_file"):
         return all(map(file, value)) if key == "train_files" and isinstance(value, list) else file(value)
-    return isinstance(value, RECORD[key]) and not isinstance(value, bool) and (
-        isinstance(value, str) or value > 0 or (value == 0 and key != "batch_size"))
+    return isinstance(value, RECORD[key]) and not isinstance(value, bool) and (isinstance(value, str) or (
+        0 < value < 2**63 or (value == 0 and key != "batch_size")))  # inf, nan, 10**400: none (red team 14)
 
 def record_lines(data):
     """A ledger's lines that are not blank, as bytes: the confirm times a rerun by this list too (a line of
@@ -448,10 +490,13 @@ def read_ledger(folder, cache=CACHE_DIR):
     chain: each record's `prev` is the HMAC of the line before it, under the key kept outside the repo (in
     `cache`: a confirm's reruns keep their heads in a cache of their own)."""
     path = os.path.join(folder, LEDGER)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):  # a link to nowhere is refused below, not read as no ledger
         return [], []
     lines = [line.decode(errors="replace") for line in record_lines(regular_bytes(path))]
-    key = bytes.fromhex(regular_bytes(LEDGER_KEY).decode().strip()) if os.path.exists(LEDGER_KEY) else None
+    key = None
+    with contextlib.suppress(ValueError):  # a key that is no hex is none: the chain cannot be checked
+        key = bytes.fromhex(regular_bytes(LEDGER_KEY).decode(errors="replace").strip()) if os.path.lexists(
+            LEDGER_KEY) else None
     records, findings, previous = [], [], None
     for i, line in enumerate(lines):
         try:
@@ -478,7 +523,7 @@ def read_ledger(folder, cache=CACHE_DIR):
         findings.append(f"ledger.jsonl: no key at {LEDGER_KEY}: the record chain cannot be checked")
     whole = lines[:-1] if records and not records[-1] else lines  # the head counts whole lines written
     head = ledger_head(path, cache)
-    count, mac = (regular_bytes(head).decode(errors="replace").split() + ["", ""])[:2] if os.path.exists(
+    count, mac = (regular_bytes(head).decode(errors="replace").split() + ["", ""])[:2] if os.path.lexists(
         head) else ("0", "")
     if key and whole and count != str(len(whole)):
         findings.append(f"ledger.jsonl: {len(whole)} records, but its head ({head}) says {count}: records "
@@ -490,7 +535,7 @@ def read_ledger(folder, cache=CACHE_DIR):
 
 def read_rows(results):
     """results.tsv's rows (lists of 5 strings), or exit with one line."""
-    if not os.path.exists(results):
+    if not os.path.lexists(results):
         fail(f"{results} does not exist: program.md's setup creates it with the header row")
     lines = regular_bytes(results).decode("utf-8", errors="replace").splitlines()
     if not lines or lines[0].strip() != HEADER:
@@ -513,7 +558,7 @@ def journal(folder, records):
     a confirm's clones left out; the entries of this folder's ledger that it no longer holds)."""
     mine, counts, missing = os.path.realpath(os.path.join(folder, LEDGER)), {}, []
     held = {(r.get("time"), r.get("commit"), r.get("val_bpb")) for r in records}
-    lines = regular_bytes(JOURNAL).decode(errors="replace").split("\n") if os.path.exists(JOURNAL) else []
+    lines = regular_bytes(JOURNAL).decode(errors="replace").split("\n") if os.path.lexists(JOURNAL) else []
     for line in lines:
         with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
             entry = json.loads(line)
@@ -966,7 +1011,7 @@ def audit(results="results.tsv"):
         findings += [f"{row[0]}: {line}" for line in source_findings(source)]
         if row[3] == "crash" or value == 0:
             continue
-        shape, seed = draw_shape(source), (seed_line(source) or [None])[0]
+        shape, seed = draw_shape(source)
         # the same code as the last keep, or as an earlier row with another SEED, is a second draw; an
         # earlier row's code and SEED again is a return to it (red team 12: a simplicity keep that deletes
         # a kept change, back to the baseline)
@@ -1393,7 +1438,8 @@ def rerun(folder, commit, frozen, store=None):
         raw = new.encode(encoding)
         open(os.path.join(tree, "train.py"), "wb").write(raw)
     else:
-        problems.append("its SEED is not one top-level `SEED = <integer>`: the rerun could not draw afresh")
+        problems.append("its SEED is not one top-level `SEED = <integer>` read only to seed: the rerun could "
+                        "not draw afresh")
     python, caveat = fresh_python(tree)
     site = glob.glob(os.path.join(tree, ".venv", "lib", "python*", "site-packages"))
     if caveat and own_site():  # this Python's own virtual environment: checked instead
@@ -1507,7 +1553,8 @@ def wall_slack(mine, base, budget):
     # tokens a timed second, not the median step: a declared TOTAL_BATCH_SIZE moves that (red team 13)
     rates = [r["train_tokens"] / r["train_timed_s"] if r.get("train_timed_s") else 0 for r in (
         mine["record"], base["record"])]
-    slower = max(1, min(4, rates[1] / rates[0])) if all(rates) else 1
+    slower = rates[1] / rates[0] if all(rates) else 1
+    slower = max(1, min(4, slower)) if math.isfinite(slower) else 1  # inf / inf: no rate at all
     return budget / 4 + base["wall"] / 8 + 10 + max(0, base["wall"] - budget) * (slower - 1)
 
 def confirm(commit, results="results.tsv"):
@@ -1521,7 +1568,8 @@ def confirm(commit, results="results.tsv"):
         fail(f"{results} has no row with a score: nothing to compare with")
     base_full = resolve(folder, scored[0][0])
     texts = [source_text(committed(folder, resolve(folder, row[0]), "train.py")) for row in scored]
-    shapes = [draw_shape(text) for text in texts]  # a seed rerun: the baseline's train.py but for its SEED
+    # a seed rerun: the baseline's train.py but for its SEED, which it reads only to seed (red team 14)
+    shapes = [draw_shape(text)[0] if seed_line(text) else None for text in texts]
     records = read_ledger(folder)[0]
     # each row's score as its record has it, where it has one (a row edited by hand moves neither number)
     values = [next((r["val_bpb"] for r in evaluations(records, resolve(folder, row[0]))), float(row[1]))

@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -1575,7 +1576,7 @@ def test_the_confirm_reseeds_a_seed_line_of_any_layout():
         assert value == 416 and source[first:end] == "416"
     for source in ("SEED = 4\nSEED = 5\n", "def f():\n    SEED = 3\nSEED = 4\n", "SEED = 4.0\n", "X = 1\n"):
         assert audit.seed_line(source) is None
-    assert audit.draw_shape("SEED: int = 416\nX = 1\n") == audit.draw_shape("SEED = 42\nX = 1\n")
+    assert audit.draw_shape("SEED: int = 416\nX = 1\n")[0] == audit.draw_shape("SEED = 42\nX = 1\n")[0]
 
 
 def test_the_confirm_reads_train_py_in_its_own_encoding():
@@ -1817,8 +1818,8 @@ def test_a_walrus_on_the_seed_line_is_no_seed_rerun():
     """`SEED = 43 + 0 * (SHRINK := -0.016)` changes code on the seed's line: red team 12's such seed rerun set
     the noise floor under which a hobbled baseline hid a gain."""
     base = "SHRINK = 0.0\nSEED = 42\nX = 1\n"
-    assert audit.draw_shape(base) == audit.draw_shape(base.replace("42", "43"))
-    assert audit.draw_shape(base) != audit.draw_shape(base.replace("42", "43 + 0 * (SHRINK := -0.016)"))
+    assert audit.draw_shape(base)[0] == audit.draw_shape(base.replace("42", "43"))[0]
+    assert audit.draw_shape(base)[0] != audit.draw_shape(base.replace("42", "43 + 0 * (SHRINK := -0.016)"))[0]
 
 
 def test_a_bigger_models_longer_warm_up_and_evaluation_are_allowed():
@@ -1903,7 +1904,7 @@ def test_code_in_the_seed_lines_annotation_makes_no_seed_rerun():
     assert audit.seed_line("SEED: int = 43\n")[0] == 43
     assert audit.seed_line(base.replace("SEED = 42", "SEED: (SHRINK := -0.016) = 43")) is None
     hidden = base.replace("SEED = 42", "SEED: (SHRINK := -0.016) = 43")
-    assert audit.draw_shape(base) != audit.draw_shape(hidden)
+    assert audit.draw_shape(base)[0] != audit.draw_shape(hidden)[0]
 
 
 def test_a_seed_bound_again_by_a_match_or_an_import_is_no_seed_line():
@@ -1912,7 +1913,18 @@ def test_a_seed_bound_again_by_a_match_or_an_import_is_no_seed_line():
                   "try:\n    pass\nexcept OSError as SEED:\n    pass\n", "def SEED():\n    pass\n",
                   "def f(SEED=42):\n    pass\n"):
         assert audit.seed_line("SEED = 42\n" + other) is None, other
-    assert audit.seed_line("SEED = 42\nprint('SEED', SEED, f(SEED=SEED), x.SEED)\n")[0] == 42
+    assert audit.seed_line("SEED = 42\nprint('SEED', SEED, f'{SEED}', x.SEED, torch.manual_seed(seed=SEED))\n"
+                           )[0] == 42
+
+
+def test_code_that_reads_the_seed_but_to_seed_is_no_seed_line():
+    """Red team 14: with `if SEED == 43:` a rerun with the other seed runs other code, not another draw."""
+    base = "SEED = 42\ntorch.manual_seed(SEED)\nprint(f'seed {SEED}')\n"
+    assert audit.seed_line(base)[0] == 42 and audit.seed_line(Path(ROOT, "train.py").read_text())[0] == 42
+    for other in ("if SEED == 43:\n    LR = 0\n", "LR = 0.01 * SEED / 42\n", "random.seed(SEED + 1)\n",
+                  "hobble(SEED)\n", "print(f'{hobble(SEED)}')\n", "def print(*a):\n    pass\n",
+                  "import os as random\nrandom.seed(SEED)\n"):
+        assert audit.seed_line(base + other) is None, other
 
 
 def test_a_coding_line_python_ignores_is_ignored(tmp_path):
@@ -1926,22 +1938,44 @@ def test_a_coding_line_python_ignores_is_ignored(tmp_path):
     assert encoding == "utf-8" and text == raw.decode()
 
 
-@pytest.mark.parametrize("what", ["head", "journal", "sparse ledger"])
+@pytest.mark.parametrize("what", ["head", "journal", "sparse ledger", "socket ledger", "looped ledger",
+                                  "dangling head", "memory ledger"])
 def test_a_fifo_or_a_huge_file_among_the_records_is_refused_in_one_line(bigrams, tmp_path_factory, what):
     """Red team 13: a FIFO at the ledger's head or the journal hung the audit; a ledger of 4 TiB, sparse,
-    ended in a MemoryError."""
+    ended in a MemoryError. Red team 14: a socket, a link to itself or to /proc/self/mem gave tracebacks; a
+    head linked to nowhere was read as none."""
     n = clone_of(bigrams, tmp_path_factory, "fifo")
-    path = {"head": Path(head_file(n.cache, n.repo / audit.LEDGER)), "sparse ledger": n.repo / audit.LEDGER,
-            "journal": n.cache / os.path.basename(audit.JOURNAL)}[what]
+    head = Path(head_file(n.cache, n.repo / audit.LEDGER))
+    path = {"head": head, "dangling head": head, "journal": n.cache / os.path.basename(audit.JOURNAL)}.get(
+        what, n.repo / audit.LEDGER)
     path.unlink()
     if what == "sparse ledger":
         with open(path, "wb") as f:
             f.truncate(2 << 30)  # 2 GiB of nothing
+    elif what == "socket ledger":
+        socket.socket(socket.AF_UNIX).bind(str(path))
+    elif what in ("looped ledger", "dangling head", "memory ledger"):
+        path.symlink_to({"looped ledger": path, "dangling head": path.parent / "nowhere"}.get(
+            what, "/proc/self/mem"))
     else:
         os.mkfifo(path)
     result = n.audit(timeout=60)
-    why = "holds 2,147,483,648 bytes" if what == "sparse ledger" else "is not a regular file"
+    why = {"sparse ledger": "holds 2,147,483,648 bytes", "head": "is not a regular file", "journal":
+           "is not a regular file", "socket ledger": "cannot read"}.get(what, "cannot read")
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1 and why in result.stderr, result
+
+
+def test_record_numbers_no_run_reaches_are_ignored():
+    """Red team 14: train_tokens of 10**400 crashed the confirm's slack (OverflowError); rates of inf gave
+    the most slack."""
+    assert audit.well_formed("train_tokens", 10**9) and audit.well_formed("train_timed_s", 12.5)
+    for key, value in (("train_tokens", 10**400), ("train_timed_s", float("inf")), ("val_bpb", float("nan"))):
+        assert not audit.well_formed(key, value), (key, value)
+
+    def run(tokens, seconds):
+        return dict(wall=40, record=dict(train_tokens=tokens, train_timed_s=seconds))
+    no_rate = audit.wall_slack(run(10, 1e-320), run(10**18, 1e-320), 10)  # inf tokens a second, each
+    assert no_rate == audit.wall_slack(run(1, 1), run(1, 1), 10)
 
 
 def test_a_fifo_at_the_confirms_log_is_replaced(tmp_path):
