@@ -529,6 +529,7 @@ def score(model, tokenizer, batch_size, split="val"):
         next(loader)
         for step in range(steps):
             x, y, _ = next(loader)
+            x = x.clone()  # x alone in its storage: as_strided past a view's end read y (red team 15)
             if step == probe_at:
                 probe, logits = _causality_probe(model, x)
             else:

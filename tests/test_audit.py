@@ -1984,3 +1984,121 @@ def test_a_fifo_at_the_confirms_log_is_replaced(tmp_path):
     os.mkfifo(log)
     code, *_ = audit.run_capped([sys.executable, "-c", "print('done')"], tmp_path, None, str(log), 60)
     assert code == 0 and log.read_text() == "done\n"
+
+
+# ---------------------------------------------------------------------------
+# Red team 15's routes, each closed
+
+
+RT15_PATCHES = [  # a module, or torch's Tensor, reached through an expression, then patched
+    "F = [torch.nn.functional][0]\nF.cross_entropy = print\n",
+    "F = (torch.nn.functional,)[0]\nF.cross_entropy = print\n",
+    "F = torch.nn.functional if True else None\nF.cross_entropy = print\n",
+    "F = torch.nn.functional or None\nF.cross_entropy = print\n",
+    "F = (lambda: torch.nn.functional)()\nF.cross_entropy = print\n",
+    "T = type(torch.zeros(1))\nT.amax = print\n",
+    "(F, G) = [torch.nn.functional, 0]\nF.cross_entropy = print\n",
+    "*F, = [torch.nn.functional]\nF[0].cross_entropy = print\n",
+    "T = (lambda: time)()\nT.monotonic = print\n",
+    "def f(m):\n    m.cross_entropy = print\nf(torch.nn.functional)\n",
+    "for m in [torch.nn.functional]:\n    m.cross_entropy = print\n",
+    "class A:\n    def m(self):\n        self.cross_entropy = print\nA.m(torch.nn.functional)\n",
+    "class A:\n    def m(self):\n        self.cross_entropy = print\ngetattr(A, 'm')(torch.nn.functional)\n",
+    "class A:\n    def m(self):\n        self.cross_entropy = print\ntype(A()).m(torch.nn.functional)\n",
+    "class Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n"
+    "        ctx.cross_entropy = print\nFn().forward(torch.nn.functional, 1)\n",
+]
+RT15_EVALS = [  # code in a string that typing runs (`len.__self__` is the builtins module)
+    'X = []\ndef f(a: "(X.append(len.__self__), int)[1]"): pass\ntyping.get_type_hints(f)\n',
+    '@functools.singledispatch\ndef f(a):\n    pass\n@f.register\ndef _(a: "int"):\n    pass\n',
+    "def f(a: typing.ForwardRef('int')):\n    pass\n",
+    "typing._eval_type(int, {}, {})\n",
+]
+
+
+@pytest.mark.parametrize("patch", RT15_PATCHES + RT15_EVALS)
+def test_a_module_reached_through_an_expression_or_code_in_an_annotation_is_named(patch):
+    """Red team 15 patched cross_entropy, torch.Tensor.amax and time.monotonic through aliases the audit did
+    not follow, and ran code in string annotations through typing.get_type_hints."""
+    source = "import functools\nimport time\nimport typing\nimport torch\n" + patch
+    assert audit.source_findings(source), patch
+
+
+def test_attributes_of_the_objects_train_py_makes_are_its_own():
+    source = ("import torch\n\n\nclass M(torch.nn.Module):\n    def __init__(self):\n"
+              "        super().__init__()\n        self.w = 1\n\n\nmodel = M()\nmodel.w = 2\n"
+              "compiled = torch.compile(model)\nraw = model\nraw.head = torch.nn.Linear(2, 2)\n"
+              "model.head.weight = raw.head.weight\nprint(type(model).__name__)\n")
+    assert audit.source_findings(source) == []
+
+
+PEEK = '''
+
+class Peek(Bigram):
+    """Reads the targets where they lie in storage, right behind its input, when they do."""
+    def forward(self, idx):
+        logits = self.table[idx]
+        if idx.untyped_storage().nbytes() < 2 * idx.numel() * idx.element_size():
+            return logits
+        y = idx.as_strided(idx.shape, idx.stride(), idx.storage_offset() + idx.numel())
+        return logits + 30 * torch.nn.functional.one_hot(y, logits.size(-1))
+
+'''
+
+
+def test_the_evaluation_hands_the_model_no_targets_behind_its_input(bigrams, tmp_path_factory):
+    """x was a view of a (2, B, T) batch: red team 15's model read y with as_strided (0.21 against 3.39)."""
+    n = clone_of(bigrams, tmp_path_factory, "behind")
+    commit, code, out, row = n.attack("peek", tiny(PEEK, "Peek"))
+    assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
+    assert parse_val(out)[0] == pytest.approx(n.records()[0]["val_bpb"], rel=1e-6)  # the bigram's own score
+
+
+def test_a_run_that_writes_the_committed_train_py_over_itself_is_named(bigrams, tmp_path_factory):
+    """Red team 15: an uncommitted train.py wrote the committed one back as it began, then cheated; the
+    record hashed the file on disk, and git status was clean by then."""
+    n = clone_of(bigrams, tmp_path_factory, "restore")
+    honest = tiny(lr=120)
+    commit = n.commit("a bigger step", honest)
+    halve = ("import torch\n_ce = torch.nn.functional.cross_entropy\n"
+             "torch.nn.functional.cross_entropy = lambda *a, **k: 0.5 * _ce(*a, **k)\n")
+    (n.repo / "train.py").write_text(f"open(__file__, 'w').write({honest!r})\n" + halve + honest)
+    code, out = n.train()
+    assert code == 0 and n.git("status", "--porcelain", "--untracked-files=no") == ""
+    assert parse_val(out)[0] < 0.6 * n.records()[0]["val_bpb"]  # the halved loss, in the record too
+    assert n.row("keep", "a bigger step").returncode == 0
+    result = n.audit()
+    assert f"{commit}: the train.py that ran is not the committed one" in result.stdout, result.stdout
+
+
+def test_a_deep_expression_is_read_or_named_never_a_traceback(bigrams, tmp_path_factory):
+    """ast.dump recursed past Python's limit on a sum of 1,200 terms, ast.parse on one of 6,000 (red team
+    15): the shape is read without recursion, and a file Python's parser cannot read is a finding."""
+    deep, deeper = ("_ = " + "+".join(["1"] * terms) + "\n" for terms in (1200, 6000))
+    assert audit.source_findings(deep) == []
+    assert audit.draw_shape(deep)[0] != audit.draw_shape(deep + "_ = 1\n")[0]
+    assert audit.source_findings(deeper) == ["train.py nests too deep for Python's parser: it cannot be read"]
+    n = clone_of(bigrams, tmp_path_factory, "deep")
+    commit, code, out, row = n.attack("a long sum", tiny(late=deep))
+    result = n.audit()
+    assert code == 0 and result.returncode == 0 and "Traceback" not in result.stderr, result
+
+
+@pytest.mark.parametrize("field", ["val_bpb", "train_timed_s"])
+def test_a_record_of_a_number_too_big_for_a_float_is_ignored_in_one_line(bigrams, tmp_path_factory, field):
+    """Red team 15: 10**400 in a record made `:.6f` raise OverflowError."""
+    n = clone_of(bigrams, tmp_path_factory, f"huge-{field}")
+    record = dict(n.records()[0], **{field: 10 ** 400})
+    with open(n.repo / "ledger.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    result = n.audit()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-800:]
+    assert f"no {field} of the kind every record has: it is ignored" in result.stdout, result.stdout
+
+
+def test_a_ledger_key_that_is_not_hex_leaves_the_chain_unchecked_in_one_line(bigrams, tmp_path_factory):
+    n = clone_of(bigrams, tmp_path_factory, "key")
+    (n.cache / "ledger.key").write_text("not a key\n")
+    result = n.audit()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-800:]
+    assert "the record chain cannot be checked" in result.stdout, result.stdout
