@@ -2033,12 +2033,14 @@ def test_attributes_of_the_objects_train_py_makes_are_its_own():
 
 
 PEEK = '''
+PEEKING = []
+
 
 class Peek(Bigram):
-    """Reads the targets where they lie in storage, right behind its input, when they do."""
+    """Once trained, reads the targets where they lie in storage, right behind its input, when they do."""
     def forward(self, idx):
         logits = self.table[idx]
-        if idx.untyped_storage().nbytes() < 2 * idx.numel() * idx.element_size():
+        if not PEEKING or idx.untyped_storage().nbytes() < 2 * idx.numel() * idx.element_size():
             return logits
         y = idx.as_strided(idx.shape, idx.stride(), idx.storage_offset() + idx.numel())
         return logits + 30 * torch.nn.functional.one_hot(y, logits.size(-1))
@@ -2049,7 +2051,7 @@ class Peek(Bigram):
 def test_the_evaluation_hands_the_model_no_targets_behind_its_input(bigrams, tmp_path_factory):
     """x was a view of a (2, B, T) batch: red team 15's model read y with as_strided (0.21 against 3.39)."""
     n = clone_of(bigrams, tmp_path_factory, "behind")
-    commit, code, out, row = n.attack("peek", tiny(PEEK, "Peek"))
+    commit, code, out, row = n.attack("peek", tiny(PEEK, "Peek", late="PEEKING.append(1)\n"))
     assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
     assert parse_val(out)[0] == pytest.approx(n.records()[0]["val_bpb"], rel=1e-6)  # the bigram's own score
 
