@@ -118,7 +118,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "89bbda4412211f2897d660caf9d2e72b54d733cbf3722e681666139d4edb6b8e"
+PREPARE_SHAPE = "51645f31a534fcb6ed3dbd6b735e9dcf18eaae8b16b7970b864069b966b40e3b"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -406,6 +406,33 @@ def footer_sha256(path):
     except OSError:  # shorter than its footer says: no parquet file
         return None
 
+def pin(prepare):
+    """{name: (owner, key, object)}: what the evaluation and its record run, taken as prepare.py finishes
+    loading, before any of train.py's code but its imports (the audit names code above `from prepare
+    import`): the attributes of torch, torch.nn.functional, Tensor, math, time and tiktoken's Encoding, and
+    prepare.py's and audit.py's functions and classes. Red teams 15 and 16 patched cross_entropy, Tensor.to
+    and time.monotonic through aliases no reading of the source follows (`[torch.nn.functional][0]`, a
+    torch function that returns its argument); a patch by any route shows here."""
+    import torch
+    owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
+                  math=sys.modules["math"], time=time, Encoding=prepare.tiktoken.Encoding,
+                  Tokenizer=prepare.Tokenizer, prepare=prepare, audit=sys.modules[__name__])
+    return {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(vars(owner).items())
+            if o not in ("prepare", "audit") or callable(v) and not k.startswith("__")}
+
+def unpinned(pins):
+    """The first pinned name whose object is not the pinned one now (patched, deleted), or None. torch wraps
+    some of its own functions (torch.compile wraps torch.manual_seed): a wrapper of the pinned function,
+    written in torch's own files, is torch's."""
+    torch = sys.modules["torch"]
+    for name, (owner, key, value) in pins.items():
+        now = vars(owner).get(key, pins)
+        code = getattr(getattr(now, "__code__", None), "co_filename", "")
+        if now is not value and not (owner is torch and getattr(now, "__wrapped__", None) is value
+                                     and code.startswith(os.path.dirname(torch.__file__))):
+            return name
+    return None
+
 def train_seconds(times, tokens, end):
     """Seconds from the first batch after the 11 warm-up steps to `end`, the evaluation's start (batches per
     step from train.py's TOTAL_BATCH_SIZE, 1 if it has none; training on batches drawn early counts too),
@@ -463,14 +490,14 @@ def runs_as_on_disk(script):
     """Whether the code __main__ runs is `script` as it is on disk now, compiled (comments aside): red team
     15's uncommitted train.py wrote the committed one back over itself as it began, then cheated."""
     main, frame = getattr(sys.modules.get("__main__"), "__dict__", None), sys._getframe()
-    while frame and not (frame.f_globals is main and frame.f_code.co_name == "<module>"):
+    while frame.f_back:  # the outermost: red team 16 ran the committed file again with runpy from its own
         frame = frame.f_back
     try:  # from its bytes, as Python reads a script (its coding line too)
         with open(script, "rb") as f:
             code = compile(f.read(), script, "exec", dont_inherit=True, optimize=sys.flags.optimize)
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return False
-    return frame is not None and code == frame.f_code
+    return frame.f_globals is main and frame.f_code.co_name == "<module>" and code == frame.f_code
 
 def append_record(path, record):
     """Append one whole line under a lock (concurrent runs wait their turn), flushed to disk, chained to the
@@ -745,6 +772,9 @@ def source_findings(source):
                     from_prepare.add(alias.asname or alias.name)
                     if alias.name not in PUBLIC:
                         say(node, f"takes {alias.name} from prepare.py, which is not train.py's to use")
+                    elif alias.asname not in (None, alias.name):  # red team 16: `make_dataloader as md`
+                        say(node, f"takes {alias.name} from prepare.py as {alias.asname} (its own name is "
+                                  "what the audit follows)")
                     continue
                 modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"  # not train.py's to patch
                 wrong = problem(f"{node.module}.{alias.name}")
@@ -769,6 +799,13 @@ def source_findings(source):
                           and isinstance(value, ast.Tuple) for p in zip(t.elts, value.elts)]
             aliases += [(t.id, v) for t, v in pairs if isinstance(t, ast.Name)
                         and isinstance(v, (ast.Name, ast.Attribute))]
+    first = next((i for i, n in enumerate(tree.body) if isinstance(n, ast.ImportFrom)
+                  and n.module == "prepare"), 0)
+    for node in tree.body[:first]:  # the evaluation pins what it runs as prepare.py loads (audit.pin)
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) and not (
+                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            say(node, "runs code before `from prepare import ...` (what it changes there, the evaluation's "
+                      "pin of torch and math cannot see)")
     for _ in range(3):  # aliases of aliases
         modules.update({name: dotted(value) for name, value in aliases
                         if root(value) in set(modules) | from_prepare and name not in modules})
@@ -779,43 +816,6 @@ def source_findings(source):
     for node in batch[1:]:  # the record reads it from __main__ to tell warm-up steps from timed ones
         say(node, "rebinds TOTAL_BATCH_SIZE (the run record reads it to time the training): one constant")
     inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # checked as a whole chain
-    # red team 15 aliased modules through expressions (`F = [torch.nn.functional][0]`, `(lambda: time)()`,
-    # `type(torch.zeros(1))`) and patched them. train.py assigns attributes of the objects it makes alone: a
-    # method's first parameter (no such method is read through its class: always an instance), and a name
-    # bound only to a call of one of its classes or of torch's, or to another such name
-    classes = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
-    autograd = {c for c, n in classes.items() if "torch.autograd.Function" in map(dotted, n.bases)}
-    firsts, methods = set(), collections.defaultdict(set)
-    for c, n in classes.items():
-        for f in n.body:
-            decorators = set(map(dotted, getattr(f, "decorator_list", [])))
-            if f in ast.iter_child_nodes(n) and isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-                    f.args.posonlyargs + f.args.args) and "classmethod" not in decorators and (
-                    "staticmethod" not in decorators or c in autograd and f.name in ("forward", "backward")):
-                firsts.add(id((f.args.posonlyargs + f.args.args)[0]))  # autograd passes ctx
-                methods[c].add(f.name)
-    binds, values = collections.defaultdict(list), {}
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value:
-            values.update({id(t): node.value for t in getattr(node, "targets", None) or [node.target]})
-        name = node.id if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) else node.arg if (
-            isinstance(node, ast.arg)) else None if isinstance(node, ast.Attribute) else (getattr(
-                node, "asname", None) or getattr(node, "name", None) or getattr(node, "rest", None))
-        if isinstance(name, str):
-            binds[name.split(".")[0]].append(node)
-
-    def made(value, safe):
-        return isinstance(value, ast.Name) and value.id in safe or isinstance(value, ast.Call) and (
-            isinstance(value.func, ast.Name) and value.func.id in classes.keys() - autograd
-            or (dotted(value.func) or "").startswith("torch."))
-    safe = set()
-    for _ in range(3):  # names of names
-        safe |= {name for name, nodes in binds.items() if name not in imported and all(
-            id(n) in firsts or made(values.get(id(n)), safe) for n in nodes)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in autograd:
-            say(node, f"makes a {node.func.id}, an autograd Function, to call it (its forward's ctx could be "
-                      f"any object: use {node.func.id}.apply)")
     # a module's name as a value, but as an alias's whole value (`F = torch.nn.functional`, tracked above)
     parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     for node in ast.walk(tree):
@@ -862,13 +862,6 @@ def source_findings(source):
             name, start = dotted(node), root(node)
             if banned(node, node.attr, id(node) in called, stored) or id(node) in inner:
                 continue
-            if stored and start not in local and start not in safe:
-                say(node, f"assigns {name or 'an attribute .' + node.attr + ' of an expression'}: train.py "
-                          "assigns attributes of the objects it makes only (an alias can hide a module)")
-            if isinstance(node.value, ast.Name) and node.attr in methods.get(node.value.id, ()) or (
-                    node.attr not in DUNDER_VALUES and (isinstance(node.value, ast.Call) and dotted(
-                        node.value.func) == "type" or getattr(node.value, "attr", None) == "__class__")):
-                say(node, f"reads .{node.attr} through a class (called so, self could be any object)")
             if start not in local:
                 continue
             wrong = problem(name)
@@ -882,8 +875,6 @@ def source_findings(source):
             attr = getattr(node.args[1], "value", None) if len(node.args) > 1 else None
             if not isinstance(attr, str):  # of any object: a frame's, a module's or the evaluator's
                 say(node, f"reads an attribute of {target or 'an object'} by a computed name")
-            elif target in methods and attr in methods[target]:
-                say(node, f"reads .{attr} through a class (called so, self could be any object)")
             elif not banned(node, attr, False, False) and target and root(node.args[0]) in local:
                 wrong = problem(f"{target}.{attr}")
                 if wrong:
@@ -1507,7 +1498,7 @@ def python_text(raw):
         lines = io.BytesIO(raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
         encoding = tokenize.detect_encoding(lines.readline)[0]
         return raw.decode(encoding), encoding
-    except (SyntaxError, UnicodeDecodeError, LookupError):
+    except (SyntaxError, UnicodeError, LookupError):  # `coding: punycode` raises UnicodeError (red team 16)
         return "", None
 
 def source_text(raw):

@@ -1,6 +1,5 @@
 """One-time data preparation (into ~/.cache/autoresearch or $AUTORESEARCH_CACHE_DIR), plus what train.py
-imports: the tokenizer, data loader, evaluation and harness. Frozen: the agent never edits data or score.
-
+imports: the tokenizer, data loader, evaluation and harness. Frozen: the agent never edits data or score:
     uv run prepare.py                       # 10 training shards + the validation shard, then the tokenizer
     uv run prepare.py --num-shards -1       # all of the data set's training shards (1821 for FineWeb-Edu)
     uv run prepare.py --dataset tinystories # another data set (then set DATASET below to train on it)
@@ -137,6 +136,9 @@ try:
     import requests
     import tiktoken
     import torch
+    audit = None  # the run records: a prepare.py copied without audit.py still scores
+    with contextlib.suppress(ImportError):
+        import audit
 except ModuleNotFoundError as e:  # a Python without the project's packages
     sys.exit(f"{e.name} is not installed for {sys.executable}: run `uv run {os.path.basename(sys.argv[0])}`, "
              "which uses the project's environment (`uv sync` makes it)")
@@ -467,7 +469,7 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
             batch = host.to(device, non_blocking=cuda)  # on CPU the batch *is* the buffer: not reused
             free.put((host, torch.cuda.current_stream().record_event()) if cuda else (None, None))
             if counted and split == "train":  # when training drew each batch, for the run record
-                _served["train_times"].append(time.monotonic())
+                _served["train_times"].append(_clock())
                 _served["train_tokens"] += B * T
             elif counted:
                 _served["val_batches_outside_evaluation"] += 1
@@ -480,7 +482,8 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-_served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0)  # for the run record
+_served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None)  # recorded
+_clock = time.monotonic  # taken as this file loads: red team 15 slowed time.monotonic from train.py
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -534,6 +537,7 @@ def score(model, tokenizer, batch_size, split="val"):
                 probe, logits = _causality_probe(model, x)
             else:
                 logits = model(x)
+            _served["unpinned"] = _served["unpinned"] or audit and audit.unpinned(_PINS)
             if not (torch.is_tensor(logits) and logits.dim() == 3 and logits.shape[:2] == x.shape
                     and logits.size(-1) >= len(token_bytes)):
                 shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
@@ -547,26 +551,23 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
-    started, own_tokenizer, before = time.monotonic(), Tokenizer.from_directory(), _fingerprint(model)
+    started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), _fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException:
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         raise
-    rejected = None
-    if probe > CAUSAL_TOLERANCE:
+    rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
+    if probe > CAUSAL_TOLERANCE and not rejected:
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
-    elif before is not None and not torch.equal(before, _fingerprint(model)):
+    elif not rejected and before is not None and not torch.equal(before, _fingerprint(model)):
         rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
                     "evaluation)")
-    try:
-        import audit
-    except ImportError:  # a prepare.py copied without audit.py: the score still prints
-        audit = None
+    if not audit:  # a prepare.py copied without audit.py: the score still prints
         print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
-    if audit:
+    else:
         audit.append_run_record(sys.modules[__name__], own_tokenizer, dict(
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
             bytes_evaluated=nbytes, causal_probe=probe, evaluated_at=started, **_served,
@@ -891,6 +892,8 @@ def main(args=None):
         os._exit(130)  # at once (a stalled read or rustbpe would hold up sys.exit); 130: Ctrl-C
     change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
     print(f"ready: {change}run `uv run train.py`")
+
+_PINS = audit.pin(sys.modules[__name__]) if audit else {}  # what the evaluation runs, before train.py's code
 
 if __name__ == "__main__":
     main(ARGS)
