@@ -225,6 +225,10 @@ def frozen_drift(folder, commit):
         if (old != new) if name == "audit.py" else frozen_shape(old) != frozen_shape(new):
             found.append(f"{commit[:7]}: its {name} differs from the one at {fork[:7]}, where its branch "
                          f"began, beyond prepare.py's settings ({settings}): a frozen file was edited")
+    if fork and committed(folder, fork, "train.py") != committed(folder, commit, "train.py"):
+        found.append(f"{commit[:7]}: its train.py is not the one at {fork[:7]}, where its branch began: "
+                     "gains over a baseline the night changed are no gains over yours (red team 16 slowed "
+                     "its baseline, then undid that as an improvement); read its diff")
     return found
 
 @functools.cache  # each commit once: red team 15 typed 2,000 rows of one
@@ -427,11 +431,17 @@ def unpinned(pins):
     torch = sys.modules["torch"]
     for name, (owner, key, value) in pins.items():
         now = vars(owner).get(key, pins)
-        code = getattr(getattr(now, "__code__", None), "co_filename", "")
-        if now is not value and not (owner is torch and getattr(now, "__wrapped__", None) is value
-                                     and code.startswith(os.path.dirname(torch.__file__))):
+        if now is not value and not (owner is torch and torchs_wrapper(now, value, torch)):
             return name
     return None
+
+def torchs_wrapper(now, value, torch):
+    """Whether `now` wraps `value` and is written in torch's own files."""
+    try:
+        return now.__wrapped__ is value and now.__code__.co_filename.startswith(
+            os.path.dirname(torch.__file__))
+    except Exception:  # no such attributes (a C function, torch.classes' proxies raise RuntimeError)
+        return False
 
 def train_seconds(times, tokens, end):
     """Seconds from the first batch after the 11 warm-up steps to `end`, the evaluation's start (batches per
@@ -822,7 +832,8 @@ def source_findings(source):
         up = parents.get(id(node))
         if isinstance(node, ast.Name) and node.id in imported and isinstance(node.ctx, ast.Load) and not (
                 isinstance(up, ast.Attribute) or isinstance(up, ast.Assign) and all(
-                    isinstance(t, ast.Name) for t in up.targets)):
+                    isinstance(t, ast.Name) for t in up.targets) or isinstance(up, ast.Call) and dotted(
+                    up.func) in ("getattr", "hasattr") and up.args[:1] == [node]):  # a constant name: checked
             say(node, f"uses the module {node.id} as a value (an alias hides what it reaches)")
     for node in ast.walk(tree):  # strings in annotations: typing.get_type_hints runs them as code
         hints = [getattr(node, "annotation", None), getattr(node, "returns", None)]
@@ -1035,6 +1046,9 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
             "train_files") or []) and "a training file has the validation file's size or rows: a copy of the "
                                       "validation data",
         foreign and f"a training file, {foreign[0]}, is not a file prepare.py downloads",
+        record["tokens_evaluated"] < 0.9 * base["tokens_evaluated"]  # an uneven batch size drops < 1 batch
+        and f"it scored {record['tokens_evaluated']:,} tokens, under 0.9 of the baseline's "
+            f"{base['tokens_evaluated']:,}: a part of the validation data",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
@@ -1092,7 +1106,10 @@ def audit(results="results.tsv"):
             findings.append(f"{row[0]}: a second row for the same commit")
         seen.add(full)
         findings += [f"{row[0]}: {line}" for line in beside_train(folder, base_full, full)]
-        source = source_text(committed(folder, full, "train.py"))
+        raw = committed(folder, full, "train.py")
+        source = source_text(raw)
+        if python_text(raw)[1] is None:  # red team 16: `coding: punycode`
+            findings.append(f"{row[0]}: its train.py is in no encoding Python reads (see its coding line)")
         findings += [f"{row[0]}: {line}" for line in source_findings(source)]
         if row[3] == "crash" or value == 0:
             continue
