@@ -421,8 +421,11 @@ def pin(prepare):
     owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
                   math=sys.modules["math"], time=time, Encoding=prepare.tiktoken.Encoding,
                   Tokenizer=prepare.Tokenizer, prepare=prepare, audit=sys.modules[__name__])
-    return {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(vars(owner).items())
+    pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(vars(owner).items())
             if o not in ("prepare", "audit") or callable(v) and not k.startswith("__")}
+    # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`)
+    return dict(pins, **{f"{o}.": (owner, None, set(vars(owner))) for o, owner in owners.items()
+                         if isinstance(owner, type)})
 
 def unpinned(pins):
     """The first pinned name whose object is not the pinned one now (patched, deleted), or None. torch wraps
@@ -430,7 +433,9 @@ def unpinned(pins):
     written in torch's own files, is torch's."""
     torch = sys.modules["torch"]
     for name, (owner, key, value) in pins.items():
-        now = vars(owner).get(key, pins)
+        if key is None and set(vars(owner)) - value:
+            return name + min(set(vars(owner)) - value)
+        now = vars(owner).get(key, pins) if key else value
         if now is not value and not (owner is torch and torchs_wrapper(now, value, torch)):
             return name
     return None
