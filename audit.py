@@ -433,7 +433,7 @@ def unpinned(pins):
     written in torch's own files, is torch's."""
     torch = sys.modules["torch"]
     for name, (owner, key, value) in pins.items():
-        if key is None and set(vars(owner)) - value:
+        if key is None and set(vars(owner)) - value - {"__slotnames__"}:  # copyreg's, as torch.save pickles
             return name + min(set(vars(owner)) - value)
         now = vars(owner).get(key, pins) if key else value
         if now is not value and not (owner is torch and torchs_wrapper(now, value, torch)):
