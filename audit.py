@@ -422,7 +422,7 @@ def pin(prepare):
                   math=sys.modules["math"], time=time, Encoding=prepare.tiktoken.Encoding,
                   Tokenizer=prepare.Tokenizer, prepare=prepare, audit=sys.modules[__name__])
     pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(vars(owner).items())
-            if o not in ("prepare", "audit") or callable(v) and not k.startswith("__")}
+            if o not in ("prepare", "audit", "time") or callable(v) and not k.startswith("__")}  # (time.tzset)
     # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`)
     return dict(pins, **{f"{o}.": (owner, None, set(vars(owner))) for o, owner in owners.items()
                          if isinstance(owner, type)})
@@ -817,7 +817,9 @@ def source_findings(source):
     first = next((i for i, n in enumerate(tree.body) if isinstance(n, ast.ImportFrom)
                   and n.module == "prepare"), 0)
     for node in tree.body[:first]:  # the evaluation pins what it runs as prepare.py loads (audit.pin)
-        if not isinstance(node, (ast.Import, ast.ImportFrom)) and not (
+        environ = isinstance(node, ast.Assign) and all(  # the original's `os.environ[...] = ...` lines
+            isinstance(t, ast.Subscript) and dotted(t.value) == "os.environ" for t in node.targets)
+        if not environ and not isinstance(node, (ast.Import, ast.ImportFrom)) and not (
                 isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
             say(node, "runs code before `from prepare import ...` (what it changes there, the evaluation's "
                       "pin of torch and math cannot see)")

@@ -523,14 +523,15 @@ def test_the_rows_are_the_records(night):
 def same_process(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "same-process")
     commit, code, out, row = n.attack("patch the evaluation", tiny(late=SAME_PROCESS))
-    assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
-    return commit, n.audit()
+    assert code == 1 and "evaluation rejected: train.py changed" in out, out[-3000:]  # audit.pin
+    assert n.row("crash", "patch the evaluation").returncode == 0  # what program.md logs then
+    return commit, n.audit(), n.records()[-1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("patch", PATCHES)
 def test_a_patch_of_the_evaluation_is_named_at_its_line(same_process, patch):
-    commit, result = same_process
+    commit, result, _ = same_process
     assert result.returncode == 1, result.stdout + result.stderr
     line = line_of(tiny(late=SAME_PROCESS), PATCHES[patch])
     assert any(f.startswith(f"{commit}: train.py line {line}: ") for f in findings(result)), result.stdout
@@ -538,8 +539,8 @@ def test_a_patch_of_the_evaluation_is_named_at_its_line(same_process, patch):
 
 @pytest.mark.slow
 def test_a_changed_EVAL_TOKENS_shows_in_the_record(same_process):
-    commit, result = same_process
-    assert f"{commit}: it evaluated 1,024 tokens, not what EVAL_TOKENS = 4,096 gives" in findings(result)
+    commit, result, record = same_process
+    assert record["tokens_evaluated"] == 1024 and record["rejected"].startswith("train.py changed")
 
 
 @pytest.mark.slow
@@ -548,10 +549,9 @@ def test_a_patch_through_a_function_parameter_is_named(bigrams, tmp_path_factory
     honest = n.records()[0]["val_bpb"]  # the baseline is this very bigram: the halving is the whole gain
     commit, code, out, row = n.attack("double the byte counts", tiny(THROUGH_PARAMETER, late="_double_bytes("
                                                                                          "Tokenizer)\n"))
-    assert code == 0 and row.returncode == 0, out[-3000:]
-    assert abs(n.records()[-1]["val_bpb"] - honest / 2) < 0.01 * honest
-    result = n.audit()
-    assert result.returncode == 1 and named(result, commit), result.stdout
+    assert abs(n.records()[-1]["val_bpb"] - honest / 2) < 0.01 * honest  # it took, and was seen (audit.pin):
+    assert code == 1 and "evaluation rejected: train.py changed Tokenizer.__init__" in out, out[-3000:]
+    assert row.returncode == 1 and "log it as crash" in row.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -935,7 +935,7 @@ def test_a_record_of_odd_values_is_named_not_a_traceback(bigrams, tmp_path, chan
 @pytest.mark.slow
 def test_a_record_without_a_key_the_audit_reads_is_named_not_a_traceback(no_batch_size):
     n, commit = no_batch_size
-    n.train()
+    n.train(check=False)  # rejected too: it patched audit.append_run_record (audit.pin)
     row = n.row("keep", "no batch size")
     assert row.returncode == 1 and "Traceback" not in row.stderr, row.stderr  # its record is ignored
     with open(n.repo / "results.tsv", "a") as f:
@@ -952,7 +952,7 @@ def test_the_confirm_of_a_record_without_a_key_is_one_line(no_batch_size, tmp_pa
     n, commit = no_batch_size
     result = n.clone(tmp_path).confirm(commit)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert re.fullmatch(rf"error: the rerun of {commit} recorded no evaluation \(exit 0; see \S+\): ledger "
+    assert re.fullmatch(rf"error: the rerun of {commit} recorded no evaluation \(exit 1; see \S+\): ledger "
                         rf"record 1 \({commit}\): no batch_size of the kind every record has: it is ignored",
                         result.stderr.strip()), result.stderr
 
