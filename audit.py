@@ -41,6 +41,7 @@ import sysconfig
 import tempfile
 import time
 import tokenize
+import types
 import warnings
 
 # ---------------------------------------------------------------------------
@@ -118,7 +119,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "51645f31a534fcb6ed3dbd6b735e9dcf18eaae8b16b7970b864069b966b40e3b"
+PREPARE_SHAPE = "9b8c60b0fed4d458b6884b29fe380fe0ceab4b587ca89b61862800d2399046b3"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -412,39 +413,51 @@ def footer_sha256(path):
 
 def pin(prepare):
     """{name: (owner, key, object)}: what the evaluation and its record run, taken as prepare.py finishes
-    loading, before any of train.py's code but its imports (the audit names code above `from prepare
-    import`): the attributes of torch, torch.nn.functional, Tensor, math, time and tiktoken's Encoding, and
-    prepare.py's and audit.py's functions and classes. Red teams 15 and 16 patched cross_entropy, Tensor.to
-    and time.monotonic through aliases no reading of the source follows (`[torch.nn.functional][0]`, a
-    torch function that returns its argument); a patch by any route shows here."""
+    loading (`prepare`: its globals), before any of train.py's code but its imports and constants (the audit
+    names other code above `from prepare import`): the attributes of torch, torch.nn.functional, Tensor,
+    math, time and tiktoken's Encoding, prepare.py's and audit.py's functions and classes and prepare's
+    constants of the evaluation, and each Python function's code and defaults. Red teams 15 to 17 patched
+    cross_entropy, Tensor.to, time.monotonic and prepare's LN2 through routes no reading of the source
+    follows (`[torch.nn.functional][0]`, `torch.jit.annotate(object, module)`, `functools.update_wrapper`
+    copying a `__code__`); a patch by any of them shows here."""
     import torch
     owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
-                  math=sys.modules["math"], time=time, Encoding=prepare.tiktoken.Encoding,
-                  Tokenizer=prepare.Tokenizer, prepare=prepare, audit=sys.modules[__name__])
-    pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(vars(owner).items())
-            if o not in ("prepare", "audit", "time") or callable(v) and not k.startswith("__")}  # (time.tzset)
-    # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`)
-    return dict(pins, **{f"{o}.": (owner, None, set(vars(owner))) for o, owner in owners.items()
-                         if isinstance(owner, type)})
+                  math=sys.modules["math"], time=time, Encoding=prepare["tiktoken"].Encoding,
+                  Tokenizer=prepare["Tokenizer"], prepare=prepare, audit=vars(sys.modules[__name__]))
+    own = ("LN2", "CAUSAL_TOLERANCE", "LOSS_CHUNK")  # prepare's constants that no record shows
+    pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(space(owner).items())
+            if o not in ("prepare", "audit", "time") or k in own or callable(v) and not k.startswith("__")}
+    pins.update({f"{name}.{key}": (v, key, getattr(v, key)) for name, (_, _, v) in list(pins.items())
+                 if isinstance(v, types.FunctionType)
+                 for key in ("__code__", "__defaults__", "__kwdefaults__")})
+    # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`);
+    # a tuple, which no code can empty (red team 17 cleared a dict of them)
+    return tuple(dict(pins, **{f"{o}.": (owner, None, frozenset(vars(owner))) for o, owner in owners.items()
+                               if isinstance(owner, type)}).items())
+
+def space(owner):
+    """A namespace's dictionary: a module's, a class's, or the globals given."""
+    return owner if isinstance(owner, dict) else vars(owner)
 
 def unpinned(pins):
-    """The first pinned name whose object is not the pinned one now (patched, deleted), or None. torch wraps
-    some of its own functions (torch.compile wraps torch.manual_seed): a wrapper of the pinned function,
-    written in torch's own files, is torch's."""
+    """The first pinned name whose object is not the pinned one now (patched, deleted), or None. torch.compile
+    wraps torch.manual_seed in torch's own `_disable_dynamo`: such a wrapper of the pinned function passes."""
     torch = sys.modules["torch"]
-    for name, (owner, key, value) in pins.items():
+    for name, (owner, key, value) in pins:
         if key is None and set(vars(owner)) - value - {"__slotnames__"}:  # copyreg's, as torch.save pickles
             return name + min(set(vars(owner)) - value)
-        now = vars(owner).get(key, pins) if key else value
+        now = value if key is None else getattr(owner, key, pins) if isinstance(
+            owner, types.FunctionType) else space(owner).get(key, pins)
         if now is not value and not (owner is torch and torchs_wrapper(now, value, torch)):
             return name
     return None
 
 def torchs_wrapper(now, value, torch):
-    """Whether `now` wraps `value` and is written in torch's own files."""
+    """Whether `now` is torch's _disable_dynamo wrapper of `value` (red team 17 passed a torch.amp wrapper
+    that rounded the losses: any other wrapper written in torch's files is a patch)."""
     try:
-        return now.__wrapped__ is value and now.__code__.co_filename.startswith(
-            os.path.dirname(torch.__file__))
+        return now.__wrapped__ is value and now.__code__.co_filename == os.path.join(
+            os.path.dirname(torch.__file__), "_compile.py")
     except Exception:  # no such attributes (a C function, torch.classes' proxies raise RuntimeError)
         return False
 
@@ -814,13 +827,33 @@ def source_findings(source):
                           and isinstance(value, ast.Tuple) for p in zip(t.elts, value.elts)]
             aliases += [(t.id, v) for t, v in pairs if isinstance(t, ast.Name)
                         and isinstance(v, (ast.Name, ast.Attribute))]
+    # the evaluation pins what it runs as prepare.py loads (audit.pin): above its import, imports and
+    # constants only (the original's `os.environ[...] = "..."`, `DEPTH = 8`, `torch.set_...("high")`)
+    def constant(node):
+        return isinstance(node, ast.Constant) or isinstance(node, ast.UnaryOp) and constant(node.operand)
+
+    def harmless(node):
+        if isinstance(node, ast.Try):
+            return all(map(harmless, node.body + node.orelse + node.finalbody + [
+                n for h in node.handlers for n in h.body]))
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.Pass)):
+            return getattr(node, "module", None) != "prepare"
+        value = getattr(node, "value", None)
+        if isinstance(node, ast.Expr) and isinstance(value, ast.Call):  # a call of a name with constants
+            return bool(dotted(value.func)) and all(map(constant, value.args + [k.value for k in
+                                                                 value.keywords]))
+        targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
+        return isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign)) and value is not None and constant(
+            value) and all(isinstance(t, ast.Name) or isinstance(t, ast.Subscript) and dotted(t.value) == (
+                "os.environ") or (dotted(t) or "").startswith(CONFIG) for t in targets if t is not None)
     first = next((i for i, n in enumerate(tree.body) if isinstance(n, ast.ImportFrom)
-                  and n.module == "prepare"), 0)
-    for node in tree.body[:first]:  # the evaluation pins what it runs as prepare.py loads (audit.pin)
-        environ = isinstance(node, ast.Assign) and all(  # the original's `os.environ[...] = ...` lines
-            isinstance(t, ast.Subscript) and dotted(t.value) == "os.environ" for t in node.targets)
-        if not environ and not isinstance(node, (ast.Import, ast.ImportFrom)) and not (
-                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+                  and n.module == "prepare"), None)
+    nested = next((n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "prepare"
+                   and (first is None or n is not tree.body[first])), None)
+    if first is None and nested:  # red team 17: `try: from prepare import ...` ran its patch above, inside
+        say(nested, "imports from prepare inside a block: at the top level, before any code but constants")
+    for node in tree.body[:first or 0]:
+        if not harmless(node):
             say(node, "runs code before `from prepare import ...` (what it changes there, the evaluation's "
                       "pin of torch and math cannot see)")
     for _ in range(3):  # aliases of aliases
@@ -874,6 +907,11 @@ def source_findings(source):
         elif isinstance(node, ast.ClassDef) and (node.keywords or "type" in map(dotted, node.bases)):
             say(node, "defines a metaclass or passes class keywords (they change what isinstance and match "
                       "read)")
+        elif isinstance(node, ast.Call) and dotted(node.func) in ("functools.update_wrapper",
+                                                                  "functools.wraps") and {
+                k.arg for k in node.keywords} & {"assigned", "updated"}:  # red team 17 copied a __code__ so
+            say(node, f"calls {dotted(node.func)} with its own list of attributes (it can copy code into "
+                      "prepare's functions)")
         elif isinstance(node, ast.Call) and dotted(node.func) == "type" and len(node.args) > 1:
             say(node, "makes a class with type(name, bases, namespace) (the audit cannot read its namespace)")
         elif isinstance(node, ast.Attribute):

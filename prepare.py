@@ -17,7 +17,6 @@ import json
 import math
 import os
 import queue
-import secrets
 import shutil
 import sys
 import threading
@@ -483,7 +482,7 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
 _served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None)  # recorded
-_clock = time.monotonic  # taken as this file loads: red team 15 slowed time.monotonic from train.py
+_clock, _urandom = time.monotonic, os.urandom  # as this file loads: red teams 15, 17 patched time, random
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -506,7 +505,7 @@ def _losses(logits, targets):
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
     B, T = x.shape
-    gen = torch.Generator().manual_seed(secrets.randbits(62))  # neither the model nor an agent can foresee it
+    gen = torch.Generator().manual_seed(int.from_bytes(_urandom(8), "little") >> 2)  # unforeseeable
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
     rows, shift = (int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T))
@@ -526,7 +525,7 @@ def score(model, tokenizer, batch_size, split="val"):
     token_bytes = tokenizer.token_bytes.to(device)
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
-    probe_at, probe = secrets.randbelow(steps), None
+    probe_at, probe = int.from_bytes(_urandom(8), "little") % steps, None
     total_nats = total_bytes = 0  # sums on the device: no host sync per batch
     with contextlib.closing(_loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)) as loader:
         next(loader)
@@ -538,9 +537,9 @@ def score(model, tokenizer, batch_size, split="val"):
             else:
                 logits = model(x)
             _served["unpinned"] = _served["unpinned"] or audit and audit.unpinned(_PINS)
-            if not (torch.is_tensor(logits) and logits.dim() == 3 and logits.shape[:2] == x.shape
-                    and logits.size(-1) >= len(token_bytes)):
-                shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+            if not (type(logits) is torch.Tensor and logits.dim() == 3 and logits.shape[:2] == x.shape
+                    and logits.size(-1) >= len(token_bytes)):  # a subclass's methods ran in the sums
+                shape = type(logits).__name__ + (f" {tuple(logits.shape)}" if torch.is_tensor(logits) else "")
                 raise ValueError(f"model(x) returned {shape} for x of {tuple(x.shape)}: the evaluation "
                                  f"needs logits (B, T, >= {len(token_bytes)}) from model(x) without targets")
             nbytes = token_bytes[y.flatten()]
@@ -893,7 +892,7 @@ def main(args=None):
     change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
     print(f"ready: {change}run `uv run train.py`")
 
-_PINS = audit.pin(sys.modules[__name__]) if audit else {}  # what the evaluation runs, before train.py's code
+_PINS = audit.pin(globals()) if audit else ()  # what the evaluation runs, taken before train.py's own code
 
 if __name__ == "__main__":
     main(ARGS)
