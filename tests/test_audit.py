@@ -1999,7 +1999,7 @@ RT15_EVALS = [  # code in a string that typing runs (`len.__self__` is the built
 
 
 @pytest.mark.parametrize("source", RT15_EVALS + [
-    "X = 1\nfrom prepare import MAX_SEQ_LEN\n", "from prepare import make_dataloader as md\n"])
+    "X = sorted([2, 1])\nfrom prepare import MAX_SEQ_LEN\n", "from prepare import make_dataloader as md\n"])
 def test_code_in_an_annotation_code_before_prepare_and_renamed_names_of_prepare_are_named(source):
     """Red team 15 ran code in string annotations through typing.get_type_hints; red team 16 hid a validation
     loader behind `make_dataloader as md`; code above the prepare import runs before the evaluation's pin."""
