@@ -423,17 +423,20 @@ def pin(prepare):
     import torch
     owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
                   math=sys.modules["math"], time=time, Encoding=prepare["tiktoken"].Encoding,
-                  Tokenizer=prepare["Tokenizer"], prepare=prepare, audit=vars(sys.modules[__name__]))
+                  Tokenizer=prepare["Tokenizer"], prepare=prepare, audit=vars(sys.modules[__name__]),
+                  VF=torch._VF, Reduction=torch.nn._reduction, nn_C=torch._C._nn)  # what F and Tensor call
+    closed = {"VF", "Reduction", "nn_C"}  # modules no import adds to: a name added there is a patch
     own = ("LN2", "CAUSAL_TOLERANCE", "LOSS_CHUNK")  # prepare's constants that no record shows
     pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(space(owner).items())
             if o not in ("prepare", "audit", "time") or k in own or callable(v) and not k.startswith("__")}
     pins.update({f"{name}.{key}": (v, key, getattr(v, key)) for name, (_, _, v) in list(pins.items())
                  if isinstance(v, types.FunctionType)
                  for key in ("__code__", "__defaults__", "__kwdefaults__")})
-    # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`);
+    # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`; red
+    # team 18 set torch._VF.split, which _VF's __getattr__ answered before);
     # a tuple, which no code can empty (red team 17 cleared a dict of them)
     return tuple(dict(pins, **{f"{o}.": (owner, None, frozenset(vars(owner))) for o, owner in owners.items()
-                               if isinstance(owner, type)}).items())
+                               if isinstance(owner, type) or o in closed}).items())
 
 def space(owner):
     """A namespace's dictionary: a module's, a class's, or the globals given."""
