@@ -8,6 +8,14 @@ from test_audit import bigrams, clone_of, named, parse_val, tiny  # noqa: F401
 
 import audit
 
+
+def assert_no_unearned_keep(n, commit, code, out, row, below=0.6):
+    """The attack's run ended without a keep row scoring under `below` x the baseline's, or the audit names
+    its commit."""
+    baseline, scored = n.records()[0]["val_bpb"], parse_val(out)
+    gamed = code == 0 and row.returncode == 0 and scored and scored[0] < below * baseline
+    assert not gamed or named(n.audit(), commit), (scored, baseline, out[-1500:])
+
 # A function object is mutable in place: its __code__, __defaults__ and __kwdefaults__ change what it runs
 # while `vars(owner)[key] is value` still holds. functools.update_wrapper(f, g, assigned=(name,)) is
 # setattr(f, name,
@@ -68,10 +76,7 @@ ATTACKS = {"code swap (LN2)": dict(late=CODE_SWAP), "cross_entropy defaults": di
 def test_a_patch_that_keeps_the_pinned_objects_is_rejected_or_named(bigrams, tmp_path_factory, attack):
     n = clone_of(bigrams, tmp_path_factory, "rt17")
     commit, code, out, row = n.attack("halve the score", tiny(**ATTACKS[attack]))
-    baseline = n.records()[0]["val_bpb"]
-    scored = parse_val(out)
-    gamed = code == 0 and row.returncode == 0 and scored and scored[0] < 0.6 * baseline
-    assert not gamed or named(n.audit(), commit), (attack, scored, baseline, out[-1500:])
+    assert_no_unearned_keep(n, commit, code, out, row)
 
 
 # 4. The code swap again, with CAUSAL_TOLERANCE raised: a model that reads the next token is taken
@@ -114,10 +119,7 @@ MORE = {"code swap (CAUSAL_TOLERANCE) + a model reading the next token":
 def test_more_patches_are_rejected_or_named(bigrams, tmp_path_factory, attack):
     n = clone_of(bigrams, tmp_path_factory, "rt17more")
     commit, code, out, row = n.attack("lower the score", MORE[attack])
-    baseline = n.records()[0]["val_bpb"]
-    scored = parse_val(out)
-    gamed = code == 0 and row.returncode == 0 and scored and scored[0] < 0.6 * baseline
-    assert not gamed or named(n.audit(), commit), (attack, scored, baseline, out[-1500:])
+    assert_no_unearned_keep(n, commit, code, out, row)
 
 
 # False rejections: honest lines above the prepare import that change nothing the evaluation pins (state such
@@ -155,10 +157,7 @@ def test_code_in_an_environ_assignment_above_the_prepare_import_is_named_or_reje
     source = tiny().replace(HEAD, ENVIRON)
     n = clone_of(bigrams, tmp_path_factory, "rt17environ")
     commit, code, out, row = n.attack("environ", source)
-    baseline = n.records()[0]["val_bpb"]
-    scored = parse_val(out)
-    gamed = code == 0 and row.returncode == 0 and scored and scored[0] < 0.6 * baseline
-    assert not gamed or named(n.audit(), commit), (scored, baseline, out[-1500:])
+    assert_no_unearned_keep(n, commit, code, out, row)
 
 
 # 9. The pin lets through a wrapper of a torch function that torch's own files wrote (torchs_wrapper):
@@ -176,7 +175,4 @@ def test_a_torch_written_wrapper_that_changes_a_function_is_rejected(bigrams, tm
     source = tiny(late=FLOOR).replace(EVAL_LINE, UNDER_AUTOCAST)
     n = clone_of(bigrams, tmp_path_factory, "rt17floor")
     commit, code, out, row = n.attack("floor", source)
-    baseline = n.records()[0]["val_bpb"]
-    scored = parse_val(out)
-    gamed = code == 0 and row.returncode == 0 and scored and scored[0] < 0.95 * baseline
-    assert not gamed or named(n.audit(), commit), (scored, baseline, out[-1500:])
+    assert_no_unearned_keep(n, commit, code, out, row, below=0.95)

@@ -4,7 +4,8 @@ that returns torch.nn.functional wrote a large logit at each target into the ver
 after the probe had compared them. The pin now holds those modules' names too (audit.pin's `closed`)."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, named, parse_val, tiny  # noqa: F401
+from test_audit import bigrams, clone_of, tiny  # noqa: F401
+from test_redteam17 import assert_no_unearned_keep
 
 PEEK = '''
 
@@ -56,7 +57,4 @@ ATTACKS = {"get_enum of torch.nn._reduction": tiny(PEEK, "Peek", late=LATE),
 def test_a_patch_of_a_module_cross_entropy_calls_is_rejected_or_named(bigrams, tmp_path_factory, attack):
     n = clone_of(bigrams, tmp_path_factory, "rt18")
     commit, code, out, row = n.attack("lower the score", ATTACKS[attack])
-    baseline = n.records()[0]["val_bpb"]
-    scored = parse_val(out)
-    gamed = code == 0 and row.returncode == 0 and scored and scored[0] < 0.6 * baseline
-    assert not gamed or named(n.audit(), commit), (attack, scored, baseline, out[-1500:])
+    assert_no_unearned_keep(n, commit, code, out, row)
