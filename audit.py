@@ -101,7 +101,7 @@ SELF_MATCHING = {"bool", "bytearray", "bytes", "dict", "float", "frozenset", "in
 REACHED = {"os", "sys", "builtins", "subprocess", "importlib", "io", "shutil", "pathlib", "glob", "ctypes",
            "pickle", "marshal", "inspect", "socket", "threading", "multiprocessing", "mmap", "signal",
            "runpy", "types", "weakref", "tempfile", "urllib", "http", "json", "operator", "gc", "numpy", "np",
-           "posix"}
+           "posix", "torch"}  # torch too: `F.torch.library`, `torch.backends.torch.nn` (red team 19)
 BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.hub", "torch.utils.model_zoo", "torch.jit.load",
                 "torch.export", "torch.package", "torch.library", "torch.overrides", "torch._C", "torch.ops",
                 "torch._ops", "torch.utils._python_dispatch", "torch.serialization", "torch.classes",
@@ -119,7 +119,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "9b8c60b0fed4d458b6884b29fe380fe0ceab4b587ca89b61862800d2399046b3"
+PREPARE_SHAPE = "5f635b80f11810b2b3780c5e08e2c8ea6a39f388464a4456fa5834a568aba0bf"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -424,19 +424,32 @@ def pin(prepare):
     owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
                   math=sys.modules["math"], time=time, Encoding=prepare["tiktoken"].Encoding,
                   Tokenizer=prepare["Tokenizer"], prepare=prepare, audit=vars(sys.modules[__name__]),
-                  VF=torch._VF, Reduction=torch.nn._reduction, nn_C=torch._C._nn)  # what F and Tensor call
+                  VF=torch._VF, Reduction=torch.nn._reduction, nn_C=torch._C._nn,  # what F and Tensor call
+                  nn=torch.nn, cuda=torch.cuda, mps=torch.backends.mps, np=prepare["np"], pq=prepare["pq"])
     closed = {"VF", "Reduction", "nn_C"}  # modules no import adds to: a name added there is a patch
     own = ("LN2", "CAUSAL_TOLERANCE", "LOSS_CHUNK")  # prepare's constants that no record shows
+    # of these, callables only (CUDA's lazy start rebinds torch.cuda's _initialized): red team 19 swapped
+    # torch.nn's `functional` for an object of its own, reached as torch.backends.torch
+    some = {"prepare", "audit", "time", "cuda", "mps", "np", "pq"}
     pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(space(owner).items())
-            if o not in ("prepare", "audit", "time") or k in own or callable(v) and not k.startswith("__")}
+            if o not in some or k in own or callable(v) and not k.startswith("__")}
     pins.update({f"{name}.{key}": (v, key, getattr(v, key)) for name, (_, _, v) in list(pins.items())
                  if isinstance(v, types.FunctionType)
                  for key in ("__code__", "__defaults__", "__kwdefaults__")})
     # and a class's names: one added to Tensor hides TensorBase's (red team 15's `type(t).amax = ...`; red
     # team 18 set torch._VF.split, which _VF's __getattr__ answered before);
     # a tuple, which no code can empty (red team 17 cleared a dict of them)
-    return tuple(dict(pins, **{f"{o}.": (owner, None, frozenset(vars(owner))) for o, owner in owners.items()
-                               if isinstance(owner, type) or o in closed}).items())
+    pins.update({f"{o}.": (owner, None, frozenset(vars(owner))) for o, owner in owners.items()
+                 if isinstance(owner, type) or o in closed})
+    # and the kernels registered from Python (torch.library) for aten ops on plain tensors: red team 19's for
+    # aten::clone on the CPU read the targets behind the evaluation's x.clone(); torch's own (1,744 at import)
+    # are for tracing (Meta), and flex_attention adds some for vmap (FuncTorchBatched)
+    pins["torch.library's aten kernels "] = (torch.library._impls, None, frozenset(torch.library._impls))
+    return tuple(pins.items())
+
+# aten kernels that the evaluation's eager operations on plain tensors can reach, by dispatch key
+EAGER_KERNEL = re.compile(r"aten/.+/(|CPU|CUDA|MPS|XPU|HIP|PrivateUse1|BackendSelect|ADInplaceOrView|"
+                          r"Composite\w*|Autograd\w*|Autocast\w*)")
 
 def space(owner):
     """A namespace's dictionary: a module's, a class's, or the globals given."""
@@ -447,11 +460,13 @@ def unpinned(pins):
     wraps torch.manual_seed in torch's own `_disable_dynamo`: such a wrapper of the pinned function passes."""
     torch = sys.modules["torch"]
     for name, (owner, key, value) in pins:
-        if key is None and set(vars(owner)) - value - {"__slotnames__"}:  # copyreg's, as torch.save pickles
-            return name + min(set(vars(owner)) - value)
+        added = key is None and ({k for k in owner if EAGER_KERNEL.fullmatch(k)} if isinstance(owner, set)
+                                 else set(vars(owner))) - value
+        if added and added - {"__slotnames__"}:  # copyreg's, as torch.save pickles
+            return name + min(added - {"__slotnames__"})
         now = value if key is None else getattr(owner, key, pins) if isinstance(
             owner, types.FunctionType) else space(owner).get(key, pins)
-        if now is not value and not (owner is torch and torchs_wrapper(now, value, torch)):
+        if now is not value and not torchs_wrapper(now, value, torch):
             return name
     return None
 
@@ -467,7 +482,7 @@ def torchs_wrapper(now, value, torch):
 def train_seconds(times, tokens, end):
     """Seconds from the first batch after the 11 warm-up steps to `end`, the evaluation's start (batches per
     step from train.py's TOTAL_BATCH_SIZE, 1 if it has none; training on batches drawn early counts too),
-    and the median step's seconds."""
+    and warm-up steps 1 to 10's beyond 20 steps; and the median step's seconds."""
     total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
     per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
     # the warm-up is at most 11/50 of the batches served: a TOTAL_BATCH_SIZE of 2**40 made every batch a
@@ -475,7 +490,17 @@ def train_seconds(times, tokens, end):
     per_step = min(per_step, max(1, len(times) // 50))
     gaps = [b - a for a, b in zip(times, times[1:])]
     step = statistics.median(gaps) * per_step if gaps else 0.0
-    return (end - times[11 * per_step] if len(times) > 11 * per_step else 0.0), step
+    if len(times) <= 11 * per_step:
+        return 0.0, step
+    # warm-up steps 1 to 10 that take longer than 20 steps trained untimed: red team 19 trained 25 s on its
+    # warm-up batches at a 2 s budget (step 0 compiles, and is left out)
+    warm_up = times[11 * per_step] - times[per_step] - 20 * step
+    return end - times[11 * per_step] + max(0.0, warm_up), step
+
+# the script running as prepare.py (and this file) load: red team 19's train.py rebound its own __file__ to
+# another folder's for an evaluation no record saw
+MAIN_FILE = getattr(sys.modules.get("__main__"), "__file__", None)
+MAIN_FILE = MAIN_FILE and os.path.abspath(MAIN_FILE)
 
 def append_run_record(prepare, tokenizer, facts):
     """The record of one evaluation: the facts the module `prepare` measured, with the commit, the files that
@@ -484,8 +509,7 @@ def append_run_record(prepare, tokenizer, facts):
     stdin, a notebook): train.py's runs are recorded however they are started, a test suite importing
     prepare.py is not. And a line to the account's journal."""
     here = os.path.dirname(os.path.abspath(prepare.__file__))
-    script = getattr(sys.modules.get("__main__"), "__file__", None)
-    script = os.path.abspath(script) if script else os.path.join(here, "(no script file)")
+    script = MAIN_FILE or os.path.join(here, "(no script file)")
     folder = os.path.dirname(script)
     if folder != here:
         return

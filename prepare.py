@@ -481,7 +481,8 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-_served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None)  # recorded
+_served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
+               evaluations=0)  # recorded
 _clock, _urandom = time.monotonic, os.urandom  # as this file loads: red teams 15, 17 patched time, random
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
@@ -550,12 +551,20 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
+    _served["evaluations"] += 1  # red team 19: a first evaluation no record saw showed the model the data
+    if _served["evaluations"] > 1:
+        sys.exit("evaluation refused: evaluate_bpb runs once a process (a model that saw the first one's "
+                 "batches could recall them in the next)")
     started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), _fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
-    except BaseException:
+    except BaseException as e:  # recorded: runs that fail after seeing the data are draws too
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
+        if audit:
+            audit.append_run_record(sys.modules[__name__], own_tokenizer, dict(
+                val_bpb=0.0, rejected=f"the evaluation raised {type(e).__name__}", batch_size=batch_size,
+                tokens_evaluated=0, evaluated_at=started, **_served))
         raise
     rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
     if probe > CAUSAL_TOLERANCE and not rejected:
