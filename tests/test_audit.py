@@ -283,22 +283,10 @@ model = torch.nn.Embedding.from_pretrained(table.detach())
 print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")
 '''
 
-# One commit evaluated three times (after 300 steps, then trained afresh for 100 and for 200): a row may pick
-FISHING = tiny(late='''
-for steps in (0, 100, 200):
-    if steps:
-        model.table.data.zero_()
-        loader = make_dataloader(tokenizer, 8, MAX_SEQ_LEN, "train")
-        for step in range(steps):
-            x, y, _ = next(loader)
-            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
-            with torch.no_grad():
-                model.table -= 100 * model.table.grad
-            model.zero_grad()
-        loader.close()
-    if steps < 200:
-        print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")
-''')
+# One commit run three times, trained for the steps STEPS says (300, then 100, then 200): a row may pick
+FISHING = TINY.replace("import torch\n", "import os\n\nimport torch\n").replace(
+    "range(300)", 'range(int(os.environ.get("STEPS", "300")))').replace("LR", "100").replace(
+    "MODEL", "Bigram").replace("MIDDLE", "").replace("LATE", "")
 
 
 # ---------------------------------------------------------------------------
@@ -700,9 +688,11 @@ def test_training_on_batches_drawn_early_is_timed_to_the_evaluation(bigrams, tmp
 def test_a_row_that_is_not_the_commits_first_evaluation_is_named(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "fishing")
     commit = n.commit("bigram", FISHING)
-    code, out = n.train()
+    for steps in ("300", "100", "200"):
+        n.env["STEPS"] = steps
+        n.train()
     values = [r["val_bpb"] for r in n.records()[1:]]
-    assert [round(v, 6) for v in values] == parse_val(out) and len(set(values)) == 3, values
+    assert len(set(values)) == 3, values
     best = min(values[1:])
     with open(n.repo / "results.tsv", "a") as f:  # the agent types the best of its three runs
         f.write(f"{commit}\t{best:.6f}\t0.1\tkeep\tbigram\n")
