@@ -119,7 +119,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "5f635b80f11810b2b3780c5e08e2c8ea6a39f388464a4456fa5834a568aba0bf"
+PREPARE_SHAPE = "c68adfdbb77e94ac9e6e7035e12812d2329dcc43bcac5b711446e385263fe23e"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -451,6 +451,16 @@ def pin(prepare):
 EAGER_KERNEL = re.compile(r"aten/.+/(|CPU|CUDA|MPS|XPU|HIP|PrivateUse1|BackendSelect|ADInplaceOrView|"
                           r"Composite\w*|Autograd\w*|Autocast\w*)")
 
+def fingerprint(model):
+    """Sum and sum of squares of each weight and buffer (None: no nn.Module): scoring must not change it."""
+    torch = sys.modules["torch"]
+    if not isinstance(model, torch.nn.Module):
+        return None
+    sums = [torch.stack((t.double().sum(), t.double().square().sum())) if t.device.type != "mps" else
+            torch.stack((t.float().sum(), t.float().square().sum()))  # MPS has no float64
+            for t in (*model.parameters(), *model.buffers())]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0)
+
 def space(owner):
     """A namespace's dictionary: a module's, a class's, or the globals given."""
     return owner if isinstance(owner, dict) else vars(owner)
@@ -460,8 +470,8 @@ def unpinned(pins):
     wraps torch.manual_seed in torch's own `_disable_dynamo`: such a wrapper of the pinned function passes."""
     torch = sys.modules["torch"]
     for name, (owner, key, value) in pins:
-        added = key is None and ({k for k in owner if EAGER_KERNEL.fullmatch(k)} if isinstance(owner, set)
-                                 else set(vars(owner))) - value
+        added = key is None and ({k for k in owner - value if EAGER_KERNEL.fullmatch(k)} if isinstance(
+            owner, set) else set(vars(owner)) - value)
         if added and added - {"__slotnames__"}:  # copyreg's, as torch.save pickles
             return name + min(added - {"__slotnames__"})
         now = value if key is None else getattr(owner, key, pins) if isinstance(

@@ -487,15 +487,6 @@ _clock, _urandom = time.monotonic, os.urandom  # as this file loads: red teams 1
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
-def _fingerprint(model):
-    """Sum and sum of squares of each weight and buffer (None: no nn.Module): scoring must not change it."""
-    if not isinstance(model, torch.nn.Module):
-        return None
-    sum_dtype = torch.float32 if _default_device().type == "mps" else torch.float64  # MPS has no float64
-    sums = [torch.stack((t.to(sum_dtype).sum(), t.to(sum_dtype).square().sum()))
-            for t in (*model.parameters(), *model.buffers())]
-    return torch.stack(sums).cpu() if sums else torch.zeros(0)
-
 def _losses(logits, targets):
     """Cross entropy in nats per target, from logits (B, T, V >= vocabulary), in float32, chunk by chunk."""
     logits, targets = logits.flatten(0, 1), targets.flatten()
@@ -537,7 +528,7 @@ def score(model, tokenizer, batch_size, split="val"):
                 probe, logits = _causality_probe(model, x)
             else:
                 logits = model(x)
-            _served["unpinned"] = _served["unpinned"] or audit and audit.unpinned(_PINS)
+            _served["unpinned"] = _served["unpinned"] or _unpinned and _unpinned(_PINS)
             if not (type(logits) is torch.Tensor and logits.dim() == 3 and logits.shape[:2] == x.shape
                     and logits.size(-1) >= len(token_bytes)):  # a subclass's methods ran in the sums
                 shape = type(logits).__name__ + (f" {tuple(logits.shape)}" if torch.is_tensor(logits) else "")
@@ -551,26 +542,27 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
-    _served["evaluations"] += 1  # red team 19: a first evaluation no record saw showed the model the data
+    _served["evaluations"] += 1  # red team 19's model kept the data of a first evaluation no record saw
     if _served["evaluations"] > 1:
-        sys.exit("evaluation refused: evaluate_bpb runs once a process (a model that saw the first one's "
-                 "batches could recall them in the next)")
-    started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), _fingerprint(model)
+        sys.exit("evaluation refused: evaluate_bpb runs once a process (a model can recall the first's data)")
+    fingerprint = audit.fingerprint if audit else lambda model: None  # of the weights: scoring keeps them
+    started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
-    except BaseException as e:  # recorded: runs that fail after seeing the data are draws too
+    except BaseException as e:
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
-        if audit:
+        if audit:  # recorded: a run that fails after it saw the data is a draw too
             audit.append_run_record(sys.modules[__name__], own_tokenizer, dict(
-                val_bpb=0.0, rejected=f"the evaluation raised {type(e).__name__}", batch_size=batch_size,
-                tokens_evaluated=0, evaluated_at=started, **_served))
+                _served, val_bpb=0.0, tokens_evaluated=0, batch_size=batch_size, evaluated_at=started,
+                rejected=f"the evaluation raised {type(e).__name__}"))
         raise
+    _served["unpinned"] = _served["unpinned"] or _unpinned and _unpinned(_PINS)  # score's tensors freed too
     rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
     if probe > CAUSAL_TOLERANCE and not rejected:
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
-    elif not rejected and before is not None and not torch.equal(before, _fingerprint(model)):
+    elif not rejected and before is not None and not torch.equal(before, fingerprint(model)):
         rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
                     "evaluation)")
     if not audit:  # a prepare.py copied without audit.py: the score still prints
@@ -843,8 +835,7 @@ def move_old_layout():
         _move(shards, data, cache_dirs(dataset)[0], f"shard files of an old layout ({dataset}: {val} is one)")
         if dataset != DATASET:
             print(f'to train on them, set DATASET = "{dataset}" in prepare.py')
-        original = [n for n in ("tokenizer.pkl", "token_bytes.pt") if os.path.isfile(f"{tokenizer}/{n}")]
-        if original:
+        if original := [n for n in ("tokenizer.pkl", "token_bytes.pt") if os.path.isfile(f"{tokenizer}/{n}")]:
             print(f"left {' and '.join(original)} in {tokenizer}: the original's tokenizer, a pickle, which "
                   "this project never loads (it trains its own)")
     ours = [n for n in ("tokenizer.tiktoken", "tokenizer.json") if os.path.isfile(f"{tokenizer}/{n}")]
@@ -901,7 +892,8 @@ def main(args=None):
     change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
     print(f"ready: {change}run `uv run train.py`")
 
-_PINS = audit.pin(globals()) if audit else ()  # what the evaluation runs, taken before train.py's own code
+# what the evaluation runs, taken before train.py's own code; and the check, as it is now
+_PINS, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), None)
 
 if __name__ == "__main__":
     main(ARGS)

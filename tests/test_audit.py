@@ -132,7 +132,7 @@ def _doubled(self, enc):
 Tokenizer.__init__ = _doubled
 _append = audit.append_run_record
 audit.append_run_record = lambda p, tok, facts: _append(p, tok, dict(facts, val_bpb=facts["val_bpb"] - 0.1))
-prepare._fingerprint = lambda model: None
+audit.fingerprint = lambda model: None
 prepare._causality_probe = lambda model, x: (0.0, model(x))
 '''
 PATCHES = {  # what each line patches: the line the audit must name
@@ -140,7 +140,7 @@ PATCHES = {  # what each line patches: the line the audit must name
     "setattr": "setattr(prepare", "an alias of prepare": "harness.LN2 = ", "math.log": "math.log = ",
     "F.cross_entropy": "F.cross_entropy = ", "torch.nn.functional": "torch.nn.functional.cross_entropy = ",
     "Tokenizer (token_bytes)": "Tokenizer.__init__ = ", "_record": "audit.append_run_record = ",
-    "_fingerprint": "prepare._fingerprint = ", "_causality_probe": "prepare._causality_probe = ",
+    "fingerprint": "audit.fingerprint = ", "_causality_probe": "prepare._causality_probe = ",
 }
 
 # The same token_bytes patch, through a function's parameter: no alias by assignment
