@@ -419,7 +419,8 @@ def pin(prepare):
     constants of the evaluation, and each Python function's code and defaults. Red teams 15 to 17 patched
     cross_entropy, Tensor.to, time.monotonic and prepare's LN2 through routes no reading of the source
     follows (`[torch.nn.functional][0]`, `torch.jit.annotate(object, module)`, `functools.update_wrapper`
-    copying a `__code__`); a patch by any of them shows here."""
+    copying a `__code__`); a patch by any of them shows here. Also torch.nn's names, the functions of
+    torch.cuda, torch.backends.mps, numpy and pyarrow.parquet, and the aten kernels registered from Python."""
     import torch
     owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
                   math=sys.modules["math"], time=time, Encoding=prepare["tiktoken"].Encoding,
@@ -492,7 +493,7 @@ def torchs_wrapper(now, value, torch):
 def train_seconds(times, tokens, end):
     """Seconds from the first batch after the 11 warm-up steps to `end`, the evaluation's start (batches per
     step from train.py's TOTAL_BATCH_SIZE, 1 if it has none; training on batches drawn early counts too),
-    and warm-up steps 1 to 10's beyond 20 steps; and the median step's seconds."""
+    and warm-up steps 2 to 10's beyond 20 steps; and the median step's seconds."""
     total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
     per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
     # the warm-up is at most 11/50 of the batches served: a TOTAL_BATCH_SIZE of 2**40 made every batch a
@@ -502,9 +503,10 @@ def train_seconds(times, tokens, end):
     step = statistics.median(gaps) * per_step if gaps else 0.0
     if len(times) <= 11 * per_step:
         return 0.0, step
-    # warm-up steps 1 to 10 that take longer than 20 steps trained untimed: red team 19 trained 25 s on its
-    # warm-up batches at a 2 s budget (step 0 compiles, and is left out)
-    warm_up = times[11 * per_step] - times[per_step] - 20 * step
+    # warm-up steps 2 to 10 that take longer than 20 steps trained untimed: red team 19 trained 25 s on its
+    # warm-up batches at a 2 s budget (steps 0 and 1 left out: the batch of step 1 is drawn in step 0, before
+    # the optimizer's first step compiles)
+    warm_up = times[11 * per_step] - times[2 * per_step] - 20 * step
     return end - times[11 * per_step] + max(0.0, warm_up), step
 
 # the script running as prepare.py (and this file) load: red team 19's train.py rebound its own __file__ to
