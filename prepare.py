@@ -444,14 +444,14 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
             check_shard(path, end or 0)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
-    loader = _loader(tokenizer, B, T, split, buffer_size, counted=True)
+    loader = _loader(tokenizer, B, T, split, buffer_size)
     next(loader)  # to its first yield: the packing thread starts now, while the caller builds its model
     if split == "train":
         print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
     return loader
 
-def _loader(tokenizer, B, T, split, buffer_size, counted=False):
-    """make_dataloader's generator; `counted`: note what it serves in _served (the evaluation's is not)."""
+def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
+    """make_dataloader's generator; what it serves goes to _served, but the evaluation's (red team 20)."""
     device, stop, ready, free = _default_device(), threading.Event(), queue.Queue(), queue.Queue()
     cuda = device.type == "cuda"
     for _ in range(4):  # at most 4 batches ahead; on CUDA each token is a pinned buffer to recycle
@@ -467,10 +467,10 @@ def _loader(tokenizer, B, T, split, buffer_size, counted=False):
                 raise host
             batch = host.to(device, non_blocking=cuda)  # on CPU the batch *is* the buffer: not reused
             free.put((host, torch.cuda.current_stream().record_event()) if cuda else (None, None))
-            if counted and split == "train":  # when training drew each batch, for the run record
+            if split == "train":  # when training drew each batch, for the run record
                 _served["train_times"].append(_clock())
                 _served["train_tokens"] += B * T
-            elif counted:
+            elif not evaluation:
                 _served["val_batches_outside_evaluation"] += 1
             yield batch[0], batch[1], epoch
     finally:
@@ -519,7 +519,10 @@ def score(model, tokenizer, batch_size, split="val"):
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     probe_at, probe = int.from_bytes(_urandom(8), "little") % steps, None
     total_nats = total_bytes = 0  # sums on the device: no host sync per batch
-    with contextlib.closing(_loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000)) as loader:
+    _served["evaluations"] += split == "val"  # red team 19 kept a first one's data, red team 20 drew scores
+    if _served["evaluations"] > 1:
+        sys.exit("evaluation refused: the validation data is scored once a process (a model can recall it)")
+    with contextlib.closing(_loader(tokenizer, batch_size, MAX_SEQ_LEN, split, 1000, True)) as loader:
         next(loader)
         for step in range(steps):
             x, y, _ = next(loader)
@@ -542,9 +545,6 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
-    _served["evaluations"] += 1  # red team 19's model kept the data of a first evaluation no record saw
-    if _served["evaluations"] > 1:
-        sys.exit("evaluation refused: evaluate_bpb runs once a process (a model can recall the first's data)")
     fingerprint = audit.fingerprint if audit else lambda model: None  # of the weights: scoring keeps them
     started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), fingerprint(model)
     try:
