@@ -395,7 +395,8 @@ def test_evaluate_bpb_uniform_model(tok, data_dir, prepared, monkeypatch):
     # In a pytest-xdist worker __main__ is `python -c` code, which the run record takes for code run from
     # prepare.py's folder: it would append a record to the repository's ledger.jsonl. As the main file of a
     # run without workers is, this test's file is outside that folder: no record.
-    monkeypatch.setattr(sys.modules["__main__"], "__file__", __file__, raising=False)
+    monkeypatch.setattr(audit, "MAIN_FILE", __file__)  # the script as prepare.py loaded: this file
+    monkeypatch.setitem(prepare._served, "evaluations", 0)  # scored once a process: this test's is its own
     bpb = prepare.evaluate_bpb(UniformModel(8192), tok, B)
     ref = reference_batches(tok, B, T, [str(data_dir / prepare.VAL_FILENAME)], 1000)
     targets = torch.cat([next(ref)[1].reshape(-1) for _ in range(batches)]).tolist()
@@ -404,6 +405,30 @@ def test_evaluate_bpb_uniform_model(tok, data_dir, prepared, monkeypatch):
     assert scored < len(targets)  # BOS targets are present and left out
     expected = scored * math.log(8192) / (math.log(2) * sum(byte_counts))
     assert bpb == pytest.approx(expected, rel=1e-6)  # float32 losses
+
+def test_the_pin_holds_the_kernels_of_every_op_the_evaluation_runs(tok, data_dir, prepared, monkeypatch):
+    """audit.EVAL_OPS: the ops whose kernels the pin holds must be all that evaluate_bpb runs (its loader,
+    losses, probe and fingerprint), as a dispatch mode sees them on the CPU; the model's own are its own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func._schema.name.split("::")[1] + (f".{func._schema.overload_name}" * bool(
+                func._schema.overload_name)))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 64)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 4 * 64 * 3)
+    monkeypatch.setattr(audit, "MAIN_FILE", __file__)  # no record
+    monkeypatch.setitem(prepare._served, "evaluations", 0)
+    model = torch.nn.Embedding(8192, 8192)  # its ops: embedding
+    with Ops():
+        prepare.evaluate_bpb(model, tok, 4)
+    assert Ops.seen - {"embedding"} <= set(audit.EVAL_OPS), Ops.seen - set(audit.EVAL_OPS)
+    assert len(Ops.seen) > 20
 
 # ---------------------------------------------------------------------------
 # Failure paths: downloads, Ctrl-C, a damaged tokenizer, unreadable shards, closing the loader
