@@ -15,6 +15,7 @@ import ast
 import base64
 import builtins
 import collections
+import concurrent.futures.thread
 import contextlib
 import ctypes
 import fcntl
@@ -30,6 +31,7 @@ import marshal
 import math
 import operator
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import tokenize
 import types
@@ -58,6 +61,7 @@ JOURNAL = os.path.join(CACHE_DIR, "evaluations.jsonl")  # every evaluation of th
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 STATUSES = ("keep", "discard", "crash")
 TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
+UNSERVED = 64               # training batches packed but never served: 4 ahead in each of 16 loaders
 TOO_LONG = 1.1              # nor one whose timed batches span over 1.1 x TIME_BUDGET + 10 s + one step
 LOG_SLACK_S = 120           # run.log ends seconds after its record: newer by more, it is another run's
 MIN_FLOOR = 0.001           # the smallest noise floor (program.md)
@@ -81,7 +85,13 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "gc": {"collect", "freeze", "unfreeze", "disable", "enable", "isenabled", "get_count",
                        "get_threshold", "set_threshold"},
                 "time": {"time", "perf_counter", "monotonic", "sleep", "strftime", "localtime", "gmtime",
-                         "time_ns", "perf_counter_ns", "monotonic_ns", "process_time"}}
+                         "time_ns", "perf_counter_ns", "monotonic_ns", "process_time"},
+                # the hub's kernels and cuDNN's frontend: their calls, not their modules (red team 21 reached
+                # pathlib as kernels.utils.Path)
+                "kernels": {"get_kernel", "get_local_kernel", "has_kernel", "kernelize", "LayerRepository",
+                            "use_kernel_forward_from_hub", "register_kernel_mapping", "use_kernel_mapping",
+                            "Mode"},
+                "cudnn": {"experimental", "backend_version"}}
 # Builtins and attributes no research edit needs: each reaches the evaluator's objects or frames, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
@@ -121,7 +131,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "55f755baa32a0df638b468643770960a90cb5bc3bc62bd76b2e5b357f09d5572"
+PREPARE_SHAPE = "d68f924a89d7e807c84e7594de6701ab3354496680a55bce2635ad0a90d42e9c"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -416,13 +426,13 @@ def footer_sha256(path):
 def pin(prepare):
     """{name: (owner, key, object)}: what the evaluation and its record run, taken as prepare.py finishes
     loading (`prepare`: its globals), before any of train.py's code but its imports and constants (the audit
-    names other code above `from prepare import`): the attributes of torch, torch.nn.functional, Tensor,
-    math, time and tiktoken's Encoding, prepare.py's and audit.py's functions and classes and prepare's
-    constants of the evaluation, and each Python function's code and defaults. Red teams 15 to 17 patched
-    cross_entropy, Tensor.to, time.monotonic and prepare's LN2 through routes no reading of the source
-    follows (`[torch.nn.functional][0]`, `torch.jit.annotate(object, module)`, `functools.update_wrapper`
-    copying a `__code__`); a patch by any of them shows here. Also torch.nn's names, the functions of
-    torch.cuda, torch.backends.mps, numpy and pyarrow.parquet, and the aten kernels registered from Python."""
+    names other code above `from prepare import`): the attributes of torch, torch.nn, torch.nn.functional,
+    Tensor, math and tiktoken's Encoding, the functions of builtins and of the modules prepare.py and
+    audit.py use, their own functions and classes and prepare's constants of the evaluation, the classes of
+    the data's and the record's path, each Python function's code and defaults, and the dispatcher's kernels
+    of the evaluation's ops. Red teams 15 to 21 patched each through routes no reading of the source follows
+    (`[torch.nn.functional][0]`, `torch.jit.annotate(object, module)`, `functools.update_wrapper` copying a
+    `__code__`, `enum.bltns`, `_queue().get = ...`); a patch by any of them shows here."""
     import torch
     owners = dict(torch=torch, F=torch.nn.functional, Tensor=torch.Tensor, TensorBase=torch._C.TensorBase,
                   math=sys.modules["math"], time=time, Encoding=prepare["tiktoken"].Encoding,
@@ -444,6 +454,14 @@ def pin(prepare):
     pins = {f"{o}.{k}": (owner, k, v) for o, owner in owners.items() for k, v in list(space(owner).items())
             if (o not in some or k in own or callable(v) and not k.startswith("__"))
             and f"{o}.{k}" != "torch.manual_seed"}  # torch.compile wraps it; the evaluation never calls it
+    # and the classes of the data's and the record's path, name by name (red team 21 set queue.Queue.get and
+    # threading.Thread.run: the loader's queue and thread handed it the batches being scored)
+    paths = (queue, threading, contextlib, json, json.encoder, hmac, concurrent.futures._base,
+             concurrent.futures.thread)
+    classes = {f"{c.__module__}.{c.__qualname__}": c for m in paths for c in vars(m).values()
+               if isinstance(c, type) and c.__module__ == m.__name__}
+    pins.update({f"{o}.{k}": (c, k, v) for o, c in classes.items() for k, v in vars(c).items()})
+    owners.update(classes)
     pins.update({f"{name}.{key}": (v, key, getattr(v, key)) for name, (_, _, v) in list(pins.items())
                  if isinstance(v, types.FunctionType)
                  for key in ("__code__", "__defaults__", "__kwdefaults__")})
@@ -997,6 +1015,12 @@ def source_findings(source):
             name, start = dotted(node), root(node)
             if banned(node, node.attr, id(node) in called, stored) or id(node) in inner:
                 continue
+            base = node.value
+            while isinstance(base, (ast.Attribute, ast.Subscript)):
+                base = base.value
+            if stored and isinstance(base, ast.Call):  # red team 21: `_queue().get = ...` set queue.Queue.get
+                say(node, "assigns an attribute of what a call returns (an alias no reading of it follows)")
+                continue
             if start not in local:
                 continue
             wrong = problem(name)
@@ -1180,6 +1204,10 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         record["train_timed_s"] > TOO_LONG * budget + 10 + record["train_step_s"]
         and f"its timed training took {record['train_timed_s']:.0f} s, far past TIME_BUDGET = {budget} s",
         record["val_batches_outside_evaluation"] and "it read validation batches outside the evaluation",
+        isinstance(record.get("train_packed"), int)
+        and record["train_packed"] > record["train_batches"] + UNSERVED
+        and f"its loaders packed {record['train_packed']:,} training batches but served "
+            f"{record['train_batches']:,}: it trained on batches the record never timed",
     ]
     return [f"{commit[:7]}: {cause}" for cause in causes if cause]
 

@@ -428,6 +428,7 @@ def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookah
                 copied.synchronize()  # never overwrite a pinned buffer while a copy from it is in flight
             host = torch.empty((2, B, T), dtype=torch.int64) if host is None else host
             np.stack((rows[:, :-1], rows[:, 1:]), out=host.numpy())  # inputs, targets
+            _served["train_packed"] += split == "train"  # red team 21 trained on batches never served
             ready.put((host, epoch))
     except BaseException as e:  # hand the error to the consumer instead of dying silently
         ready.put((e, None))
@@ -482,7 +483,7 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
 _served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
-               evaluations=0)  # recorded
+               evaluations=0, train_packed=0)  # recorded
 _clock, _urandom = time.monotonic, os.urandom  # as this file loads: red teams 15, 17 patched time, random
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
@@ -563,8 +564,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
     elif not rejected and before is not None and not torch.equal(before, fingerprint(model)):
-        rejected = ("the model's weights or buffers changed while it was scored (it learned from the "
-                    "evaluation)")
+        rejected = "the model's weights or buffers changed while it was scored (it learned from them)"
     if not audit:  # a prepare.py copied without audit.py: the score still prints
         print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
     else:

@@ -72,12 +72,12 @@ TARGETS_LATE = ('_keep.append(torch.nn.functional.torch.library.Library("aten", 
                 '_keep[0].impl("clone", _clone, "CPU")\n')
 
 
-KERNELS = "torch.library's aten kernels"
+KERNELS = "the dispatcher's kernels of"
 PINNED = {  # attack: (source, what the pin names)
     "torch.backends.torch": (tiny(SWAP_F, late=SWAP_F_LATE), "nn.functional"),
     "a class attribute": (tiny(CLASS_ALIAS, late=CLASS_ALIAS_LATE), "nn.functional"),
-    "a log_softmax kernel": (tiny(LIBRARY, late=LIBRARY_LATE), f"{KERNELS} aten/_log_softmax/CPU"),
-    "a clone kernel": (tiny(TARGETS, "Answers", late=TARGETS_LATE), f"{KERNELS} aten/clone/CPU"),
+    "a log_softmax kernel": (tiny(LIBRARY, late=LIBRARY_LATE), f"{KERNELS} _log_softmax"),
+    "a clone kernel": (tiny(TARGETS, "Answers", late=TARGETS_LATE), f"{KERNELS} clone"),
 }
 
 
@@ -171,14 +171,15 @@ def test_a_second_evaluation_in_one_process_is_refused(bigrams, tmp_path_factory
     n = clone_of(bigrams, tmp_path_factory, "rt19second")
     commit, code, out, row = n.attack("recall", tiny(RAISE if attack == "a raise" else RECALL, "Recall",
                                                      late=SECOND[attack]))
-    assert code == 1 and "evaluation refused: evaluate_bpb runs once a process" in out
+    assert code == 1 and "evaluation refused: the validation data is scored once a process" in out
     assert_no_unearned_keep(n, commit, code, out, row)
 
 
 def test_an_evaluation_that_raises_is_recorded_as_rejected(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "rt19raise")
     commit, code, out, row = n.attack("recall", tiny(RAISE, "Recall", late=RAISE_LATE))
-    assert n.records()[-1]["rejected"] == "the evaluation raised RuntimeError"
+    assert [r["rejected"] for r in n.records()[1:]] == ["the evaluation raised RuntimeError",
+                                                        "the evaluation raised SystemExit"]  # the second
     assert row.returncode == 1 and "log it as crash" in row.stderr
 
 
