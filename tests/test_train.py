@@ -8,6 +8,7 @@ moves it fails here loudly instead of testing nothing.
 """
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import torch
 from common import (ROOT, TINY_PREPARE, TINY_TRAIN, cpu_env, cudnn_attention_on_cpu, edit, git, parse_summary,
                     run_script, shrunk_copy, shrunk_scripts, tail)
 
+import audit
+import prepare
 import train  # importing must not start training
 
 # flex_attention runs eagerly here (its unfused reference path); on CUDA the model is compiled
@@ -464,6 +467,29 @@ def test_model_and_optimizer_updates_compile_without_graph_breaks():
                       for p in g["params"]}
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1 + len(shapes) + len(adamw_variants)
     torch._dynamo.reset()
+
+
+def test_an_honest_compiled_run_changes_nothing_the_evaluation_pins():
+    """The evaluation rejects a run in which anything it pins changed (audit.pin): compiling, training,
+    saving and evaluating this train.py's model must change none of it (torch.compile wraps
+    torch.manual_seed, flex_attention registers kernels for vmap: each once rejected every run)."""
+    pins = audit.pin(vars(prepare))
+    torch._dynamo.reset()
+    config = train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
+    model = build(config)
+    opt = model.setup_optimizer(unembedding_lr=0.004, embedding_lr=0.6, matrix_lr=0.04, weight_decay=0.2,
+                                adam_betas=(0.8, 0.95), scalar_lr=0.5)
+    compiled = torch.compile(model, dynamic=False, backend="aot_eager")
+    x, y = torch.randint(0, 256, (2, 64)), torch.randint(0, 256, (2, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled(x, y, reduction="none").mean().backward()
+    opt.step()
+    torch.save(model.state_dict(), io.BytesIO())
+    compiled.eval()
+    with torch.no_grad():
+        compiled(x)
+    torch._dynamo.reset()
+    assert audit.unpinned(pins) is None
 
 
 # -----------------------------------------------------------------------------
