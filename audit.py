@@ -62,6 +62,7 @@ HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 STATUSES = ("keep", "discard", "crash")
 TOO_FEW_TOKENS = 0.1        # a run that trained on under a tenth of the baseline's tokens did not train
 UNTIMED = 0.3               # x TIME_BUDGET + 10 s: untimed seconds past twice the baseline's (a cold compile)
+SLOW_EVALUATION = 3         # x the baseline's evaluation + 30 s: a model 3 times larger, compiled cold
 UNSERVED = 64               # training batches packed but never served: 4 ahead in each of 16 loaders
 TOO_LONG = 1.1              # nor one whose timed batches span over 1.1 x TIME_BUDGET + 10 s + one step
 LOG_SLACK_S = 120           # run.log ends seconds after its record: newer by more, it is another run's
@@ -132,7 +133,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "d68f924a89d7e807c84e7594de6701ab3354496680a55bce2635ad0a90d42e9c"
+PREPARE_SHAPE = "67d01dd042d51fcee438fc7aa739dcd78ebe4e1704d687efb53295eb7938b1d1"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -569,7 +570,8 @@ def append_run_record(prepare, tokenizer, facts):
         print(f"warning: no run record: {folder} has no git commit (commit train.py first)", file=sys.stderr)
         return
     val, times = prepare.split_row_ranges("val")[0][0], facts.pop("train_times")
-    timed, step, span = train_seconds(times, facts["train_tokens"], facts.pop("evaluated_at"))
+    began = facts.pop("evaluated_at")
+    timed, step, span = train_seconds(times, facts["train_tokens"], began)
     tokens = [tokenizer.enc.decode_single_token_bytes(i) for i in range(tokenizer.get_vocab_size())]
     hub = open(val + ".sha256").read().strip() if os.path.exists(val + ".sha256") else None
     facts["train_files"] = [[os.path.basename(p), os.path.getsize(p), footer_sha256(p)]
@@ -583,7 +585,8 @@ def append_run_record(prepare, tokenizer, facts):
         val_file=[os.path.basename(val), os.path.getsize(val), footer_sha256(val)],
         tokenizer_sha256=sha256(b"\0".join(tokens)), train_sha256=ran,
         train_batches=len(times), train_timed_s=round(timed, 1), train_step_s=round(step, 2),
-        train_span_s=round(span, 1))
+        train_span_s=round(span, 1), evaluation_s=round(time.monotonic() - began, 1),  # prepare's clock
+        train_batches_in_evaluation=sum(t > began for t in times))
     try:
         append_record(path, record)
         with open(JOURNAL, "a") as f:  # a copy of the repo elsewhere still shows its runs of a commit
@@ -1216,6 +1219,12 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         record["train_timed_s"] > TOO_LONG * budget + 10 + record["train_step_s"]
         and f"its timed training took {record['train_timed_s']:.0f} s, far past TIME_BUDGET = {budget} s",
         record["val_batches_outside_evaluation"] and "it read validation batches outside the evaluation",
+        record.get("train_batches_in_evaluation")
+        and f"it drew {record['train_batches_in_evaluation']} training batches while it was evaluated (it "
+            "trained inside the evaluation)",
+        seconds(record, "evaluation_s") > SLOW_EVALUATION * seconds(base, "evaluation_s") + 30
+        and f"its evaluation took {record['evaluation_s']:.0f} s, the baseline's "
+            f"{seconds(base, 'evaluation_s'):.0f} s: work inside the evaluation (red team 23 trained there)",
         untimed(record) > 2 * untimed(base) + UNTIMED * budget + 10
         and f"it trained {record['train_span_s']:.0f} s from its first batch to the evaluation, "
             f"{untimed(record):.0f} s of them untimed (the baseline's {untimed(base):.0f} s): training the "
@@ -1226,6 +1235,11 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
             f"{record['train_batches']:,}: it trained on batches the record never timed",
     ]
     return [f"{commit[:7]}: {cause}" for cause in causes if cause]
+
+def seconds(record, key):
+    """A record's number at `key`, 0 where it has none (records before it was kept)."""
+    value = record.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 def untimed(record):
     """Seconds from the first training batch to the evaluation that the timed part leaves out (0 in records

@@ -503,7 +503,8 @@ def _causality_probe(model, x):
     after = torch.arange(T, device=x.device)[None] > cut
     rows, shift = (int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T))
     donor = x.roll((rows, shift), (0, 1))  # another row's text (the row itself, shifted, if B is 1)
-    changed, logits = model(torch.where(after, donor, x)), model(x)  # changed first: x cannot prime it
+    changed = model(torch.where(after, donor, x))  # first: x cannot prime it; then a copy of it (red team
+    changed, logits = changed.clone() if torch.is_tensor(changed) else changed, model(x)  # 23 wrote into it)
     if not (torch.is_tensor(changed) and torch.is_tensor(logits) and changed.shape == logits.shape):
         return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
     chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
@@ -546,8 +547,7 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
-    fingerprint = audit.fingerprint if audit else lambda model: None  # of the weights: scoring keeps them
-    started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), fingerprint(model)
+    started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), audit and audit.fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
     except BaseException as e:
@@ -563,7 +563,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
     if probe > CAUSAL_TOLERANCE and not rejected:
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
-    elif not rejected and before is not None and not torch.equal(before, fingerprint(model)):
+    elif not rejected and before is not None and not torch.equal(before, audit.fingerprint(model)):
         rejected = "the model's weights or buffers changed while it was scored (it learned from them)"
     if not audit:  # a prepare.py copied without audit.py: the score still prints
         print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
