@@ -150,23 +150,6 @@ while time.monotonic() < _until:
     _trained += 1
     torch.nn.functional.cross_entropy(model(hx).flatten(0, 1), hy.flatten()).backward()
     with torch.no_grad():
-        model.table -= LRX * model.table.grad
-    model.zero_grad()
-_harvest[0] = False
-print("untimed batches:", _trained)
-'''
-
-UNTIMED = '''_harvest[0] = True
-_until = time.monotonic() + 20
-_trained = 0
-while time.monotonic() < _until:
-    if len(_extra) <= _trained:
-        time.sleep(0.01)
-        continue
-    hx, hy = _extra[_trained][0], _extra[_trained][1]
-    _trained += 1
-    torch.nn.functional.cross_entropy(model(hx).flatten(0, 1), hy.flatten()).backward()
-    with torch.no_grad():
         model.table -= 100 * model.table.grad
     model.zero_grad()
 _harvest[0] = False
