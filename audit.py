@@ -103,7 +103,17 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
                 "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "get_referents",
                 "from_file", "register_forward_hook", "register_forward_pre_hook",
                 "register_module_forward_hook", "register_module_forward_pre_hook",
-                "getattr", "setattr", "delattr", "exec", "globals", "locals", "vars", "breakpoint"}
+                "getattr", "setattr", "delattr", "exec", "globals", "locals", "vars", "breakpoint",
+                # the standard library's tools that hand over frames, or read attributes by computed names
+                # (red team 24: traceback.walk_stack and operator.attrgetter, as attributes of torch's)
+                "attrgetter", "methodcaller", "currentframe", "walk_stack", "extract_stack", "format_stack",
+                "print_stack", "StackSummary", "walk_tb", "extract_tb", "TracebackException",
+                "getouterframes", "getinnerframes", "getframeinfo", "getargvalues", "getmembers",
+                "getmembers_static", "getattr_static",
+                # and those that run strings as code (red team 25: typing.get_type_hints evaluated the field
+                # types, plain strings, of dataclasses.make_dataclass)
+                "get_type_hints", "make_dataclass", "get_annotations", "evaluate_forward_ref"}
+STREAM_ATTRS = {"write", "flush", "isatty", "reconfigure", "encoding"}  # of sys.stdout and sys.stderr
 DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
 DUNDER_CALLS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__iter__", "__next__",
                 "__getitem__", "__repr__", "__str__", "__post_init__"}  # callable (super().__init__(...))
@@ -129,11 +139,12 @@ HARNESS_STRINGS = ("ledger", ".jsonl", "prepare.py", "audit.py", "results.tsv", 
                    ".tiktoken", "AUTORESEARCH_", "run.log")
 
 SETTINGS = ("DATASET", "VOCAB_SIZE", "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS")  # prepare.py's recipe lines
+PREPARE_CALLS = PUBLIC - set(SETTINGS)  # prepare's functions and Tokenizer: called, never handed on
 UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remotes/origin/master",
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "67d01dd042d51fcee438fc7aa739dcd78ebe4e1704d687efb53295eb7938b1d1"
+PREPARE_SHAPE = "5e1f68cd07a9763149b9eaf44649ca0b2dea545acc4eab5716f39f890ec33aca"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -476,6 +487,10 @@ def pin(prepare):
     # with torch.library, read the targets behind the evaluation's x.clone(); red team 20 then removed its
     # name from torch.library's own list of them
     pins["the dispatcher's kernels of"] = (torch._C._dispatch_dump, kernels, kernels(torch._C._dispatch_dump))
+    # and no frame hook over the evaluation: red team 24 called evaluate_bpb under torch.compile with a
+    # backend of its own, which halved score's cross entropy (a compiled model sets it only inside its call)
+    pins["torch.compile's frame hook, set over"] = (torch._C._dynamo.eval_frame.get_eval_frame_callback,
+                                                    lambda hook: () if hook() is None else ("score",), ())
     return tuple(pins.items())
 
 # The evaluation's ops (score, its loader and the weights' fingerprint, traced on the CPU with a dispatch
@@ -485,11 +500,11 @@ def pin(prepare):
 EVAL_OPS = (
     "_local_scalar_dense", "_log_softmax", "_to_copy", "_unsafe_view", "abs", "add.Tensor", "amax", "arange",
     "arange.start", "arange.start_step", "bitwise_not", "cat", "clone", "copy_", "cross_entropy_loss",
-    "detach", "empty.memory_format", "empty_strided", "equal", "flatten.using_ints", "gt.Scalar", "gt.Tensor",
-    "index.Tensor", "item", "lift_fresh", "lift_fresh_copy", "log_softmax.int", "max", "nll_loss",
-    "nll_loss_forward", "nll_loss_nd", "pow.Tensor_Scalar", "randint.low_generator", "reshape", "roll",
-    "scalar_tensor", "select.int", "split.Tensor", "square", "stack", "sub.Tensor", "sum", "to.device",
-    "to.dtype", "to.dtype_layout", "unsqueeze", "view", "where.ScalarOther", "where.self")
+    "detach", "empty.memory_format", "empty_strided", "eq.Tensor", "equal", "flatten.using_ints", "gt.Scalar",
+    "gt.Tensor", "index.Tensor", "item", "lift_fresh", "lift_fresh_copy", "log_softmax.int", "max",
+    "nan_to_num", "nll_loss", "nll_loss_forward", "nll_loss_nd", "pow.Tensor_Scalar", "randint.low_generator",
+    "reshape", "roll", "scalar_tensor", "select.int", "split.Tensor", "square", "stack", "sub.Tensor", "sum",
+    "to.device", "to.dtype", "to.dtype_layout", "unsqueeze", "view", "where.ScalarOther", "where.self")
 EAGER_KEYS = ("CPU", "CUDA", "MPS", "XPU", "HIP", "PrivateUse1", "BackendSelect", "ADInplaceOrView",
               "Composite", "Autograd", "Autocast")
 
@@ -782,6 +797,10 @@ def write_row(status, description, commit=None, results="results.tsv"):
 # train.py read as source: what no research edit needs (a single edit that games the score shows here)
 
 TORCHS_OWN = {"random", "signal", "types"}  # torch's modules of standard-library names (torch.random)
+# torch's namespaces no research edit reaches into: they hold the standard library's tools under their own
+# names (red team 24 took operator.attrgetter as torch.autograd.profiler_util's, to read frames' locals)
+TORCH_TOOLS = {"distributed", "testing", "fx", "onnx", "jit", "profiler", "profiler_util", "ao",
+               "quantization"}
 # torch's modules a train.py imports from (red team 22 took inspect.stack and operator.attrgetter as names
 # of torch.distributed.elastic.timer.api and torch.autograd.profiler_util, to read the evaluation's frames)
 TORCH_MODULES = {"torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.nn.attention",
@@ -793,12 +812,13 @@ TORCH_MODULES = {"torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "t
                  *(c.rstrip(".") for c in CONFIG)}
 
 @functools.cache
-def reached_module(module, rest):
+def reached_module(module, rest, whole=False):
     """The name of a module that the chain `module.rest` passes through, but its own submodules
     (collections.abc), or None: the standard library's modules are looked up; torch, which this Python may
-    lack, by the standard library's module names among its parts (those used as namespaces)."""
+    lack, by the standard library's module names among its parts (those used as namespaces; the last too
+    where the chain is a value, not called: red team 24 returned torch.cuda.traceback from a function)."""
     if module == "torch":
-        parts = rest.split(".")[:-1]
+        parts = rest.split(".")[:None if whole else -1]
         return next((p for p in parts if p in sys.stdlib_module_names and p not in TORCHS_OWN), None)
     if module in MODULE_ATTRS or module not in MODULES or module in ("kernels", "cudnn", "prepare"):
         return None
@@ -835,14 +855,20 @@ def source_findings(source):
             return None
         return ".".join([modules.get(node.id, node.id), *reversed(parts)])
 
-    def problem(name):  # what is wrong with using a module's name, or None
+    def problem(name, called=True):  # what is wrong with using a module's name, or None
         module, _, rest = name.partition(".")
         if module in MODULE_ATTRS and rest and rest.split(".")[0] not in MODULE_ATTRS[module]:
             return f"uses {name}"
+        if module == "sys" and rest.split(".")[0] in ("stdout", "stderr") and rest.count(".") and (
+                rest.split(".")[1] not in STREAM_ATTRS):
+            return f"uses {name} (of the standard streams, their writing only)"
         if name in BANNED_NAMES or name.startswith(tuple(n + "." for n in BANNED_NAMES)) or (
                 module == "torch" and name.rsplit(".", 1)[-1] in ("load", "loads", "load_file")):
             return f"uses {name}"
-        reached = reached_module(module, rest)
+        reached = reached_module(module, rest, not called)
+        tool = module == "torch" and next((p for p in rest.split(".") if p in TORCH_TOOLS), None)
+        if tool:
+            return f"uses {name} (torch's {tool} is no research module: it holds other modules' tools)"
         if reached:  # red team 20: builtins as enum.bltns, contextlib as torch.backends.cuda.contextlib
             return f"uses {name}, which reaches the module {reached} through another"
         part = rest.split(".") + [""]
@@ -917,7 +943,7 @@ def source_findings(source):
                                   "what the audit follows)")
                     continue
                 modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"  # not train.py's to patch
-                wrong = problem(f"{node.module}.{alias.name}")
+                wrong = problem(f"{node.module}.{alias.name}", called=False)
                 if wrong or alias.name in BANNED_ATTRS or alias.name.lstrip("_") in REACHED:
                     say(node, wrong or f"uses .{alias.name}")
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.withitem, ast.arguments, ast.For,
@@ -1004,9 +1030,10 @@ def source_findings(source):
             say(node, f"uses {node.id} (it intercepts the evaluator's tensor operations)")
         elif isinstance(node, ast.Name) and dunder(node.id) and node.id not in DUNDER_NAMES:
             say(node, ("assigns " if stored else "uses ") + node.id)
-        elif isinstance(node, ast.Name) and node.id == "make_dataloader" and not (
-                id(node) in called or id(node) in arguments):
-            say(node, "uses make_dataloader as a value (an alias hides which split it loads)")
+        elif isinstance(node, ast.Name) and node.id in from_prepare & PREPARE_CALLS and not (
+                id(node) in called or id(node) in arguments or node.id == "Tokenizer" and isinstance(
+                    parents.get(id(node)), ast.Attribute)):  # red team 25 handed evaluate_bpb to a string
+            say(node, f"uses {node.id} as a value (an alias hides what it is called with)")
         elif isinstance(node, ast.arg) and node.arg in from_prepare:
             say(node, f"rebinds {node.arg}, a name of prepare.py")
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (node.name in from_prepare
@@ -1038,7 +1065,18 @@ def source_findings(source):
                 continue
             if start not in local:
                 continue
-            wrong = problem(name)
+            up = parents.get(id(node))
+            if name in ("sys.stdout", "sys.stderr") and not (isinstance(up, ast.keyword) and up.arg == "file"
+                                                              and isinstance(parents.get(id(up)), ast.Call)):
+                say(node, f"uses {name} other than to write to it (red team 25 opened files as the type of "
+                          "sys.stdout.buffer.raw)")  # print(..., file=sys.stderr) is the one value use
+                continue
+            if name == "Tokenizer.from_directory" and not (isinstance(up, ast.Call) and not up.keywords and (
+                    up.func is node and not up.args or dotted(up.func) == "or_exit" and up.args == [node])):
+                say(node, "reads a tokenizer other than prepare.py's, or hides which (red team 25 read a "
+                          "file a run wrote with Tokenizer.from_directory(folder))")
+                continue
+            wrong = problem(name, id(node) in called)
             if wrong:
                 say(node, wrong)
             elif stored and not (name + ".").startswith(CONFIG):
@@ -1050,7 +1088,7 @@ def source_findings(source):
             if not isinstance(attr, str):  # of any object: a frame's, a module's or the evaluator's
                 say(node, f"reads an attribute of {target or 'an object'} by a computed name")
             elif not banned(node, attr, False, False) and target and root(node.args[0]) in local:
-                wrong = problem(f"{target}.{attr}")
+                wrong = problem(f"{target}.{attr}", called=False)
                 if wrong:
                     say(node, wrong)
         elif isinstance(node, ast.Call) and not all(
@@ -1212,6 +1250,9 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         record["tokens_evaluated"] < 0.9 * base["tokens_evaluated"]  # an uneven batch size drops < 1 batch
         and f"it scored {record['tokens_evaluated']:,} tokens, under 0.9 of the baseline's "
             f"{base['tokens_evaluated']:,}: a part of the validation data",
+        not record.get("rejected") and not seconds(record, "causal_probe") <= CAUSAL_TOLERANCE  # NaN too
+        and f"its causal probe was {record.get('causal_probe')}, not at most {CAUSAL_TOLERANCE} (red team "
+            "24's NaN passed a model that reads the next token)",
         record["train_batches"] == 0 and "its training loader served no batches",
         0 < record["train_tokens"] < TOO_FEW_TOKENS * base["train_tokens"]
         and f"it trained on {record['train_tokens']:,} tokens, under a tenth of the baseline's "
@@ -1225,10 +1266,11 @@ def check_run(record, base, frozen, folder, commit, expect_train=None):
         seconds(record, "evaluation_s") > SLOW_EVALUATION * seconds(base, "evaluation_s") + 30
         and f"its evaluation took {record['evaluation_s']:.0f} s, the baseline's "
             f"{seconds(base, 'evaluation_s'):.0f} s: work inside the evaluation (red team 23 trained there)",
-        untimed(record) > 2 * untimed(base) + UNTIMED * budget + 10
+        untimed(record) + slower(record, base) > 2 * untimed(base) + UNTIMED * budget + 10
         and f"it trained {record['train_span_s']:.0f} s from its first batch to the evaluation, "
-            f"{untimed(record):.0f} s of them untimed (the baseline's {untimed(base):.0f} s): training the "
-            "budget did not count",
+            f"{untimed(record):.0f} s of them untimed (the baseline's {untimed(base):.0f} s), and its "
+            f"evaluation took {slower(record, base):.0f} s more than the baseline's for a model of its "
+            "speed: work the budget did not count",
         isinstance(record.get("train_packed"), int)
         and record["train_packed"] > record["train_batches"] + UNSERVED
         and f"its loaders packed {record['train_packed']:,} training batches but served "
@@ -1240,6 +1282,13 @@ def seconds(record, key):
     """A record's number at `key`, 0 where it has none (records before it was kept)."""
     value = record.get(key)
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+def slower(record, base):
+    """Seconds the evaluation took beyond the baseline's, scaled by the median step (a model whose steps take
+    twice as long evaluates about twice as long): red team 25 trained a hidden model in the evaluation's
+    first call, on batches drawn before it; they count with the untimed seconds, under one allowance."""
+    scale = max(1.0, seconds(record, "train_step_s") / (seconds(base, "train_step_s") or math.inf))
+    return max(0.0, seconds(record, "evaluation_s") - scale * seconds(base, "evaluation_s"))
 
 def untimed(record):
     """Seconds from the first training batch to the evaluation that the timed part leaves out (0 in records
@@ -1428,7 +1477,7 @@ def covering_probe(model, x):
             after = torch.arange(T, device=x.device)[None] > cut
             changed = model(torch.where(after, other, x))
             for a, b, keep in zip(changed, logits, ~after):  # a row at a time: (T, vocabulary)
-                most = torch.maximum(most, (a.float() - b.float()).abs().amax(-1)[keep].max())
+                most = torch.maximum(most, sys.modules["prepare"]._moved(a, b)[keep].max())  # NaN: inf
     return most.item()
 
 def score_artifact(path, batch_size, import_path):
@@ -1715,6 +1764,21 @@ def source_text(raw):
     text, encoding = python_text(raw)
     return text if encoding else raw.decode(errors="replace")
 
+def rerun_env(tree, store, artifact):
+    """A rerun's variables: the user's, but for the harness's own, its caches and folders in its clone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    # compile caches of its own, cold for both reruns: the commit's must not start warm from the baseline's
+    env.update(AUTORESEARCH_EXPORT=artifact, AUTORESEARCH_CACHE_DIR=store["cache"],
+               TORCHINDUCTOR_CACHE_DIR=os.path.join(tree, ".compiled", "inductor"),
+               TRITON_CACHE_DIR=os.path.join(tree, ".compiled", "triton"))
+    # and a home and temporary folder of its own, empty (red team 25's runs left weights in ~/ for the next,
+    # the confirm's too); the hub's cache stays the user's (the kernels of an offline machine)
+    env.update(HF_HOME=os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"),
+               HOME=os.path.join(tree, ".home"), TMPDIR=os.path.join(tree, ".tmp"))
+    for empty in (env["HOME"], env["TMPDIR"]):
+        os.makedirs(empty, exist_ok=True)
+    return env
+
 def rerun(folder, commit, frozen, store=None):
     """Rerun `commit` with the other seed in a fresh clone and environment, on the data of rerun_store,
     `python -E -s`; its record goes to the clone's own ledger, never to the night's. Its record, what is
@@ -1740,11 +1804,7 @@ def rerun(folder, commit, frozen, store=None):
     problems += [f"its environment: {line}" for line in (unowned_files(site[0]) if site else [])]
     store = store or rerun_store(python, tree)
     artifact = os.path.join(tree, "model.pt2")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    # compile caches of its own, cold for both reruns: the commit's must not start warm from the baseline's
-    env.update(AUTORESEARCH_EXPORT=artifact, AUTORESEARCH_CACHE_DIR=store["cache"],
-               TORCHINDUCTOR_CACHE_DIR=os.path.join(tree, ".compiled", "inductor"),
-               TRITON_CACHE_DIR=os.path.join(tree, ".compiled", "triton"))
+    env = rerun_env(tree, store, artifact)
     cap = 2 * frozen.get("TIME_BUDGET", 300) + 300  # the budget twice, and five minutes to start and score
     print(f"rerunning {commit[:7]} with SEED = {seed} in {tree} (a whole run, at most {cap} s) ...",
           flush=True)
@@ -1947,7 +2007,7 @@ def confirm(commit, results="results.tsv"):
         elif abs(clean["val"] - r["val_bpb"]) > CLEAN_MATCH:
             findings.append(f"{c[:7]}: its run reported {r['val_bpb']:.6f}, the clean scorer "
                             f"{clean['val']:.6f}: the run's own evaluation was tampered with")
-        if (clean.get("probe") or 0) > CAUSAL_TOLERANCE:
+        if not (clean.get("probe") or 0) <= CAUSAL_TOLERANCE:  # NaN too (red team 24)
             findings.append(f"{c[:7]}: the clean scorer finds the model not causal (logits moved by "
                             f"{clean['probe']:.3g})")
         if night and clean.get("val_sha256") not in (None, night[0]["val_sha256"]):

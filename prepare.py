@@ -508,9 +508,14 @@ def _causality_probe(model, x):
     if not (torch.is_tensor(changed) and torch.is_tensor(logits) and changed.shape == logits.shape):
         return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
     chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
-    moved = torch.cat([(a.float() - b.float()).abs().amax(-1) for a, b in zip(changed.split(chunk),
-                                                                             logits.split(chunk))])
+    moved = torch.cat([_moved(a, b) for a, b in zip(changed.split(chunk), logits.split(chunk))])
     return moved[~after].max().item(), logits
+
+def _moved(a, b):
+    """The most each position's logits moved from b to a: an equal one (-inf at both) did not, a NaN moved
+    without bound (red team 24: a column of -inf made the probe NaN, which no `> tolerance` rejects)."""
+    far = torch.nan_to_num((a.float() - b.float()).abs(), nan=math.inf)
+    return torch.where(a.float() == b.float(), 0.0, far).amax(-1)
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
@@ -560,7 +565,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         raise
     _served["unpinned"] = _served["unpinned"] or _unpinned and _unpinned(_PINS)  # score's tensors freed too
     rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
-    if probe > CAUSAL_TOLERANCE and not rejected:
+    if not probe <= CAUSAL_TOLERANCE and not rejected:  # NaN too
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
     elif not rejected and before is not None and not torch.equal(before, audit.fingerprint(model)):
