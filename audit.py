@@ -550,9 +550,10 @@ def train_seconds(times, tokens, end):
     batch to `end`."""
     total = getattr(sys.modules.get("__main__"), "TOTAL_BATCH_SIZE", 0)
     per_step = max(1, round(total / (tokens / len(times)))) if times and isinstance(total, int) else 1
-    # the warm-up is at most 11/50 of the batches served: a TOTAL_BATCH_SIZE of 2**40 made every batch a
-    # warm-up one and every run 0 s long (red team 10); a run of 50 steps or more keeps all 11
-    per_step = min(per_step, max(1, len(times) // 50))
+    # the warm-up is at most half the batches served: a TOTAL_BATCH_SIZE of 2**40 made every batch a warm-up
+    # one and every run 0 s long (red team 10); a run of 22 steps or more keeps all 11 (at // 50, an H100's
+    # 43 steps of 2 batches at a 10 s budget took 1 a step: the optimizer's cold compile counted as timed)
+    per_step = min(per_step, max(1, len(times) // 22))
     gaps = [b - a for a, b in zip(times, times[1:])]
     step = statistics.median(gaps) * per_step if gaps else 0.0
     if len(times) <= 11 * per_step:

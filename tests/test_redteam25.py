@@ -5,6 +5,9 @@ seconds count with the untimed ones); and the confirm's reruns, which get a home
 their own (the night's weights were left in ~/). Each asserts the secure outcome."""
 # ruff: noqa: F811
 import os
+import sys
+
+import pytest
 
 from test_audit import bigrams, clone_of, findings, parse_val, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
@@ -23,6 +26,9 @@ IMPORT_LINE = "from prepare import MAX_SEQ_LEN, Tokenizer, evaluate_bpb, make_da
 # (tokenizer.enc.decode_single_token_bytes(i)). save_checkpoint makes the folder.
 STORE = r'''
 import os
+import sys
+
+import pytest
 import sys
 
 STORE = os.path.abspath("checkpoints")
@@ -237,3 +243,18 @@ def test_a_rerun_gets_an_empty_home_and_temporary_folder_of_its_own(tmp_path, mo
     assert env["HOME"] == str(tree / ".home") and os.listdir(env["HOME"]) == []
     assert env["TMPDIR"] == str(tree / ".tmp") and os.listdir(env["TMPDIR"]) == []
     assert env["HF_HOME"] == str(tmp_path / "user" / ".cache" / "huggingface")  # the user's
+
+
+def test_a_cold_compile_after_the_first_batches_is_not_timed(monkeypatch):
+    """The H100 night's baseline at TIME_BUDGET = 10 (2 batches a step, 87 served): step 0 compiles the model
+    for 45 s after its 2 batches and the optimizer's update for 11 s after the next one's draw; then 310 ms
+    steps. The timed part starts at step 11's first batch: 32 steps, 10 s."""
+    monkeypatch.setattr(sys.modules["__main__"], "TOTAL_BATCH_SIZE", 2**19, raising=False)
+    times = [0.0, 0.1, 45.0, 56.0]
+    while len(times) < 87:
+        times.append(times[-1] + 0.155)
+    end = times[-1] + 0.5
+    timed, step, span = audit.train_seconds(times, 87 * 2**18, end)
+    assert step == pytest.approx(0.31) and span == end
+    assert timed == pytest.approx(end - times[22])
+    assert 10 < timed < 11
