@@ -1119,13 +1119,17 @@ def source_findings(source):
 # ---------------------------------------------------------------------------
 # The audit: every row against its record, the frozen files and the baseline's record
 
+# a virtual environment's folders: Debian's Python defaults to its posix_local scheme, whose packages are in
+# local/lib/python3.X/dist-packages (an H100's clean scorer found no numpy there)
+VENV_SCHEME = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"  # 3.11+, 3.10
+
 def own_site():
     """The site-packages of the virtual environment this Python runs in (uv run's .venv), None outside one:
     from its pyvenv.cfg, since under -S sys.prefix is the base installation's (no site module set it)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
     if not os.path.exists(os.path.join(root, "pyvenv.cfg")):
         return None
-    return sysconfig.get_paths(vars=dict(base=root, platbase=root))["purelib"]
+    return sysconfig.get_paths(VENV_SCHEME, vars=dict(base=root, platbase=root))["purelib"]
 
 @functools.cache
 def uv_shim():
@@ -1841,9 +1845,10 @@ def scorer_reads(base):
     # first on the path handed to the scorer); the environment's package folders come from sysconfig
     # (a virtual environment's, named: before 3.11 its prefix is the site module's to set)
     cfg = os.path.join(os.path.dirname(os.path.dirname(base["python"])), "pyvenv.cfg")
-    ask = ("import sys, sysconfig; root = sys.argv[1]; p = sysconfig.get_paths(vars=dict(base=root, "
-           "platbase=root) if root else None); print(sys.base_prefix, *sys.path, p['purelib'], p['platlib'], "
-           "sep='\\n')")
+    ask = ("import sys, sysconfig; root = sys.argv[1]; p = sysconfig.get_paths(*[s for s in ('venv', "
+           "'posix_prefix') if s in sysconfig.get_scheme_names()][:1], vars=dict(base=root, platbase=root)) "
+           "if root else sysconfig.get_paths(); "
+           "print(sys.base_prefix, *sys.path, p['purelib'], p['platlib'], sep='\\n')")  # as VENV_SCHEME
     done = subprocess.run([base["python"], "-I", "-S", "-c", ask, os.path.dirname(cfg) if os.path.exists(
         cfg) else ""], capture_output=True, text=True)
     prefix, *path = done.stdout.splitlines() or [sys.base_prefix]
