@@ -1597,6 +1597,25 @@ def test_the_confirms_clock_stops_when_the_record_first_appears(tmp_path):
     assert 1.5 <= first[b'{"commit": "abc"}'] < 2.4 and sizes[-1][1] == 4096 + 18
 
 
+DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's and Ubuntu's, whose default scheme is posix_local
+
+
+def default_scheme(python):
+    return subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_default_scheme())"],
+                          capture_output=True, text=True).stdout.strip() if os.path.exists(python) else None
+
+
+@pytest.mark.skipif(default_scheme(DEBIAN_PYTHON) != "posix_local", reason="no Debian Python here")
+def test_the_clean_scorer_reads_an_environment_of_debians_python(tmp_path):
+    """An H100's uv environment over Debian's Python: its packages are in lib/python3.X/site-packages, not in
+    the local/lib/python3.X/dist-packages of the default scheme (the clean scorer found no numpy there)."""
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", "--without-pip", tmp_path / "env"], check=True, timeout=60)
+    paths = audit.scorer_reads(dict(python=str(tmp_path / "env" / "bin" / "python"), artifact="model.pt2",
+                                    store=dict(files=[])))
+    site = [p for p in paths if p.startswith(str(tmp_path))]
+    assert len(site) == 2 and re.fullmatch(r".*/env/lib/python3\.\d+/site-packages", site[0]), paths
+
+
 def test_the_covering_probe_finds_a_model_that_reads_one_later_token():
     """The model's logit at position 31 reads the token at 32: a random cut a row finds it in 1 of 63."""
     import torch
