@@ -127,8 +127,7 @@ if __name__ == "__main__":
 if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# torch.compile's caches in a stable place beside the data (its default is /tmp, often emptied at reboot)
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))  # not /tmp's
 try:
     import numpy as np
     import pyarrow.parquet as pq
@@ -511,11 +510,8 @@ def _causality_probe(model, x):
     moved = torch.cat([_moved(a, b) for a, b in zip(changed.split(chunk), logits.split(chunk))])
     return moved[~after].max().item(), logits
 
-def _moved(a, b):
-    """The most each position's logits moved from b to a: an equal one (-inf at both) did not, a NaN moved
-    without bound (red team 24: a column of -inf made the probe NaN, which no `> tolerance` rejects)."""
-    far = torch.nan_to_num((a.float() - b.float()).abs(), nan=math.inf)
-    return torch.where(a.float() == b.float(), 0.0, far).amax(-1)
+def _moved(a, b):  # the most a position's logits moved: equal (-inf twice) is 0, NaN inf (red team 24)
+    return torch.where(a == b, 0.0, torch.nan_to_num((a.float() - b.float()).abs(), nan=math.inf)).amax(-1)
 
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
@@ -897,8 +893,7 @@ def main(args=None):
     change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
     print(f"ready: {change}run `uv run train.py`")
 
-# what the evaluation runs, taken before train.py's own code; and the check, as it is now
-_PINS, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), None)
+_PINS, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), None)  # before train.py's code
 
 if __name__ == "__main__":
     main(ARGS)
