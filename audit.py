@@ -84,6 +84,7 @@ MODULES = {"torch", "math", "time", "gc", "sys", "os", "contextlib", "dataclasse
            "cudnn", "prepare"}
 MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "sys": {"exit", "stdout", "stderr", "platform", "version", "version_info", "maxsize"},
+                "warnings": {"warn", "filterwarnings", "simplefilter", "catch_warnings", "resetwarnings"},
                 "gc": {"collect", "freeze", "unfreeze", "disable", "enable", "isenabled", "get_count",
                        "get_threshold", "set_threshold"},
                 "time": {"time", "perf_counter", "monotonic", "sleep", "strftime", "localtime", "gmtime",
@@ -112,7 +113,9 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
                 "getmembers_static", "getattr_static",
                 # and those that run strings as code (red team 25: typing.get_type_hints evaluated the field
                 # types, plain strings, of dataclasses.make_dataclass)
-                "get_type_hints", "make_dataclass", "get_annotations", "evaluate_forward_ref"}
+                "get_type_hints", "make_dataclass", "get_annotations", "evaluate_forward_ref",
+                "singledispatch", "singledispatchmethod"}  # (red team 27: its register evaluates annotations)
+FORMATS = ("format", "format_map")  # of a string literal only: a field reads attributes ("{0.f_back}")
 STREAM_ATTRS = {"write", "flush", "isatty", "reconfigure", "encoding"}  # of sys.stdout and sys.stderr
 DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
 DUNDER_CALLS = {"__init__", "__call__", "__enter__", "__exit__", "__len__", "__iter__", "__next__",
@@ -126,7 +129,8 @@ REACHED = {"os", "sys", "builtins", "subprocess", "importlib", "io", "shutil", "
            "pickle", "marshal", "inspect", "socket", "threading", "multiprocessing", "mmap", "signal",
            "runpy", "types", "weakref", "tempfile", "urllib", "http", "json", "operator", "gc", "numpy", "np",
            "posix", "torch"}  # torch too: `F.torch.library`, `torch.backends.torch.nn` (red team 19)
-BANNED_NAMES = {"torch.load", "torch.frombuffer", "torch.hub", "torch.utils.model_zoo", "torch.jit.load",
+BANNED_NAMES = {"torch.load", "torch.save", "torch.frombuffer", "torch.hub", "torch.utils.model_zoo",
+                "torch.jit.load",  # torch.save: red team 27 wrote a text file with pickle_protocol=0
                 "torch.export", "torch.package", "torch.library", "torch.overrides", "torch._C", "torch.ops",
                 "torch._ops", "torch.utils._python_dispatch", "torch.serialization", "torch.classes",
                 "torch.utils.cpp_extension", "torch.multiprocessing", "torch.compiler.is_exporting",
@@ -144,7 +148,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "5d39dc376314114a89990f4392e1dfa27c7f93ecff14b6f60f4821f14726cd7e"
+PREPARE_SHAPE = "7ec39f546b385ab2bd09ad69a73f513754ebe1de6d16732b7e4d6bb2ac13afa0"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -487,10 +491,6 @@ def pin(prepare):
     # with torch.library, read the targets behind the evaluation's x.clone(); red team 20 then removed its
     # name from torch.library's own list of them
     pins["the dispatcher's kernels of"] = (torch._C._dispatch_dump, kernels, kernels(torch._C._dispatch_dump))
-    # and no frame hook over the evaluation: red team 24 called evaluate_bpb under torch.compile with a
-    # backend of its own, which halved score's cross entropy (a compiled model sets it only inside its call)
-    pins["torch.compile's frame hook, set over"] = (torch._C._dynamo.eval_frame.get_eval_frame_callback,
-                                                    lambda hook: () if hook() is None else ("score",), ())
     return tuple(pins.items())
 
 # The evaluation's ops (score, its loader and the weights' fingerprint, traced on the CPU with a dispatch
@@ -888,6 +888,10 @@ def source_findings(source):
     def dunder(name):  # `__x__`: Python's own names
         return len(name) > 4 and name[:2] == name[-2:] == "__" and name[2:-2].isidentifier()
 
+    def foreign_private(start, attr):  # `x._y` of an object but train.py's own (self, cls) or a module's
+        return attr[:1] == "_" and not dunder(attr) and start not in ("self", "cls") and start not in (
+            set(modules) | from_prepare)
+
     def root(node):  # the name an attribute chain starts from
         while isinstance(node, ast.Attribute):
             node = node.value
@@ -1058,6 +1062,14 @@ def source_findings(source):
             name, start = dotted(node), root(node)
             if banned(node, node.attr, id(node) in called, stored) or id(node) in inner:
                 continue
+            if node.attr in FORMATS and not (isinstance(node.value, ast.Constant) and isinstance(
+                    node.value.value, str)):  # red team 26 read the evaluation's frame through a format field
+                say(node, f"uses .{node.attr} of a string made at run time (its fields read attributes)")
+                continue
+            if foreign_private(start, node.attr):
+                say(node, f"uses .{node.attr}, a private name of an object it did not make (red team 27 ran "
+                          "code with ForwardRef._evaluate)")
+                continue
             base = node.value
             while isinstance(base, (ast.Attribute, ast.Subscript)):
                 base = base.value
@@ -1088,6 +1100,10 @@ def source_findings(source):
             attr = getattr(node.args[1], "value", None) if len(node.args) > 1 else None
             if not isinstance(attr, str):  # of any object: a frame's, a module's or the evaluator's
                 say(node, f"reads an attribute of {target or 'an object'} by a computed name")
+            elif attr in FORMATS:
+                say(node, f"reads .{attr} by getattr (a format string's fields read attributes)")
+            elif isinstance(attr, str) and foreign_private(root(node.args[0]), attr):
+                say(node, f"reads .{attr} by getattr, a private name of an object it did not make")
             elif not banned(node, attr, False, False) and target and root(node.args[0]) in local:
                 wrong = problem(f"{target}.{attr}", called=False)
                 if wrong:
@@ -1938,6 +1954,7 @@ def confirm(commit, results="results.tsv"):
     same = [0] + [i for i, shape in enumerate(shapes) if i and shape is not None and shape == shapes[0]]
     floor = max([abs(values[i] - values[0]) for i in same[1:]] + [MIN_FLOOR])
     best = min(values[i] for i in same)  # the night's best run of the baseline's code
+    claimed = [v for row, v in zip(scored, values) if resolve(folder, row[0]) == full]  # its row's score
     frozen = frozen_constants(committed(folder, base_full, "prepare.py").decode(errors="replace"))
     print(f"confirm: the baseline {base_full[:7]}, then {full[:7]}, each in a fresh clone and "
           "environment; scored by a separate process that runs none of train.py", flush=True)
@@ -2031,6 +2048,12 @@ def confirm(commit, results="results.tsv"):
         findings.append(f"{base_full[:7]}: its rerun scored {base['clean']['val']:.6f}, the night's best run "
                         f"of the same code {best:.6f}: worse beyond the noise floor, so something hurt the "
                         "rerun (its environment, the machine)")
+    # a kept row is the best of many draws, so its rerun is worse by a few floors (not by a quarter of its
+    # gain: red team 27's night trained 30 s its record did not show, its rerun 6 s: 1.73, then 2.24)
+    if claimed and mine["clean"]["val"] - claimed[0] > max(3 * floor, (values[0] - claimed[0]) / 4):
+        findings.append(f"{full[:7]}: its rerun scored {mine['clean']['val']:.6f}, its row {claimed[0]:.6f}: "
+                        "worse by over 3 noise floors and a quarter of its gain, so the night's score does "
+                        "not reproduce")
     gain = base["clean"]["val"] - mine["clean"]["val"]
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:

@@ -93,7 +93,6 @@ def split_row_ranges(split, data_dir=None, dataset=None):
 
 # ---------------------------------------------------------------------------
 # Before torch loads (seconds): arguments answer at once; torch (train.py's too) reads the variables set here
-
 if __name__ != "__main__" and os.path.basename(sys.argv[0]) == "train.py" and len(sys.argv) > 1:
     print("train.py takes no arguments (edit the constants at the top of the file)", file=sys.stderr)
     sys.exit(2)  # a flag must not start a run; 2: a usage error, as argparse's
@@ -483,7 +482,8 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 
 _served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
                evaluations=0, train_packed=0)  # recorded
-_clock, _urandom = time.monotonic, os.urandom  # as this file loads: red teams 15, 17 patched time, random
+_clock, _urandom, _unhook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
+HOOKED = "the interpreter's frame hook (set by torch.compile, say)"  # red teams 15, 17 patched time, random
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -494,6 +494,11 @@ def _losses(logits, targets):
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
+def _call(model, x):  # model(x), then no frame hook: _unhook(None) clears one here, inline (red team 26's
+    out, hook = model(x), _unhook(None)  # skipped the checks' frames, rewrote _losses); no pinned change
+    _served["unpinned"] = _served["unpinned"] or hook is not None and HOOKED or _unpinned and _unpinned(_PINS)
+    return out
+
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
     B, T = x.shape
@@ -502,8 +507,8 @@ def _causality_probe(model, x):
     after = torch.arange(T, device=x.device)[None] > cut
     rows, shift = (int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T))
     donor = x.roll((rows, shift), (0, 1))  # another row's text (the row itself, shifted, if B is 1)
-    changed = model(torch.where(after, donor, x))  # first: x cannot prime it; then a copy of it (red team
-    changed, logits = changed.clone() if torch.is_tensor(changed) else changed, model(x)  # 23 wrote into it)
+    changed = _call(model, torch.where(after, donor, x))  # first: x cannot prime it; then a copy of it (red
+    changed, logits = changed.clone() if torch.is_tensor(changed) else changed, _call(model, x)  # team 23)
     if not (torch.is_tensor(changed) and torch.is_tensor(logits) and changed.shape == logits.shape):
         return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
     chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
@@ -516,8 +521,7 @@ def _moved(a, b):  # the most a position's logits moved: equal (-inf twice) is 0
 @torch.no_grad()
 def score(model, tokenizer, batch_size, split="val"):
     """(bits per byte, tokens, bytes, causal probe) of model(idx) -> logits on a split; one batch probed."""
-    device = _default_device()
-    token_bytes = tokenizer.token_bytes.to(device)
+    token_bytes = tokenizer.token_bytes.to(device := _default_device())
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
     probe_at, probe = int.from_bytes(_urandom(8), "little") % steps, None
@@ -530,11 +534,7 @@ def score(model, tokenizer, batch_size, split="val"):
         for step in range(steps):
             x, y, _ = next(loader)
             x = x.clone()  # x alone in its storage: as_strided past a view's end read y (red team 15)
-            if step == probe_at:
-                probe, logits = _causality_probe(model, x)
-            else:
-                logits = model(x)
-            _served["unpinned"] = _served["unpinned"] or _unpinned and _unpinned(_PINS)
+            probe, logits = _causality_probe(model, x) if step == probe_at else (probe, _call(model, x))
             if not (type(logits) is torch.Tensor and logits.dim() == 3 and logits.shape[:2] == x.shape
                     and logits.size(-1) >= len(token_bytes)):  # a subclass's methods ran in the sums
                 shape = type(logits).__name__ + (f" {tuple(logits.shape)}" if torch.is_tensor(logits) else "")
@@ -548,6 +548,7 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
+    _served["unpinned"] = _served["unpinned"] or _unhook(None) is not None and HOOKED  # first: none set now
     started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), audit and audit.fingerprint(model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
@@ -681,7 +682,6 @@ def _available_memory(device_type):
         return torch.cuda.mem_get_info()[0] if device_type == "cuda" else torch.mps.recommended_max_memory()
     with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as f:  # Linux only
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    return None
 
 def _flop_rate(device_type):
     """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
