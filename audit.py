@@ -114,7 +114,8 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
                 # and those that run strings as code (red team 25: typing.get_type_hints evaluated the field
                 # types, plain strings, of dataclasses.make_dataclass)
                 "get_type_hints", "make_dataclass", "get_annotations", "evaluate_forward_ref",
-                "singledispatch", "singledispatchmethod"}  # (red team 27: its register evaluates annotations)
+                "singledispatch", "singledispatchmethod",  # (red team 27: its register evaluates annotations)
+                "dynamo_ctx", "f_lineno", "f_lasti"}  # (red teams 26, 28: a frame hook of train.py's)
 FORMATS = ("format", "format_map")  # of a string literal only: a field reads attributes ("{0.f_back}")
 STREAM_ATTRS = {"write", "flush", "isatty", "reconfigure", "encoding"}  # of sys.stdout and sys.stderr
 DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
@@ -148,7 +149,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "7ec39f546b385ab2bd09ad69a73f513754ebe1de6d16732b7e4d6bb2ac13afa0"
+PREPARE_SHAPE = "bf9c70ee542809726afecce6a302df513d1f1c4f71e06d604220dda53039ff14"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -888,9 +889,18 @@ def source_findings(source):
     def dunder(name):  # `__x__`: Python's own names
         return len(name) > 4 and name[:2] == name[-2:] == "__" and name[2:-2].isidentifier()
 
-    def foreign_private(start, attr):  # `x._y` of an object but train.py's own (self, cls) or a module's
-        return attr[:1] == "_" and not dunder(attr) and start not in ("self", "cls") and start not in (
-            set(modules) | from_prepare)
+    def foreign_private(node, start, attr):  # `x._y` of an object but a method's own (self, cls) or a module
+        if attr[:1] != "_" or dunder(attr) or start in set(modules) | from_prepare:
+            return False
+        up = parents.get(id(node))
+        while up is not None:  # the function that binds `start`: a method's first parameter (red team 28's
+            if isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):  # lambda self: passed)
+                params = [a.arg for a in up.args.posonlyargs + up.args.args]
+                if start in params + [a.arg for a in up.args.kwonlyargs]:
+                    return not (isinstance(parents.get(id(up)), ast.ClassDef) and params[:1] == [start]
+                                and start in ("self", "cls") and not isinstance(up, ast.Lambda))
+            up = parents.get(id(up))
+        return True
 
     def root(node):  # the name an attribute chain starts from
         while isinstance(node, ast.Attribute):
@@ -1066,7 +1076,7 @@ def source_findings(source):
                     node.value.value, str)):  # red team 26 read the evaluation's frame through a format field
                 say(node, f"uses .{node.attr} of a string made at run time (its fields read attributes)")
                 continue
-            if foreign_private(start, node.attr):
+            if foreign_private(node, start, node.attr):
                 say(node, f"uses .{node.attr}, a private name of an object it did not make (red team 27 ran "
                           "code with ForwardRef._evaluate)")
                 continue
@@ -1102,7 +1112,7 @@ def source_findings(source):
                 say(node, f"reads an attribute of {target or 'an object'} by a computed name")
             elif attr in FORMATS:
                 say(node, f"reads .{attr} by getattr (a format string's fields read attributes)")
-            elif isinstance(attr, str) and foreign_private(root(node.args[0]), attr):
+            elif isinstance(attr, str) and foreign_private(node, root(node.args[0]), attr):
                 say(node, f"reads .{attr} by getattr, a private name of an object it did not make")
             elif not banned(node, attr, False, False) and target and root(node.args[0]) in local:
                 wrong = problem(f"{target}.{attr}", called=False)

@@ -483,7 +483,6 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 _served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
                evaluations=0, train_packed=0)  # recorded
 _clock, _urandom, _unhook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
-HOOKED = "the interpreter's frame hook (set by torch.compile, say)"  # red teams 15, 17 patched time, random
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -494,10 +493,10 @@ def _losses(logits, targets):
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
-def _call(model, x):  # model(x), then no frame hook: _unhook(None) clears one here, inline (red team 26's
-    out, hook = model(x), _unhook(None)  # skipped the checks' frames, rewrote _losses); no pinned change
-    _served["unpinned"] = _served["unpinned"] or hook is not None and HOOKED or _unpinned and _unpinned(_PINS)
-    return out
+def _call(fn, *args):  # fn(*args), train.py's code; then no frame hook: _unhook(None) clears one, inline in
+    out, hook = fn(*args), _unhook(None)  # a frame made with none set (red team 26's hook skipped the checks'
+    _served["unpinned"] = _served["unpinned"] or hook is not None and "the frame hook" or _unpinned(_PINS)
+    return out  # frames and rewrote _losses; red team 28's skipped a _call made while it was set)
 
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
@@ -505,11 +504,10 @@ def _causality_probe(model, x):
     gen = torch.Generator().manual_seed(int.from_bytes(_urandom(8), "little") >> 2)  # unforeseeable
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
-    rows, shift = (int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T))
-    donor = x.roll((rows, shift), (0, 1))  # another row's text (the row itself, shifted, if B is 1)
+    donor = x.roll(tuple(int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T)), (0, 1))
     changed = _call(model, torch.where(after, donor, x))  # first: x cannot prime it; then a copy of it (red
-    changed, logits = changed.clone() if torch.is_tensor(changed) else changed, _call(model, x)  # team 23)
-    if not (torch.is_tensor(changed) and torch.is_tensor(logits) and changed.shape == logits.shape):
+    changed, logits = changed.clone() if type(changed) is torch.Tensor else None, _call(model, x)  # team 23)
+    if not (type(logits) is torch.Tensor and changed is not None and changed.shape == logits.shape):
         return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
     chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
     moved = torch.cat([_moved(a, b) for a, b in zip(changed.split(chunk), logits.split(chunk))])
@@ -548,31 +546,33 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
-    _served["unpinned"] = _served["unpinned"] or _unhook(None) is not None and HOOKED  # first: none set now
-    started, own_tokenizer, before = _clock(), Tokenizer.from_directory(), audit and audit.fingerprint(model)
+    _served["unpinned"] = _served["unpinned"] or _unhook(None) is not None and "the frame hook"  # first
+    t0, own, before = _clock(), Tokenizer.from_directory(), audit and _call(audit.fingerprint, model)
     try:
-        val_bpb, tokens, nbytes, probe = score(model, own_tokenizer, batch_size)
+        val_bpb, tokens, nbytes, probe = score(model, own, batch_size)
     except BaseException as e:
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         if audit:  # recorded: a run that fails after it saw the data is a draw too
-            audit.append_run_record(sys.modules[__name__], own_tokenizer, dict(
-                _served, val_bpb=0.0, tokens_evaluated=0, batch_size=batch_size, evaluated_at=started,
+            _served["unpinned"] = _served["unpinned"] or _unhook(None) is not None and "the frame hook"
+            audit.append_run_record(sys.modules[__name__], own, dict(
+                _served, val_bpb=0.0, tokens_evaluated=0, batch_size=batch_size, evaluated_at=t0,
                 rejected=f"the evaluation raised {type(e).__name__}"))
         raise
-    _served["unpinned"] = _served["unpinned"] or _unpinned and _unpinned(_PINS)  # score's tensors freed too
+    hook, after = _unhook(None), audit and _call(audit.fingerprint, model)  # score's frees may have run code
+    _served["unpinned"] = _served["unpinned"] or hook is not None and "the frame hook"
     rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
     if not probe <= CAUSAL_TOLERANCE and not rejected:  # NaN too
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
                     "tokens after t changed (it sees the future)")
-    elif not rejected and before is not None and not torch.equal(before, audit.fingerprint(model)):
+    elif not rejected and before is not None and not torch.equal(before, after):
         rejected = "the model's weights or buffers changed while it was scored (it learned from them)"
     if not audit:  # a prepare.py copied without audit.py: the score still prints
         print("warning: no run record: audit.py is not beside prepare.py", file=sys.stderr)
     else:
-        audit.append_run_record(sys.modules[__name__], own_tokenizer, dict(
+        audit.append_run_record(sys.modules[__name__], own, dict(
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
-            bytes_evaluated=nbytes, causal_probe=probe, evaluated_at=started, **_served,
+            bytes_evaluated=nbytes, causal_probe=probe, evaluated_at=t0, **_served,
             peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
@@ -893,7 +893,7 @@ def main(args=None):
     change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
     print(f"ready: {change}run `uv run train.py`")
 
-_PINS, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), None)  # before train.py's code
+_PINS, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), lambda _: None)  # at import
 
 if __name__ == "__main__":
     main(ARGS)
