@@ -659,13 +659,13 @@ def test_training_far_past_the_budget_is_named(clock):
 @pytest.mark.slow
 def test_a_huge_TOTAL_BATCH_SIZE_hides_no_training_from_the_record(bigrams, tmp_path_factory):
     """Every batch a warm-up one of one unfinished step: the record timed 0 s of fifteen budgets (red team
-    10); the warm-up is now at most 11/50 of the batches served."""
+    10); the warm-up is now at most half the batches served."""
     n = clone_of(bigrams, tmp_path_factory, "huge-batch")
     source = CLOCK.replace("TIME_BUDGET = 8 * TIME_BUDGET\n",
                            "TOTAL_BATCH_SIZE = 2 ** 40\nLONG = 15 * TIME_BUDGET\n")
     commit, code, out, row = n.attack("train longer", source.replace("< TIME_BUDGET:", "< LONG:"))
     assert code == 0 and row.returncode == 0, out[-3000:] + row.stderr
-    assert n.records()[-1]["train_timed_s"] >= 0.6 * 15 * BIGRAM_BUDGET  # ~0.78: the warm-up is 11/50 (load)
+    assert n.records()[-1]["train_timed_s"] >= 0.4 * 15 * BIGRAM_BUDGET  # ~0.5: the warm-up is half (load)
     far = rf"{commit}: its timed training took \d+ s, far past TIME_BUDGET = {BIGRAM_BUDGET} s"
     assert any(re.fullmatch(far, line) for line in findings(n.audit())), n.records()[-1]
 
@@ -1201,8 +1201,8 @@ def test_confirm_times_a_rerun_that_trains_past_the_budget(bigrams, tmp_path_fac
 # After its evaluation the commit's rerun puts a sitecustomize.py, which every start of Python runs (-I too),
 # printing a scorer's result, in the baseline's environment
 SITE_PLANT = f"""
-import glob, os, tempfile
-for site in glob.glob(tempfile.gettempdir() + "/autoresearch-confirm-*/.venv/lib/*/site-packages"):
+import glob, os
+for site in glob.glob(os.path.dirname(os.getcwd()) + "/autoresearch-confirm-*/.venv/lib/*/site-packages"):
     if not site.startswith(os.getcwd()):
         open(os.path.join(site, "sitecustomize.py"), "w").write({FAKE_SCORE!r})
 """
