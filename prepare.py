@@ -482,7 +482,7 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 
 _served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
                evaluations=0, train_packed=0)  # recorded
-_clock, _urandom, _unhook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
+_clock, _urandom, _hook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -493,10 +493,10 @@ def _losses(logits, targets):
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
-def _call(fn, *args):  # fn(*args), train.py's code; then no frame hook: _unhook(None) clears one, inline in
-    out, hook = fn(*args), _unhook(None)  # a frame made with none set (red team 26's hook skipped the checks'
-    _served["unpinned"] = _served["unpinned"] or hook is not None and "the frame hook" or _unpinned(_PINS)
-    return out  # frames and rewrote _losses; red team 28's skipped a _call made while it was set)
+def _call(fn, *args):  # fn(*args), train.py's code; its answer copied, its own object freed here (red team
+    out = out.clone() if type(out := fn(*args)) is torch.Tensor else out  # 29's ran code as it was freed);
+    _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
+    return out  # then no frame hook (red teams 26, 28: one skipped the checks' frames) and no pinned change
 
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
@@ -505,9 +505,9 @@ def _causality_probe(model, x):
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
     donor = x.roll(tuple(int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T)), (0, 1))
-    changed = _call(model, torch.where(after, donor, x))  # first: x cannot prime it; then a copy of it (red
-    changed, logits = changed.clone() if type(changed) is torch.Tensor else None, _call(model, x)  # team 23)
-    if not (type(logits) is torch.Tensor and changed is not None and changed.shape == logits.shape):
+    changed = _call(model, torch.where(after, donor, x))  # first: x cannot prime it; a copy, which the model
+    logits = _call(model, x)  # cannot write into (red team 23 rewrote its first answer after the second)
+    if not (type(changed) is torch.Tensor and type(logits) is torch.Tensor and changed.shape == logits.shape):
         return math.inf, logits  # the caller names a wrong shape; a model answering two ways is rejected
     chunk = max(1, LOSS_CHUNK // (T * logits.size(-1)))
     moved = torch.cat([_moved(a, b) for a, b in zip(changed.split(chunk), logits.split(chunk))])
@@ -546,7 +546,7 @@ def score(model, tokenizer, batch_size, split="val"):
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
-    _served["unpinned"] = _served["unpinned"] or _unhook(None) is not None and "the frame hook"  # first
+    _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook"  # first
     t0, own, before = _clock(), Tokenizer.from_directory(), audit and _call(audit.fingerprint, model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own, batch_size)
@@ -554,13 +554,13 @@ def evaluate_bpb(model, tokenizer, batch_size):
         if _saved_checkpoint:  # a crash here loses no training
             print(f"\nevaluation failed; the trained weights are saved at {_saved_checkpoint}")
         if audit:  # recorded: a run that fails after it saw the data is a draw too
-            _served["unpinned"] = _served["unpinned"] or _unhook(None) is not None and "the frame hook"
+            _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook"
             audit.append_run_record(sys.modules[__name__], own, dict(
                 _served, val_bpb=0.0, tokens_evaluated=0, batch_size=batch_size, evaluated_at=t0,
                 rejected=f"the evaluation raised {type(e).__name__}"))
         raise
-    hook, after = _unhook(None), audit and _call(audit.fingerprint, model)  # score's frees may have run code
-    _served["unpinned"] = _served["unpinned"] or hook is not None and "the frame hook"
+    hook, after = _hook(None), audit and _call(audit.fingerprint, model)  # score's frees may have run code
+    _served["unpinned"] = _served["unpinned"] or hook is not None and "a frame hook"
     rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
     if not probe <= CAUSAL_TOLERANCE and not rejected:  # NaN too
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
@@ -893,7 +893,7 @@ def main(args=None):
     change = "" if args.dataset == DATASET else f'set DATASET = "{args.dataset}" in prepare.py, then '
     print(f"ready: {change}run `uv run train.py`")
 
-_PINS, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), lambda _: None)  # at import
+_PIN, _unpinned = (audit.pin(globals()), audit.unpinned) if audit else ((), lambda _: None)  # at import
 
 if __name__ == "__main__":
     main(ARGS)

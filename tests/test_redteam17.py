@@ -94,10 +94,10 @@ class Future(Bigram):
 
 '''
 
-# 5. The code swap empties the evaluation's pins (_PINS is no callable), then patches cross_entropy by a
+# 5. The code swap empties the evaluation's pins (_PIN is no callable), then patches cross_entropy by a
 #    route no reading of the source follows (test_audit's PINNED_ROUTES["a subscript"])
-UNPIN = CODE_SWAP.replace("LN2, CAUSAL_TOLERANCE = 2 * LN2, 1e9", "_PINS.clear()").replace(
-    "LN2, CAUSAL_TOLERANCE", "_PINS") + (
+UNPIN = CODE_SWAP.replace("LN2, CAUSAL_TOLERANCE = 2 * LN2, 1e9", "_PIN.clear()").replace(
+    "LN2, CAUSAL_TOLERANCE", "_PIN") + (
     "_ce = torch.nn.functional.cross_entropy\nhalf = lambda *a, **k: 0.5 * _ce(*a, **k)\n"
     "F = [torch.nn.functional][0]\nF.cross_entropy = half\n")
 
@@ -111,7 +111,7 @@ EARLY = ("import torch\n_ce = torch.nn.functional.cross_entropy\nhalf = lambda *
 
 MORE = {"code swap (CAUSAL_TOLERANCE) + a model reading the next token":
         tiny(FUTURE, "Future", late=CODE_SWAP.replace("2 * LN2", "LN2") + "PEEKING.append(1)\n"),
-        "code swap (_PINS emptied) + a patch of cross_entropy": tiny(late=UNPIN),
+        "code swap (_PIN emptied) + a patch of cross_entropy": tiny(late=UNPIN),
         "patch above a `from prepare import` inside try": tiny().replace(HEAD, EARLY)}
 
 

@@ -144,7 +144,7 @@ def hooked_source():
 def test_a_frame_hook_that_skips_the_pins_check_is_rejected(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "rt26hook")
     commit, code, out, row = n.attack("bigram", hooked_source())
-    assert code == 1 and "rejected: train.py changed the frame hook" in out, out[-2000:]
+    assert code == 1 and "rejected: train.py changed a frame hook" in out, out[-2000:]
     assert row.returncode == 1
 
 
@@ -172,5 +172,5 @@ def test_a_frame_hook_that_zeroes_the_probe_passes_no_model_that_reads_ahead(big
     source = tiny(PEEKING, "Peeking").replace('print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")\n',
                                               HOOKED_EVAL)
     commit, code, out, row = n.attack("bigram", source)
-    assert code == 1 and "rejected: train.py changed the frame hook" in out, out[-2000:]
+    assert code == 1 and "rejected: train.py changed a frame hook" in out, out[-2000:]
     assert row.returncode == 1

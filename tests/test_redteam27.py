@@ -201,14 +201,14 @@ def test_a_commit_whose_rerun_does_not_reproduce_its_row_is_named(tmp_path_facto
 
 
 # ---------------------------------------------------------------------------
-# 5. The same string evaluator against the evaluation itself: prepare's _PINS, the tuple of what the pin
+# 5. The same string evaluator against the evaluation itself: prepare's _PIN, the tuple of what the pin
 #    holds, is no callable and none of the three pinned constants, so it is not pinned itself. Emptied, the
 #    pin holds nothing (audit.unpinned of () is None); then LN2, bits per nat, times 4: every score is a
 #    quarter of the model's. The model is the baseline's bigram; nothing else changes.
 UNPIN = '''import functools
 import typing
 
-_Hint = typing.NamedTuple("_Hint", [("a", "(exec('import prep' + 'are as p; p._PINS = (); p.LN2 *= 4'), "
+_Hint = typing.NamedTuple("_Hint", [("a", "(exec('import prep' + 'are as p; p._PIN = (); p.LN2 *= 4'), "
                                           "int)[1]")])
 
 

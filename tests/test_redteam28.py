@@ -16,7 +16,7 @@ EVAL_LINE = 'print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")\n'
 # 1. The inline clearing, skipped. prepare._call clears a frame hook with set_eval_frame(None) right after the
 #    model returns, and evaluate_bpb does so as its first statement. But a hook sees _call's frame START, and
 #    may answer dynamo's "skip this frame and everything it calls" (FrameAction.SKIP twice): dynamo's C shim
-#    then sets the thread's callback to None while _call runs, so the _unhook(None) inside reads None (no
+#    then sets the thread's callback to None while _call runs, so the _hook(None) inside reads None (no
 #    hook, nothing rejected) and clears nothing, and when _call returns the shim puts the hook back. The one
 #    clearing a hook cannot skip is evaluate_bpb's first line (a skip there would switch the hook off for the
 #    whole evaluation), so the hook is switched on AFTER it: by the model's own `parameters` (a plain method
@@ -122,7 +122,7 @@ def test_a_frame_hook_switched_on_after_evaluate_bpbs_first_line_that_skips_call
     n = clone_of(bigrams, tmp_path_factory, "rt28hook")
     source = tiny(HOOKS[route][0].replace("LINES", repr(tuple(at))), HOOKS[route][1], late=ARM)
     commit, code, out, row = n.attack("bigram", source)
-    assert code == 1 and "rejected: train.py changed the frame hook" in out, out[-2000:]
+    assert code == 1 and "rejected: train.py changed a frame hook" in out, out[-2000:]
     assert row.returncode == 1
 
 
@@ -197,11 +197,11 @@ def test_the_probes_first_answer_is_a_tensor_subclass_that_hides_a_model_reading
 # 4. The private-name rule exempts an attribute chain rooted at a name `self` (or `cls`), whatever it is bound
 #    to: a plain function whose parameter is called `self` reads `._evaluate` of the ForwardRef that
 #    typing.get_args(typing.List["<code>"])[0] hands back (red team 27's evaluator (b), now behind a name the
-#    rule trusts). The string runs with builtins: exec empties prepare's _PINS (a tuple, not pinned itself)
+#    rule trusts). The string runs with builtins: exec empties prepare's _PIN (a tuple, not pinned itself)
 #    and multiplies LN2 by 4. The model is the baseline's bigram.
 EVALUATOR = '''import typing
 
-CODE = "(exec('import prep' + 'are as p; p._PINS = (); p.LN2 *= 4'), int)[1]"
+CODE = "(exec('import prep' + 'are as p; p._PIN = (); p.LN2 *= 4'), int)[1]"
 
 
 def _resolve(self):
