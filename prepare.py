@@ -11,6 +11,7 @@ import bisect
 import collections
 import contextlib
 import errno
+import gc
 import hashlib
 import itertools
 import json
@@ -47,8 +48,7 @@ def cache_dirs(dataset):
     return (os.path.join(CACHE_DIR, "data", dataset),
             os.path.join(CACHE_DIR, "tokenizer", f"{dataset}-{VOCAB_SIZE}"))
 
-def shard_filename(index):
-    return f"shard_{index:05d}.parquet"
+def shard_filename(index): return f"shard_{index:05d}.parquet"
 
 if DATASET not in DATASETS:  # a misspelt name: one line, before anything reads it (and before torch loads)
     sys.exit(f"error: DATASET = {DATASET!r} in prepare.py is not a data set here: choose one of "
@@ -348,11 +348,9 @@ class Tokenizer:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TokenizerError(meta_file, f"is damaged ({type(e).__name__}: {e})") from None
 
-    def get_vocab_size(self):
-        return self.enc.n_vocab
+    def get_vocab_size(self): return self.enc.n_vocab
 
-    def get_bos_token_id(self):
-        return self.bos_token_id
+    def get_bos_token_id(self): return self.bos_token_id
 
     def encode(self, text, prepend=None, num_threads=8):
         if prepend is not None and not isinstance(prepend, int):
@@ -362,11 +360,9 @@ class Tokenizer:
             return head + self.enc.encode_ordinary(text)
         return [head + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
 
-    def decode(self, ids):
-        return self.enc.decode(ids)
+    def decode(self, ids): return self.enc.decode(ids)
 
-def get_token_bytes(device="cpu"):  # the original's helper
-    return Tokenizer.from_directory().token_bytes.to(device)
+def get_token_bytes(device="cpu"): return Tokenizer.from_directory().token_bytes.to(device)  # original's
 
 # ---------------------------------------------------------------------------
 # Runtime: the data loader
@@ -495,6 +491,7 @@ def _losses(logits, targets):
 
 def _call(fn, *args):  # fn(*args), train.py's code; its answer copied, its own object freed here (red team
     out = out.clone() if type(out := fn(*args)) is torch.Tensor else out  # 29's ran code as it was freed);
+    _served["unpinned"] = _served["unpinned"] or gc.isenabled() and "the garbage collector (switched on)"
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
     return out  # then no frame hook (red teams 26, 28: one skipped the checks' frames) and no pinned change
 
@@ -547,6 +544,7 @@ def score(model, tokenizer, batch_size, split="val"):
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook"  # first
+    collecting = gc.isenabled() and gc.disable() is None  # off: red team 30's cycles ran code as it collected
     t0, own, before = _clock(), Tokenizer.from_directory(), audit and _call(audit.fingerprint, model)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own, batch_size)
@@ -559,8 +557,9 @@ def evaluate_bpb(model, tokenizer, batch_size):
                 _served, val_bpb=0.0, tokens_evaluated=0, batch_size=batch_size, evaluated_at=t0,
                 rejected=f"the evaluation raised {type(e).__name__}"))
         raise
-    hook, after = _hook(None), audit and _call(audit.fingerprint, model)  # score's frees may have run code
-    _served["unpinned"] = _served["unpinned"] or hook is not None and "a frame hook"
+    gc.collect()  # the cycles train.py left run their code now, right before the checks (score's frees too)
+    _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
+    after = audit and _call(audit.fingerprint, model)
     rejected = _served["unpinned"] and f"train.py changed {_served['unpinned']}, which the evaluation runs"
     if not probe <= CAUSAL_TOLERANCE and not rejected:  # NaN too
         rejected = (f"the model is not causal: its logits before position t moved by {probe:.3g} when the "
@@ -578,6 +577,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
     if audit and (export := os.environ.get("AUTORESEARCH_EXPORT")):  # audit.py --confirm: a clean process
         audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)
+    collecting and gc.enable()  # as it was
     return val_bpb
 
 # ---------------------------------------------------------------------------
