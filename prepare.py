@@ -76,8 +76,7 @@ def base_url(dataset=None):
 def split_row_ranges(split, data_dir=None, dataset=None):
     """A split's documents (DATASETS above) as (file, first row, end row or None), in sorted file order."""
     data_dir = data_dir or (cache_dirs(dataset)[0] if dataset else DATA_DIR)  # DATA_DIR: tests move it
-    dataset = dataset or DATASET
-    spec = DATASETS[dataset]
+    spec = DATASETS[dataset := dataset or DATASET]
     if "file" in spec:
         path = os.path.join(data_dir, spec["file"])
         ranges = [(path, *spec[split])] if os.path.exists(path) else []
@@ -368,9 +367,8 @@ def get_token_bytes(device="cpu"): return Tokenizer.from_directory().token_bytes
 # Runtime: the data loader
 
 def _default_device():
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else
+                        "mps" if torch.backends.mps.is_available() else "cpu")
 
 def _pack_batches(tokenizer, B, T, split, buffer_size, stop, free, ready, lookahead=16):
     """The loader's thread: B rows of T + 1 tokens, packed best-fit into a buffer from `free`, to `ready`."""
@@ -439,7 +437,7 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000):
             check_shard(path, end or 0)  # the footer only: cheap
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot read {path} ({e}): delete it and run `uv run prepare.py` again") from None
-    loader = _loader(tokenizer, B, T, split, buffer_size)
+    _loaders.append(loader := _loader(tokenizer, B, T, split, buffer_size))  # evaluate_bpb closes them
     next(loader)  # to its first yield: the packing thread starts now, while the caller builds its model
     if split == "train":
         print(f"data: {DATASET} ({DATASETS[DATASET]['repo']}), vocabulary {tokenizer.get_vocab_size():,}")
@@ -476,8 +474,8 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 # ---------------------------------------------------------------------------
 # Runtime: the evaluation (train.py calls evaluate_bpb; audit.py --confirm calls score)
 
-_served = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
-               evaluations=0, train_packed=0)  # recorded
+_served, _loaders = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
+                        evaluations=0, train_packed=0), []  # recorded; make_dataloader's loaders
 _clock, _urandom, _hook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
@@ -489,11 +487,12 @@ def _losses(logits, targets):
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
-def _call(fn, *args):  # fn(*args), train.py's code; its answer copied, its own object freed here (red team
-    out = out.clone() if type(out := fn(*args)) is torch.Tensor else out  # 29's ran code as it was freed);
+def _call(fn, *args):  # fn(*args), train.py's code, on copies of the tensors (red team 15 read y behind x):
+    out = fn(*[a.clone() if type(a) is torch.Tensor else a for a in args])  # what it was handed and its
+    out = out.clone() if type(out) is torch.Tensor else out  # answer are freed here, before the checks (red
     _served["unpinned"] = _served["unpinned"] or gc.isenabled() and "the garbage collector (switched on)"
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
-    return out  # then no frame hook (red teams 26, 28: one skipped the checks' frames) and no pinned change
+    return out  # teams 29, 31 ran code as prepare freed them); no frame hook (26, 28), no pinned change
 
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
@@ -528,7 +527,6 @@ def score(model, tokenizer, batch_size, split="val"):
         next(loader)
         for step in range(steps):
             x, y, _ = next(loader)
-            x = x.clone()  # x alone in its storage: as_strided past a view's end read y (red team 15)
             probe, logits = _causality_probe(model, x) if step == probe_at else (probe, _call(model, x))
             if not (type(logits) is torch.Tensor and logits.dim() == 3 and logits.shape[:2] == x.shape
                     and logits.size(-1) >= len(token_bytes)):  # a subclass's methods ran in the sums
@@ -538,12 +536,16 @@ def score(model, tokenizer, batch_size, split="val"):
             nbytes = token_bytes[y.flatten()]
             total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(sum_dtype)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored
-    total_bytes = int(total_bytes)
-    return float(total_nats) / (LN2 * total_bytes), steps * batch_size * MAX_SEQ_LEN, total_bytes, probe
+    return float(total_nats) / (LN2 * (n := int(total_bytes))), steps * batch_size * MAX_SEQ_LEN, n, probe
 
 def evaluate_bpb(model, tokenizer, batch_size):
     """Bits per byte on the validation data by the saved tokenizer (`tokenizer`: the original's signature)."""
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook"  # first
+    batch_size = int.__index__(batch_size)  # an int: a subclass's methods would be train.py's code in score
+    while _loaders:  # training's, closed: a method of train.py's (a tokenizer's, an int's) would run in their
+        _loaders.pop().close()  # threads during the evaluation (red team 31)
+    running = any(t.name.startswith("dataloader") for t in threading.enumerate())  # one did not stop
+    _served["unpinned"] = _served["unpinned"] or running and "a training loader (running on)"
     collecting = gc.isenabled() and gc.disable() is None  # off: red team 30's cycles ran code as it collected
     t0, own, before = _clock(), Tokenizer.from_directory(), audit and _call(audit.fingerprint, model)
     try:
@@ -612,8 +614,7 @@ SMALL_COMPUTER_ADVICE = ("Lower DEPTH, DEVICE_BATCH_SIZE and TOTAL_BATCH_SIZE in
 # Set by preflight (out_of_memory's advice), print_progress and save_checkpoint (a failed evaluation names it)
 _memory_at_start, _last_progress_print, _saved_checkpoint = None, 0.0, None
 
-def gpu_peak_flops(name):
-    return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
+def gpu_peak_flops(name): return next((flops for key, flops in GPU_BF16_PEAK_FLOPS if key in name), None)
 
 # ---------------------------------------------------------------------------
 # Harness: before training (the device, the settings, the pre-flight estimates)
@@ -653,9 +654,7 @@ def or_exit(fn, *args):
     except (OSError, RuntimeError) as e:
         sys.exit(str(e))
 
-def _positive(**numbers):
-    """Those of `numbers` that are positive ints or floats; None or anything else counts as not given."""
-    return {name: v for name, v in numbers.items() if isinstance(v, (int, float)) and v > 0}
+def _positive(**numbers): return {k: v for k, v in numbers.items() if isinstance(v, (int, float)) and v > 0}
 
 def _step_memory(size, batch_size, device_type):
     """STEP_MEMORY's estimate (bytes) for a model of `size` (MEMORY_NEEDS) at batch_size sequences."""

@@ -2,6 +2,7 @@
 import base64
 import collections
 import errno
+import gc
 import hashlib
 import json
 import math
@@ -429,6 +430,110 @@ def test_the_pin_holds_the_kernels_of_every_op_the_evaluation_runs(tok, data_dir
         prepare.evaluate_bpb(model, tok, 4)
     assert Ops.seen - {"embedding"} <= set(audit.EVAL_OPS), Ops.seen - set(audit.EVAL_OPS)
     assert len(Ops.seen) > 20
+
+def test_the_model_gets_copies_freed_before_the_checks(monkeypatch):
+    """Red team 31: score's x, freed by its next step, ran a generator train.py hung on it between checks,
+    and the y behind x was a view away. _call hands the model a copy in storage of its own, and frees it and
+    the model's own answer before its checks."""
+    import weakref
+
+    events, x = [], torch.arange(12).view(2, 6)[:, :3]  # a view, as the loader's x is: y lies behind it
+
+    def model(idx):
+        assert idx is not x and idx.untyped_storage().nbytes() == idx.numel() * 8  # nothing behind it
+        out = idx.float()
+        weakref.finalize(idx, events.append, "input freed")
+        weakref.finalize(out, events.append, "answer freed")
+        return out
+
+    monkeypatch.setattr(prepare, "_unpinned", lambda pins: events.append("checked"))
+    monkeypatch.setitem(prepare._served, "unpinned", None)
+    gc.disable()  # as in the evaluation
+    try:
+        assert torch.equal(prepare._call(model, x), x.float())
+    finally:
+        gc.enable()
+    assert events == ["input freed", "answer freed", "checked"] and prepare._served["unpinned"] is None
+
+
+def evaluate_here(monkeypatch, prepared, batch_size=4, T=64, batches=3):
+    """evaluate_bpb here on the prepared data, with no run record: (val_bpb, the batch size of each call)."""
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return torch.zeros(*x.shape, 8192)
+
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", T)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 4 * T * batches)
+    monkeypatch.setattr(audit, "MAIN_FILE", __file__)  # no record
+    monkeypatch.setitem(prepare._served, "evaluations", 0)
+    monkeypatch.setitem(prepare._served, "unpinned", None)
+    return prepare.evaluate_bpb(Counting(), prepare.Tokenizer.from_directory(), batch_size), calls
+
+
+def test_the_evaluation_closes_trainings_loaders_first(tok, data_dir, prepared, monkeypatch):
+    """Red team 31: a tokenizer of train.py's (or an int subclass) runs its methods in the loader's threads,
+    which ran on during the evaluation. The evaluation closes training's loaders before it starts; a later
+    next() of one ends at once, it does not hang."""
+    ran = []
+
+    class Encoding:  # train.py's wrapper of the tokenizer's encoding: it counts its calls
+        def __init__(self, enc):
+            self.enc = enc
+
+        def __getattr__(self, name):
+            return getattr(self.enc, name)
+
+        def encode_to_numpy(self, text, **kwargs):
+            ran.append(1)
+            return self.enc.encode_to_numpy(text, **kwargs)
+
+    theirs = prepare.Tokenizer.from_directory(str(prepared[0] / TOKENIZER))
+    theirs.enc = Encoding(theirs.enc)
+    loader = prepare.make_dataloader(theirs, 4, 64, "train", buffer_size=50)
+    next(loader)
+    assert ran
+    val_bpb, calls = evaluate_here(monkeypatch, prepared)
+    assert val_bpb > 0 and len(calls) == 3 + 1  # scored: 3 batches and the probe's other call
+    assert not [t for t in threading.enumerate() if t.name.startswith("dataloader")]
+    ran.clear()
+    with pytest.raises(StopIteration):
+        next(loader)
+    assert ran == []
+
+
+def test_a_training_loader_that_runs_on_is_rejected(tok, data_dir, prepared, monkeypatch):
+    """A thread of the loader's that does not stop (its tokenizer never returns) rejects the run."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="dataloader-train", daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SystemExit, match="train.py changed a training loader"):
+            evaluate_here(monkeypatch, prepared)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_batch_size_of_an_int_subclass_runs_none_of_its_methods(tok, data_dir, prepared, monkeypatch):
+    """Red team 31's class of routes: an int's methods in score would be train.py's code between checks."""
+    ran = []
+
+    class Four(int):
+        def __mul__(self, other):
+            ran.append("mul")
+            return int(self) * other
+
+        def __index__(self):
+            ran.append("index")
+            return int(self)
+
+    four = evaluate_here(monkeypatch, prepared, Four(4))
+    assert ran == [] and four == evaluate_here(monkeypatch, prepared, 4)
+
 
 # ---------------------------------------------------------------------------
 # Failure paths: downloads, Ctrl-C, a damaged tokenizer, unreadable shards, closing the loader
