@@ -55,3 +55,12 @@ def shard_server(tmp_path_factory):
                  [f"shard_{index:05d}.parquet" for index in (0, 1, 1822)], n_docs=1200, seed=1234)
     with serve_folder(root) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def bigrams(tmp_path_factory):
+    """tests/test_audit.py's night of attacks, built once a worker for every module of attacks (as a module's
+    own fixture it was built again at each switch between modules: ~180 s of the suite)."""
+    from test_audit import make_bigrams
+
+    return make_bigrams(tmp_path_factory)

@@ -442,7 +442,7 @@ def write_shard(path, seed, docs):
     pq.write_table(pa.table({"text": [make_document(rng) for _ in range(docs)]}), path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def night(tmp_path_factory):
     """program.md's setup and one iteration of its loop, with the real train.py shrunk."""
     n = Night(tmp_path_factory.mktemp("night"))
@@ -462,9 +462,8 @@ def night(tmp_path_factory):
     return n
 
 
-@pytest.fixture(scope="module")
-def bigrams(tmp_path_factory):
-    """The attacks' night: an honest bigram table as the baseline, its row written."""
+def make_bigrams(tmp_path_factory):
+    """The attacks' night (conftest.py's `bigrams`): an honest bigram baseline, its row written."""
     n = Night(tmp_path_factory.mktemp("bigrams"))
     n.create(tiny(), **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
     n.train()
@@ -507,7 +506,7 @@ def test_the_rows_are_the_records(night):
 # Same process: train.py patches prepare's globals and the evaluation's helpers
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def same_process(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "same-process")
     commit, code, out, row = n.attack("patch the evaluation", tiny(late=SAME_PROCESS))
@@ -546,7 +545,7 @@ def test_a_patch_through_a_function_parameter_is_named(bigrams, tmp_path_factory
 # The model scores itself: it sees the future, changes while it is scored, or reads the targets
 
 
-@pytest.fixture(scope="module", params=["future", "state"])
+@pytest.fixture(scope="session", params=["future", "state"])
 def rejected(bigrams, tmp_path_factory, request):
     n = clone_of(bigrams, tmp_path_factory, f"rejected-{request.param}")
     middle, model = (PEEKER, "Peeker") if request.param == "future" else (TALLY, "Tally")
@@ -603,7 +602,7 @@ def test_a_model_that_reads_the_targets_is_named(bigrams, tmp_path_factory):
 # Validation data outside the counted path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def memorizer(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "memorizer")
     commit, code, out, row = n.attack("remember the text", MEMORIZER)
@@ -632,7 +631,7 @@ def test_the_source_check_names_a_validation_loader_made_through_or_exit(memoriz
 # Clock and budget
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clock(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "clock")
     commit, code, out, row = n.attack("train longer", CLOCK)
@@ -899,7 +898,7 @@ audit.append_run_record = lambda p, t, facts: _append(p, t, {k: facts[k] for k i
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def no_batch_size(bigrams, tmp_path_factory):
     n = clone_of(bigrams, tmp_path_factory, "no-batch-size")
     return n, n.commit("no batch size", tiny(late=DROP_KEY))
@@ -1095,7 +1094,7 @@ def test_confirm_of_an_honest_commit_holds(night, tmp_path):
     assert n.git("worktree", "list").count("\n") == 0  # its worktrees are gone
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def memorizer_confirm(memorizer, tmp_path_factory):
     n, commit, _ = memorizer
     n = n.clone(tmp_path_factory.mktemp("memorizer-confirm"))

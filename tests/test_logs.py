@@ -28,7 +28,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def work(tmp_path_factory):
     """A directory with tiny copies of prepare.py and train.py, a cache with 3 shards and a 512-token
     tokenizer."""
@@ -52,7 +52,7 @@ def env_for(work):
     return cpu_env(work / "cache")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run_log(work):
     """`uv run train.py > run.log 2>&1`, as program.md has the agent run it."""
     with open(work / "run.log", "w") as log:

@@ -295,7 +295,7 @@ def test_one_run_reads_in_the_singular(tmp_path, monkeypatch):
 # A crashed first row: the first run with a score is the baseline (issue 24, items 2 and 7)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def after_a_crash(tmp_path_factory):
     """The notebook's printed text and figure for CASES["crash_before_baseline"], run once for these tests."""
     folder = tmp_path_factory.mktemp("after_a_crash")

@@ -4,7 +4,7 @@ torch's files wrote), patches made above or around the prepare import, and hones
 Each asserts the secure outcome: the evaluation fails or is rejected, or the audit names the commit."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, named, parse_val, tiny  # noqa: F401
+from test_audit import clone_of, named, parse_val, tiny  # noqa: F401
 
 import audit
 

@@ -4,7 +4,7 @@ that returns torch.nn.functional wrote a large logit at each target into the ver
 after the probe had compared them. The pin now holds those modules' names too (audit.pin's `closed`)."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, tiny  # noqa: F401
+from test_audit import clone_of, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 
 PEEK = '''

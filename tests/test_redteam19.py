@@ -4,7 +4,7 @@ as torch.backends.torch or through a class attribute, and kernels registered for
 second; training on the untimed warm-up batches. Each asserts the secure outcome."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, findings, named, tiny  # noqa: F401
+from test_audit import clone_of, findings, named, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 
 import audit

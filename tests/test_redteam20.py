@@ -6,7 +6,7 @@ counted nothing; a keep at 0.000000, which the audit checked against nothing. Ea
 outcome."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, findings, named, tiny  # noqa: F401
+from test_audit import clone_of, findings, named, tiny  # noqa: F401
 
 import audit
 

@@ -5,7 +5,7 @@ queue, and queue.Queue's get and put let the loader's thread pack batches for un
 reached as kernels.utils.Path. Each asserts the secure outcome."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, findings, tiny  # noqa: F401
+from test_audit import clone_of, findings, tiny  # noqa: F401
 
 import audit
 

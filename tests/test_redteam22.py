@@ -4,7 +4,7 @@ them), and the evaluation's targets read from its frames with inspect.stack and 
 as names of public torch modules. Each asserts the secure outcome."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, findings, tiny  # noqa: F401
+from test_audit import clone_of, findings, tiny  # noqa: F401
 
 import audit
 

@@ -3,7 +3,7 @@ second call (the probe now compares a copy of it), and a hidden model trained in
 batches drawn there (the record counts them, and the evaluation's seconds). Each asserts the secure
 outcome."""
 # ruff: noqa: F811
-from test_audit import bigrams, clone_of, findings, tiny  # noqa: F401
+from test_audit import clone_of, findings, tiny  # noqa: F401
 from test_redteam22 import WINDOW_MODEL
 
 # 1. Logits that peek at the next input token; at the probe's second call the model writes causal logits

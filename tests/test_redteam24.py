@@ -5,7 +5,7 @@ secure outcome."""
 # ruff: noqa: F811
 import pytest
 import torch
-from test_audit import bigrams, clone_of, findings, named, tiny  # noqa: F401
+from test_audit import clone_of, findings, named, tiny  # noqa: F401
 
 import audit
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from test_audit import bigrams, clone_of, findings, parse_val, tiny  # noqa: F401
+from test_audit import clone_of, findings, parse_val, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 from test_redteam22 import WINDOW_MODEL
 

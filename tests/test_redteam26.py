@@ -3,7 +3,7 @@ source is read), and a frame hook of train.py's over the evaluation that skipped
 _losses or _moved (the evaluation clears any hook inline after each model call, where no hook can skip the
 check, and rejects the run). Each asserts the secure outcome."""
 # ruff: noqa: F811
-from test_audit import bigrams, clone_of, findings, tiny  # noqa: F401
+from test_audit import clone_of, findings, tiny  # noqa: F401
 
 import audit
 

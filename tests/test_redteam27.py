@@ -6,7 +6,7 @@ worse than its row beyond the noise floor (red team 27's night trained seconds i
 # ruff: noqa: F811
 import pytest
 
-from test_audit import bigrams, clone_of, findings, named, tiny  # noqa: F401
+from test_audit import clone_of, findings, named, tiny  # noqa: F401
 
 import audit
 

@@ -7,7 +7,7 @@ evaluate_bpb clears a hook inline after score); the probe's first answer a tenso
 import pytest
 
 from common import ROOT
-from test_audit import bigrams, clone_of, findings, tiny  # noqa: F401
+from test_audit import clone_of, findings, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 
 EVAL_LINE = 'print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")\n'

@@ -3,7 +3,7 @@ generator hung on the logits), patching cross_entropy or Tensor.amax between two
 the answer and frees the model's own object before it checks, so the patch shows there. Each asserts the
 secure outcome."""
 # ruff: noqa: F811
-from test_audit import bigrams, clone_of, tiny  # noqa: F401
+from test_audit import clone_of, tiny  # noqa: F401
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ self-deleting `Tensor.sum` or `amax`. The evaluation now switches the collector 
 again after a model call, and collects once itself right before its last checks. Each asserts the secure
 outcome: the cheat is rejected or scores as the honest model."""
 # ruff: noqa: F811
-from test_audit import bigrams, clone_of, tiny  # noqa: F401
+from test_audit import clone_of, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 
 # ---------------------------------------------------------------------------

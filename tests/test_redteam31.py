@@ -7,7 +7,7 @@ outcome: no keep row the audit leaves unnamed; the three nights scored 0.453, 0.
 honest 3.394 before."""
 # ruff: noqa: F811
 import pytest
-from test_audit import bigrams, clone_of, tiny  # noqa: F401
+from test_audit import clone_of, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 
 # ---------------------------------------------------------------------------

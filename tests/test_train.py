@@ -655,7 +655,7 @@ PROGRESS = re.compile(r"^step (\d{5}) \([\d.]+%\) \| loss: (\d+\.\d+) \|", re.MU
 LOSS_ANCHOR = "train_loss_f = train_loss.item()"  # the loop's one host read of the step's loss
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prepared(tmp_path_factory, shard_server):
     """A work directory with a shrunk prepare.py, run once for the module: 2 generated training shards, the
     validation shard and a 512-token tokenizer in the cache. Returns it and the environment for the train.py
