@@ -99,6 +99,7 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
                 "breakpoint", "open", "locals"}
+WRAPPERS = {"functools.update_wrapper": 2, "functools.wraps": 1}  # the most arguments each may get
 BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_frame", "gi_code", "cr_frame",
                 "ag_frame", "tb_frame", "tb_next", "co_consts", "co_code", "_getframe", "settrace",
                 "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "get_referents",
@@ -149,7 +150,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "aeb57309e051d61cee41ee737fa234dd653510e86bbbf31c138b8dc180172313"
+PREPARE_SHAPE = "28ac32942741cddd35cc9c7dce1761ae1cacf7ff6ca409d193a0f15c4e38a4fc"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1061,11 +1062,19 @@ def source_findings(source):
         elif isinstance(node, ast.ClassDef) and (node.keywords or "type" in map(dotted, node.bases)):
             say(node, "defines a metaclass or passes class keywords (they change what isinstance and match "
                       "read)")
-        elif isinstance(node, ast.Call) and dotted(node.func) in ("functools.update_wrapper",
-                                                                  "functools.wraps") and {
-                k.arg for k in node.keywords} & {"assigned", "updated"}:  # red team 17 copied a __code__ so
-            say(node, f"calls {dotted(node.func)} with its own list of attributes (it can copy code into "
-                      "prepare's functions)")
+        elif isinstance(node, ast.Call) and dotted(node.func) in WRAPPERS and (node.keywords or any(
+                isinstance(a, ast.Starred) for a in node.args) or len(node.args) > WRAPPERS[
+                    dotted(node.func)]):
+            say(node, f"calls {dotted(node.func)} with more than what it wraps (lists of attributes of its "
+                      "own copy code into prepare's functions or read their globals: red teams 17, 32)")
+        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) in WRAPPERS and id(
+                node) not in called:
+            say(node, f"uses {dotted(node)} as a value (partial or map hand it lists of attributes: red "
+                      "team 32)")
+        elif isinstance(node, ast.Call) and str(dotted(node.func)).startswith("enum.") and len(
+                node.args) > 1:
+            say(node, f"calls {dotted(node.func)} with names made at run time (enum's functional API: a "
+                      "dunder name among them is a hook or an attribute no line spells, red team 32)")
         elif isinstance(node, ast.Call) and dotted(node.func) == "type" and len(node.args) > 1:
             say(node, "makes a class with type(name, bases, namespace) (the audit cannot read its namespace)")
         elif isinstance(node, ast.Attribute):

@@ -477,6 +477,7 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 _served, _loaders = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
                         evaluations=0, train_packed=0), []  # recorded; make_dataloader's loaders
 _clock, _urandom, _hook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
+_clone = torch._C.TensorBase.clone  # a C type's: no name a tensor or its class adds answers (red team 32)
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -488,8 +489,8 @@ def _losses(logits, targets):
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
 def _call(fn, *args):  # fn(*args), train.py's code, on copies of the tensors (red team 15 read y behind x):
-    out = fn(*[a.clone() if type(a) is torch.Tensor else a for a in args])  # what it was handed and its
-    out = out.clone() if type(out) is torch.Tensor else out  # answer are freed here, before the checks (red
+    out = fn(*[_clone(a) if type(a) is torch.Tensor else a for a in args])  # what it was handed and its
+    out = _clone(out) if type(out) is torch.Tensor else out  # answer are freed here, before the checks (red
     _served["unpinned"] = _served["unpinned"] or gc.isenabled() and "the garbage collector (switched on)"
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
     return out  # teams 29, 31 ran code as prepare freed them); no frame hook (26, 28), no pinned change

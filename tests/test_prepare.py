@@ -456,6 +456,20 @@ def test_the_model_gets_copies_freed_before_the_checks(monkeypatch):
     assert events == ["input freed", "answer freed", "checked"] and prepare._served["unpinned"] is None
 
 
+def test_the_copies_are_made_by_torchs_own_clone(monkeypatch):
+    """Red team 32: the `clone` of the model's answer, or one added to torch.Tensor, answered _call's copy
+    with an object of the model's, whose own `flatten` score then ran."""
+    answer = torch.ones(2, 3)
+    answer.clone = lambda *args, **kwargs: "the answer's"
+    monkeypatch.setitem(prepare._served, "unpinned", None)
+    torch.Tensor.clone = lambda *args, **kwargs: "the class's"
+    try:
+        out = prepare._call(lambda idx: answer, torch.zeros(2, dtype=torch.long))
+    finally:
+        del torch.Tensor.clone
+    assert type(out) is torch.Tensor and torch.equal(out, torch.ones(2, 3)) and vars(out) == {}
+
+
 def evaluate_here(monkeypatch, prepared, batch_size=4, T=64, batches=3):
     """evaluate_bpb here on the prepared data, with no run record: (val_bpb, the batch size of each call)."""
     calls = []
