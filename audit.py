@@ -94,7 +94,11 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "kernels": {"get_kernel", "get_local_kernel", "has_kernel", "kernelize", "LayerRepository",
                             "use_kernel_forward_from_hub", "register_kernel_mapping", "use_kernel_mapping",
                             "Mode"},
-                "cudnn": {"experimental", "backend_version"}}
+                "cudnn": {"experimental", "backend_version"},
+                # not their tools that run names as code or read a module by a name (red team 33: a field's
+                # name made into source by a dataclass subclass; contextlib's redirect_* reading sys.modules)
+                "dataclasses": {"dataclass", "field", "replace", "asdict", "astuple", "is_dataclass"},
+                "contextlib": {"contextmanager", "nullcontext", "suppress", "ExitStack", "closing"}}
 # Builtins and attributes no research edit needs: each reaches the evaluator's objects or frames, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
@@ -844,7 +848,7 @@ def source_findings(source):
     except (RecursionError, MemoryError, ValueError):  # red team 15: a sum of 6,000 terms
         return ["train.py nests too deep for Python's parser: it cannot be read"]
     modules, from_prepare, aliases, found = {}, set(), [], []  # modules: local name -> what it names
-    imported = set()  # names `import` binds: modules
+    imported, from_torch = set(), set()  # names `import` binds: modules; names taken from torch's modules
 
     def say(node, what):
         found.append(f"train.py line {node.lineno}: {what}")
@@ -928,6 +932,8 @@ def source_findings(source):
         return [split]
 
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    methods = {c.name: {f.name for f in c.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+               for c in ast.walk(tree) if isinstance(c, ast.ClassDef)}  # train.py's classes' own methods
     arguments = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args
                  and dotted(n.func) == "or_exit"}  # or_exit(make_dataloader, ...): train.py's idiom
     notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
@@ -959,6 +965,7 @@ def source_findings(source):
                                   "what the audit follows)")
                     continue
                 modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"  # not train.py's to patch
+                from_torch.update([alias.asname or alias.name] if top == "torch" else [])
                 wrong = problem(f"{node.module}.{alias.name}", called=False)
                 if wrong or alias.name in BANNED_ATTRS or alias.name.lstrip("_") in REACHED:
                     say(node, wrong or f"uses .{alias.name}")
@@ -1035,7 +1042,7 @@ def source_findings(source):
                for c in ast.walk(h)):
             say(node, "has a string in an annotation (typing's get_type_hints runs it as code)")
     for node in ast.walk(tree):
-        stored = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
+        stored, up = isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del)), parents.get(id(node))
         if isinstance(node, ast.Name) and stored and node.id in from_prepare:
             say(node, f"rebinds {node.id}, a name of prepare.py")
         elif isinstance(node, ast.Name) and node.id in BANNED_CALLS:
@@ -1075,6 +1082,20 @@ def source_findings(source):
                 node.args) > 1:
             say(node, f"calls {dotted(node.func)} with names made at run time (enum's functional API: a "
                       "dunder name among them is a hook or an attribute no line spells, red team 32)")
+        elif isinstance(node, ast.Call) and dotted(node.func) == "dataclasses.field" and not (
+                isinstance(up, ast.AnnAssign) and isinstance(parents.get(id(up)), ast.ClassDef)):
+            say(node, "calls dataclasses.field outside a class body's `name: type = field(...)` (a Field it "
+                      "holds can be renamed into code, red team 33)")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr in (
+                methods.get(node.value.id, ())) and not (id(node) in called and up.args and isinstance(
+                    up.args[0], ast.Name) and up.args[0].id in ("self", "cls")):
+            say(node, f"uses {node.value.id}.{node.attr} unbound but on self or cls (a method's own name "
+                      "for its object lets it read private names: red team 33 passed it a module)")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in (
+                from_torch) and node.value.id[:1].islower() and modules[node.value.id] not in (
+                    TORCH_MODULES):
+            say(node, f"uses {modules[node.value.id]} as a module, not one on the audit's list (red team "
+                      "33's torch.nn.cpp wraps getattr)")
         elif isinstance(node, ast.Call) and dotted(node.func) == "type" and len(node.args) > 1:
             say(node, "makes a class with type(name, bases, namespace) (the audit cannot read its namespace)")
         elif isinstance(node, ast.Attribute):
@@ -2063,7 +2084,9 @@ def confirm(commit, results="results.tsv"):
             + f" (its own evaluation: {r['val_bpb']:.6f}; the rerun took {run['wall']:.0f} s)")
     # a gain measured from a hobbled baseline is none (red team 9 zeroed its gradients from ~/.gitconfig);
     # against its best run, not its seed's (red team 11 hobbled the seed rerun that sets the floor too)
-    if base["clean"]["val"] > best + 1.5 * floor:  # its seed's draw is the floor; half one more: its timing
+    # its seed's draw is a floor; a rerun of one seed differs by up to about another on a GPU (H100: 1.754533,
+    # that seed's night run 1.752851, the best 1.750867, a floor of 0.001984), and by a third for its timing
+    if base["clean"]["val"] > best + 3 * floor:
         findings.append(f"{base_full[:7]}: its rerun scored {base['clean']['val']:.6f}, the night's best run "
                         f"of the same code {best:.6f}: worse beyond the noise floor, so something hurt the "
                         "rerun (its environment, the machine)")
