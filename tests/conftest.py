@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 
+import _pytest.nodes
 import pytest
 
 # pytest-xdist's workers inherit the environment of the process that started them, whose HOME this file has
@@ -34,14 +35,17 @@ def pytest_collection_modifyitems(config, items):
     fixture (tests/test_audit.py's honest night, one of its attacks) form one group, run on one worker in file
     order; every other test goes to whichever worker is free. A fixture that several groups build on (the
     attacks' bigram night) is then built once per worker that needs it."""
-    if config.getoption("dist", "no") != "loadgroup":
-        return
+    if config.getoption("dist", "no") != "loadgroup" and not getattr(config.option, "loadgroup", False):
+        return  # a worker sees dist "no" and pytest-xdist's own `loadgroup` (before, no test was grouped)
     for item in items:
         info = getattr(item, "_fixtureinfo", None)  # every fixture the test uses, directly or through others
         shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
                         if defs[-1].scope != "function" and defs[-1].func.__module__ == item.module.__name__)
         if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{'+'.join(shared)}"))
+            group = f"{item.module.__name__}:{'+'.join(shared)}"
+            item.add_marker(pytest.mark.xdist_group(group))
+            if hasattr(_pytest.nodes, "coerce_node_id"):  # pytest 9.2 reads a test's id from _id, which
+                item._id = _pytest.nodes.coerce_node_id(f"{item.nodeid}@{group}")  # xdist 3.8 cannot set
 
 
 @pytest.fixture(scope="session")
