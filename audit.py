@@ -80,8 +80,8 @@ CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.",
 # An allow-list of the modules train.py may import and, of four, the attributes it may use (the rest of `os`
 # opens files and processes, of `sys` reaches modules and frames). Research code needs nothing else of them.
 MODULES = {"torch", "math", "time", "gc", "sys", "os", "contextlib", "dataclasses", "functools", "itertools",
-           "collections", "typing", "random", "warnings", "copy", "enum", "abc", "statistics", "kernels",
-           "cudnn", "prepare"}
+           "collections", "typing", "random", "warnings", "copy", "abc", "statistics", "kernels", "cudnn",
+           "prepare"}  # not enum: global_enum writes a class's members into the module it names (red team 34)
 MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "sys": {"exit", "stdout", "stderr", "platform", "version", "version_info", "maxsize"},
                 "warnings": {"warn", "filterwarnings", "simplefilter", "catch_warnings", "resetwarnings"},
@@ -98,7 +98,15 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 # not their tools that run names as code or read a module by a name (red team 33: a field's
                 # name made into source by a dataclass subclass; contextlib's redirect_* reading sys.modules)
                 "dataclasses": {"dataclass", "field", "replace", "asdict", "astuple", "is_dataclass"},
-                "contextlib": {"contextmanager", "nullcontext", "suppress", "ExitStack", "closing"}}
+                "contextlib": {"contextmanager", "nullcontext", "suppress", "ExitStack", "closing"},
+                # nor their class makers (red team 34: a TypedDict's keys, made at run time, became a
+                # dataclass's field names, run as code; update_wrapper copied __module__ onto a class)
+                "functools": {"partial", "lru_cache", "cache", "reduce", "wraps", "cached_property",
+                              "total_ordering", "cmp_to_key"},
+                "typing": {"Any", "Callable", "ClassVar", "Dict", "Final", "Generator", "Iterable",
+                           "Iterator", "List", "Literal", "Mapping", "Optional", "Sequence", "Tuple", "Type",
+                           "TypeVar", "Union", "cast", "TYPE_CHECKING"},
+                "collections": {"defaultdict", "deque", "Counter", "OrderedDict"}}
 # Builtins and attributes no research edit needs: each reaches the evaluator's objects or frames, runs code
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
@@ -934,6 +942,12 @@ def source_findings(source):
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     methods = {c.name: {f.name for f in c.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
                for c in ast.walk(tree) if isinstance(c, ast.ClassDef)}  # train.py's classes' own methods
+
+    def dataclass_of(node):  # `@dataclass` or `@dataclass(...)` on a class whose bases are train.py's classes
+        deco = parents.get(id(node)) if id(node) in called else node
+        cls = parents.get(id(deco))
+        return isinstance(cls, ast.ClassDef) and deco in cls.decorator_list and all(
+            isinstance(b, ast.Name) and b.id in methods for b in cls.bases) and not cls.keywords
     arguments = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args
                  and dotted(n.func) == "or_exit"}  # or_exit(make_dataloader, ...): train.py's idiom
     notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
@@ -1074,10 +1088,15 @@ def source_findings(source):
                     dotted(node.func)]):
             say(node, f"calls {dotted(node.func)} with more than what it wraps (lists of attributes of its "
                       "own copy code into prepare's functions or read their globals: red teams 17, 32)")
-        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) in WRAPPERS and id(
-                node) not in called:
-            say(node, f"uses {dotted(node)} as a value (partial or map hand it lists of attributes: red "
-                      "team 32)")
+        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) in WRAPPERS and not (
+                id(node) in called and isinstance(parents.get(id(up)), (
+                    ast.FunctionDef, ast.AsyncFunctionDef)) and up in parents[id(up)].decorator_list):
+            say(node, f"uses {dotted(node)} but as the decorator of a def (partial or map handed it lists of "
+                      "attributes, red team 32; a class took prepare's __module__ through it, red team 34)")
+        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) == "dataclasses.dataclass" and (
+                not dataclass_of(node)):
+            say(node, "uses dataclasses.dataclass but as the decorator of a class of train.py's plain "
+                      "classes (it runs its fields' names as code: red team 34's came from a TypedDict)")
         elif isinstance(node, ast.Call) and str(dotted(node.func)).startswith("enum.") and len(
                 node.args) > 1:
             say(node, f"calls {dotted(node.func)} with names made at run time (enum's functional API: a "
