@@ -97,7 +97,8 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
                 "cudnn": {"experimental", "backend_version"},
                 # not their tools that run names as code or read a module by a name (red team 33: a field's
                 # name made into source by a dataclass subclass; contextlib's redirect_* reading sys.modules)
-                "dataclasses": {"dataclass", "field", "replace", "asdict", "astuple", "is_dataclass"},
+                "dataclasses": {"dataclass", "replace", "asdict", "astuple", "is_dataclass"},  # no Field
+                "abc": {"ABC", "abstractmethod"},  # not ABCMeta: a metaclass with hooks named at run time
                 "contextlib": {"contextmanager", "nullcontext", "suppress", "ExitStack", "closing"},
                 # nor their class makers (red team 34: a TypedDict's keys, made at run time, became a
                 # dataclass's field names, run as code; update_wrapper copied __module__ onto a class)
@@ -943,11 +944,10 @@ def source_findings(source):
     methods = {c.name: {f.name for f in c.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
                for c in ast.walk(tree) if isinstance(c, ast.ClassDef)}  # train.py's classes' own methods
 
-    def dataclass_of(node):  # `@dataclass` or `@dataclass(...)` on a class whose bases are train.py's classes
-        deco = parents.get(id(node)) if id(node) in called else node
-        cls = parents.get(id(deco))
-        return isinstance(cls, ast.ClassDef) and deco in cls.decorator_list and all(
-            isinstance(b, ast.Name) and b.id in methods for b in cls.bases) and not cls.keywords
+    def dataclass_of(node):  # `@dataclass` or `@dataclass(...)` on a class statement of no bases: its fields
+        deco = parents.get(id(node)) if id(node) in called else node  # are its own lines (red team 35's
+        cls = parents.get(id(deco))  # base was a rebound name, a class made by a metaclass of run-time hooks)
+        return isinstance(cls, ast.ClassDef) and deco in cls.decorator_list and not cls.bases + cls.keywords
     arguments = {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args
                  and dotted(n.func) == "or_exit"}  # or_exit(make_dataloader, ...): train.py's idiom
     notes = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
@@ -1101,13 +1101,10 @@ def source_findings(source):
                 node.args) > 1:
             say(node, f"calls {dotted(node.func)} with names made at run time (enum's functional API: a "
                       "dunder name among them is a hook or an attribute no line spells, red team 32)")
-        elif isinstance(node, ast.Call) and dotted(node.func) == "dataclasses.field" and not (
-                isinstance(up, ast.AnnAssign) and isinstance(parents.get(id(up)), ast.ClassDef)):
-            say(node, "calls dataclasses.field outside a class body's `name: type = field(...)` (a Field it "
-                      "holds can be renamed into code, red team 33)")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr in (
                 methods.get(node.value.id, ())) and not (id(node) in called and up.args and isinstance(
-                    up.args[0], ast.Name) and up.args[0].id in ("self", "cls")):
+                    up.args[0], ast.Name) and up.args[0].id in ("self", "cls") and not foreign_private(
+                        up.args[0], up.args[0].id, "_")):  # a method's own, not a name spelled `self`
             say(node, f"uses {node.value.id}.{node.attr} unbound but on self or cls (a method's own name "
                       "for its object lets it read private names: red team 33 passed it a module)")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in (
@@ -1115,6 +1112,10 @@ def source_findings(source):
                     TORCH_MODULES):
             say(node, f"uses {modules[node.value.id]} as a module, not one on the audit's list (red team "
                       "33's torch.nn.cpp wraps getattr)")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Call) and dotted(
+                node.func.func) == "type":
+            say(node, "calls type(x)(...): it makes a class by x's metaclass, whose hooks can be named at "
+                      "run time (red team 35)")
         elif isinstance(node, ast.Call) and dotted(node.func) == "type" and len(node.args) > 1:
             say(node, "makes a class with type(name, bases, namespace) (the audit cannot read its namespace)")
         elif isinstance(node, ast.Attribute):
