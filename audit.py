@@ -77,6 +77,11 @@ PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluat
           "print_progress", "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE",
           "DATASET"}
 CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.")
+# of those, a setting that names a program, a flag, a file or a folder, or a value but a plain word or number:
+# inductor puts its C++ settings into g++'s command line (red team 36 ran a program as g++'s -wrapper)
+COMMAND_SETTING = re.compile(r"cxx|cc|flag|dir|path|cmd|command|compiler|wrapper|exe|prefix|bin|link|ld|"
+                             r"plugin")
+PLAIN_VALUE = re.compile(r"[\w.+-]*")
 # An allow-list of the modules train.py may import and, of four, the attributes it may use (the rest of `os`
 # opens files and processes, of `sys` reaches modules and frames). Research code needs nothing else of them.
 MODULES = {"torch", "math", "time", "gc", "sys", "os", "contextlib", "dataclasses", "functools", "itertools",
@@ -163,7 +168,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "28ac32942741cddd35cc9c7dce1761ae1cacf7ff6ca409d193a0f15c4e38a4fc"
+PREPARE_SHAPE = "41d51e3877ff16a8fb9fa88c5dde5f273fd1c0a9395b62e7820e1f4256e31e78"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -944,6 +949,10 @@ def source_findings(source):
     methods = {c.name: {f.name for f in c.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
                for c in ast.walk(tree) if isinstance(c, ast.ClassDef)}  # train.py's classes' own methods
 
+    def plain(value):  # a number, a bool, None or a word: no command line hides in it
+        return isinstance(value, ast.Constant) and (not isinstance(value.value, str) or bool(
+            PLAIN_VALUE.fullmatch(value.value)))
+
     def dataclass_of(node):  # `@dataclass` or `@dataclass(...)` on a class statement of no bases: its fields
         deco = parents.get(id(node)) if id(node) in called else node  # are its own lines (red team 35's
         cls = parents.get(id(deco))  # base was a rebound name, a class made by a metaclass of run-time hooks)
@@ -1112,6 +1121,17 @@ def source_findings(source):
                     TORCH_MODULES):
             say(node, f"uses {modules[node.value.id]} as a module, not one on the audit's list (red team "
                       "33's torch.nn.cpp wraps getattr)")
+        elif isinstance(node, ast.Attribute) and stored and (dotted(node) or "").startswith(CONFIG) and (
+                COMMAND_SETTING.search(node.attr.lower()) or not plain(getattr(up, "value", None))):
+            say(node, f"sets {dotted(node)}: a setting of what runs, or a value but a plain word or "
+                      "number (inductor puts settings into g++'s command line: red team 36 ran a program as "
+                      "its -wrapper)")
+        elif (isinstance(node, ast.Subscript) and stored or isinstance(node, ast.Attribute) and (
+                node.attr not in ("get", "items", "keys", "values", "copy"))) and dotted(
+                    node.value) == "os.environ" and not (first is not None and node.lineno < tree.body[
+                        first].lineno):
+            say(node, "writes os.environ below `from prepare import` (torch reads its compiler's settings "
+                      "from it: red team 36)")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Call) and dotted(
                 node.func.func) == "type":
             say(node, "calls type(x)(...): it makes a class by x's metaclass, whose hooks can be named at "
@@ -1740,7 +1760,9 @@ def rerun_store(python, tree):
         if os.path.isfile(path):
             target = os.path.join(private, os.path.relpath(path, cache))
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
+            try:  # a shard linked (a copy of 1821 would fill the disk), a small file copied: a rerun that
+                if os.path.getsize(path) < 2**20:  # writes its tokenizer or key writes no file of yours
+                    raise OSError("copied")  # (red team 36)
                 os.link(path, target)
             except OSError:
                 shutil.copy2(path, target)

@@ -340,8 +340,8 @@ class Tokenizer:
                                                     f"not VOCAB_SIZE = {VOCAB_SIZE}")
             if m != n or not whole:
                 raise TokenizerError(rank_file, f"does not hold each rank 0..{n - 1} once ({m} tokens)")
-            if meta["special_tokens"] != specials:
-                raise ValueError(f"special tokens are not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
+            if meta["special_tokens"] != specials or meta["pattern"] != SPLIT_PATTERN:  # red team 36: "e"
+                raise ValueError(f"not SPLIT_PATTERN, or not {', '.join(SPECIAL_TOKENS)} = {n}..{n + 3}")
             return cls(tiktoken.Encoding(name="autoresearch", pat_str=meta["pattern"], mergeable_ranks=ranks,
                                          special_tokens=meta["special_tokens"]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -720,11 +720,14 @@ def damage(tdir, how):
     elif how == "json special tokens wrong":
         meta.write_text(json.dumps({"pattern": prepare.SPLIT_PATTERN,
                                     "special_tokens": {"<|reserved_0|>": 8188}}))
+    elif how == "json pattern not SPLIT_PATTERN":  # red team 36: "e" kept only the e's of every text
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "pattern": "e"}))
     return ranks if how.startswith("ranks") else meta
 
 
 @pytest.mark.parametrize("how", ["ranks cut mid-line", "ranks cut at a line end", "json is not json",
-                                 "json has no pattern", "json special tokens wrong"])
+                                 "json has no pattern", "json special tokens wrong",
+                                 "json pattern not SPLIT_PATTERN"])
 def test_damaged_tokenizer_raises_one_line_error(prepared, tmp_path, how):
     shutil.copytree(prepared[0] / TOKENIZER, tmp_path / "tok")
     bad_file = damage(tmp_path / "tok", how)

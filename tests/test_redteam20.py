@@ -154,10 +154,12 @@ def test_a_patch_of_a_module_the_harness_uses_or_of_a_kernel_is_rejected(bigrams
     assert row.returncode == 1 and "log it as crash" in row.stderr
 
 
-@pytest.mark.parametrize("source, reached", [(LEAK_LATE, "contextlib"), (BUILTINS, "builtins")])
-def test_a_module_reached_through_another_is_named(source, reached):
-    assert any(f"which reaches the module {reached} through another" in line
-               for line in audit.source_findings("import torch\n" + source))
+# red team 34: enum is no module of train.py's, so the second is named as it is imported; red team 36: the
+# first is a store under torch.backends of a value but a plain word, named as that
+@pytest.mark.parametrize("source, named", [(LEAK_LATE, "sets torch.backends.cuda.contextlib.closing"),
+                                           (BUILTINS, "imports enum, not on the audit's list")])
+def test_a_module_reached_through_another_is_named(source, named):
+    assert any(named in line for line in audit.source_findings("import torch\n" + source))
 
 
 def test_builtins_called_as_attributes_are_named():
