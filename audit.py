@@ -117,7 +117,6 @@ MODULE_ATTRS = {"os": {"environ", "getenv", "cpu_count", "path"},
 # the audit cannot read, or reads data the evaluation alone may read (used at all, not only called)
 BANNED_CALLS = {"setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
                 "breakpoint", "open", "locals"}
-WRAPPERS = {"functools.update_wrapper": 2, "functools.wraps": 1}  # the most arguments each may get
 BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_frame", "gi_code", "cr_frame",
                 "ag_frame", "tb_frame", "tb_next", "co_consts", "co_code", "_getframe", "settrace",
                 "setprofile", "meta_path", "path_hooks", "get_objects", "get_referrers", "get_referents",
@@ -1092,24 +1091,19 @@ def source_findings(source):
         elif isinstance(node, ast.ClassDef) and (node.keywords or "type" in map(dotted, node.bases)):
             say(node, "defines a metaclass or passes class keywords (they change what isinstance and match "
                       "read)")
-        elif isinstance(node, ast.Call) and dotted(node.func) in WRAPPERS and (node.keywords or any(
-                isinstance(a, ast.Starred) for a in node.args) or len(node.args) > WRAPPERS[
-                    dotted(node.func)]):
-            say(node, f"calls {dotted(node.func)} with more than what it wraps (lists of attributes of its "
-                      "own copy code into prepare's functions or read their globals: red teams 17, 32)")
-        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) in WRAPPERS and not (
+        elif isinstance(node, ast.Call) and dotted(node.func) == "functools.wraps" and (node.keywords or len(
+                node.args) != 1 or isinstance(node.args[0], ast.Starred)):
+            say(node, "calls functools.wraps with more than the function it wraps (lists of attributes of "
+                      "its own copy code into prepare's functions or read their globals: red teams 17, 32)")
+        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) == "functools.wraps" and not (
                 id(node) in called and isinstance(parents.get(id(up)), (
                     ast.FunctionDef, ast.AsyncFunctionDef)) and up in parents[id(up)].decorator_list):
-            say(node, f"uses {dotted(node)} but as the decorator of a def (partial or map handed it lists of "
-                      "attributes, red team 32; a class took prepare's __module__ through it, red team 34)")
+            say(node, "uses functools.wraps but as the decorator of a def (update_wrapper, which it calls, "
+                      "took prepare's __module__ or __globals__ by lists of attributes: red teams 32, 34)")
         elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) == "dataclasses.dataclass" and (
                 not dataclass_of(node)):
-            say(node, "uses dataclasses.dataclass but as the decorator of a class of train.py's plain "
-                      "classes (it runs its fields' names as code: red team 34's came from a TypedDict)")
-        elif isinstance(node, ast.Call) and str(dotted(node.func)).startswith("enum.") and len(
-                node.args) > 1:
-            say(node, f"calls {dotted(node.func)} with names made at run time (enum's functional API: a "
-                      "dunder name among them is a hook or an attribute no line spells, red team 32)")
+            say(node, "uses dataclasses.dataclass but as the decorator of a class statement with no bases "
+                      "(it runs its fields' names as code: red teams 34 and 35 made them at run time)")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr in (
                 methods.get(node.value.id, ())) and not (id(node) in called and up.args and isinstance(
                     up.args[0], ast.Name) and up.args[0].id in ("self", "cls") and not foreign_private(
