@@ -267,9 +267,8 @@ def _split_texts(row_ranges):
 def _training_texts(data_dir, dataset):
     total = 0
     for text in itertools.chain.from_iterable(_split_texts(split_row_ranges("train", data_dir, dataset))):
-        yield text[:TOKENIZER_DOC_CHARS]
-        total += min(len(text), TOKENIZER_DOC_CHARS)
-        if total >= TOKENIZER_MAX_CHARS:
+        yield (text := text[:TOKENIZER_DOC_CHARS])
+        if (total := total + len(text)) >= TOKENIZER_MAX_CHARS:
             return
 
 def train_tokenizer(data_dir=None, tokenizer_dir=None, dataset=None):
@@ -477,7 +476,8 @@ def _loader(tokenizer, B, T, split, buffer_size, evaluation=False):
 _served, _loaders = dict(train_times=[], train_tokens=0, val_batches_outside_evaluation=0, unpinned=None,
                         evaluations=0, train_packed=0), []  # recorded; make_dataloader's loaders
 _clock, _urandom, _hook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
-_clone = torch._C.TensorBase.clone  # a C type's: no name a tensor or its class adds answers (red team 32)
+_clone, _detach = torch._C.TensorBase.clone, torch._C.TensorBase.detach  # a C type's: nothing a tensor
+_grad_mode, _set_grad = torch._C.is_grad_enabled, torch._C._set_grad_enabled  # or its class adds runs (32)
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -489,11 +489,12 @@ def _losses(logits, targets):
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
 def _call(fn, *args):  # fn(*args), train.py's code, on copies of the tensors (red team 15 read y behind x):
-    out = fn(*[_clone(a) if type(a) is torch.Tensor else a for a in args])  # what it was handed and its
-    out = _clone(out) if type(out) is torch.Tensor else out  # answer are freed here, before the checks (red
+    grad, out = _grad_mode(), fn(*[_clone(a) if type(a) is torch.Tensor else a for a in args])  # the copies
+    out = _clone(_detach(out)) if type(out) is torch.Tensor else out  # and its answer are freed here, before
+    _set_grad(grad)  # the checks (red teams 29, 31 ran code as prepare freed them); grad mode as it was, and
     _served["unpinned"] = _served["unpinned"] or gc.isenabled() and "the garbage collector (switched on)"
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
-    return out  # teams 29, 31 ran code as prepare freed them); no frame hook (26, 28), no pinned change
+    return out  # no history (red team 38's saved-tensor hooks ran in score's losses); no frame hook (26, 28)
 
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
@@ -686,8 +687,7 @@ def _available_memory(device_type):
 def _flop_rate(device_type):
     """FLOP/s expected of the model here, or None where unknown (a GPU not in GPU_BF16_PEAK_FLOPS)."""
     if device_type == "cuda":
-        peak = gpu_peak_flops(torch.cuda.get_device_name())
-        return peak * GPU_EFFICIENCY if peak else None
+        return (peak := gpu_peak_flops(torch.cuda.get_device_name())) and peak * GPU_EFFICIENCY  # or None
     m, n, t0 = torch.randn(1024, 1024, device=device_type), 0, time.perf_counter()
     while n < 2 or time.perf_counter() - t0 < 0.3:  # perf_counter: a test's fake time.time cannot skew it
         (m @ m).sum().item()

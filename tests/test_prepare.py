@@ -1,6 +1,7 @@
 """prepare.py: downloads against a real loopback server, the tokenizer, the dataloader and evaluate_bpb."""
 import base64
 import collections
+import contextlib
 import errno
 import gc
 import hashlib
@@ -468,6 +469,48 @@ def test_the_copies_are_made_by_torchs_own_clone(monkeypatch):
     finally:
         del torch.Tensor.clone
     assert type(out) is torch.Tensor and torch.equal(out, torch.ones(2, 3)) and vars(out) == {}
+
+
+def test_scores_ops_record_no_autograd_whatever_the_model_leaves(tok, data_dir, prepared, monkeypatch):
+    """Red team 38: a model switched grad mode on and left a saved-tensor hook pushed; score's losses on its
+    answer then saved tensors for backward, and the hook (train.py's code) clamped the log-probabilities
+    between checks. The answer comes back detached and grad mode as it was: the hook never runs in score."""
+    ran, hooks = [], contextlib.ExitStack()
+
+    def pack(t):
+        ran.append(t.dim())
+        if t.dim() == 2 and t.dtype == torch.float32:
+            t.data.clamp_(min=-0.4)  # log-probabilities of at most 0.4 nats
+
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(8192))
+
+        def forward(self, x):
+            torch.set_grad_enabled(True)
+            if not ran:
+                hooks.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+            ran.append("model")
+            return torch.zeros(*x.shape, 8192) + self.w
+
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 64)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 4 * 64 * 3)
+    monkeypatch.setattr(audit, "MAIN_FILE", __file__)  # no record
+    monkeypatch.setitem(prepare._served, "evaluations", 0)
+    monkeypatch.setitem(prepare._served, "unpinned", None)
+    try:
+        with torch.no_grad():
+            bpb = prepare.evaluate_bpb(Uniform(), tok, 4)
+    finally:
+        hooks.close()
+    assert set(ran) == {"model"} and len(ran) == 3 + 1  # 3 batches and the probe's other call; no pack ran
+    ref = reference_batches(tok, 4, 64, [str(data_dir / prepare.VAL_FILENAME)], 1000)
+    targets = torch.cat([next(ref)[1].reshape(-1) for _ in range(3)]).tolist()
+    byte_counts = [len(tok.enc.decode_single_token_bytes(t)) if t < 8188 else 0 for t in targets]
+    assert bpb == pytest.approx(sum(n > 0 for n in byte_counts) * math.log(8192) / (math.log(2) * sum(
+        byte_counts)), rel=1e-6)  # uniform: ln 8192 nats a scored token, not 0.4
 
 
 def evaluate_here(monkeypatch, prepared, batch_size=4, T=64, batches=3):
