@@ -76,12 +76,17 @@ PUBLIC = {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluat
           "cache_compiled_graphs", "check_batch", "or_exit", "out_of_memory", "peak_memory_mb", "preflight",
           "print_progress", "save_checkpoint", "setup_device", "pick_attention", "EVAL_TOKENS", "VOCAB_SIZE",
           "DATASET"}
-CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.")
+CONFIG = ("torch.backends.", "torch._inductor.config.", "torch._dynamo.config.", "torch._functorch.config.",
+          "torch.compiler.config.")
+# torch's config modules: settings to store, nothing else (load_config unpickles, patch sets a setting a
+# string names: red team 37 ran code through both)
+CONFIG_MODULES = tuple(c for c in CONFIG if c.endswith(".config."))
 # of those, a setting that names a program, a flag, a file or a folder, or a value but a plain word or number:
 # inductor puts its C++ settings into g++'s command line (red team 36 ran a program as g++'s -wrapper)
 COMMAND_SETTING = re.compile(r"cxx|cc|flag|dir|path|cmd|command|compiler|wrapper|exe|prefix|bin|link|ld|"
                              r"plugin")
 PLAIN_VALUE = re.compile(r"[\w.+-]*")
+ENV_VALUE = re.compile(r"[\w.+:,-]*")  # a variable above the prepare import: "expandable_segments:True" too
 # An allow-list of the modules train.py may import and, of four, the attributes it may use (the rest of `os`
 # opens files and processes, of `sys` reaches modules and frames). Research code needs nothing else of them.
 MODULES = {"torch", "math", "time", "gc", "sys", "os", "contextlib", "dataclasses", "functools", "itertools",
@@ -875,8 +880,11 @@ def source_findings(source):
             return None
         return ".".join([modules.get(node.id, node.id), *reversed(parts)])
 
-    def problem(name, called=True):  # what is wrong with using a module's name, or None
+    def problem(name, called=True, stored=False):  # what is wrong with using a module's name, or None
         module, _, rest = name.partition(".")
+        if (name + ".").startswith(CONFIG_MODULES) and name + "." not in CONFIG_MODULES and not stored:
+            return (f"uses {name}: of torch's config modules, only a store of a setting (their methods run "
+                    "what they are given: load_config unpickles, patch sets a setting a string names)")
         if module in MODULE_ATTRS and rest and rest.split(".")[0] not in MODULE_ATTRS[module]:
             return f"uses {name}"
         if module == "sys" and rest.split(".")[0] in ("stdout", "stderr") and rest.count(".") and (
@@ -893,7 +901,7 @@ def source_findings(source):
             return f"uses {name}, which reaches the module {reached} through another"
         part = rest.split(".") + [""]
         private = [p for p in part if p[:1] == "_" and not dunder(p)]  # torch._foreach_add_ and such: kernels
-        if module == "torch" and not (name + ".").startswith(CONFIG) and (
+        if module == "torch" and not (name + ".").startswith(CONFIG_MODULES) and (
                 part[0] == "utils" and part[1] not in ("checkpoint", "")
                 or private and (private != [part[0]] or "." in rest or not part[0].startswith("_foreach"))):
             return f"uses {name} (torch's utilities and private names read files and run programs)"
@@ -1015,6 +1023,11 @@ def source_findings(source):
     def constant(node):
         return isinstance(node, ast.Constant) or isinstance(node, ast.UnaryOp) and constant(node.operand)
 
+    # a setting torch's compiler reads (an environment variable, an option of torch.compile): of no program,
+    def setting(key, value, form=ENV_VALUE):  # flag, file or folder, and a plain value (red teams 36, 37)
+        return isinstance(key, ast.Constant) and isinstance(key.value, str) and not COMMAND_SETTING.search(
+            key.value.lower()) and isinstance(value, ast.Constant) and bool(form.fullmatch(str(value.value)))
+
     def harmless(node):
         if isinstance(node, ast.Try):
             return all(map(harmless, node.body + node.orelse + node.finalbody + [
@@ -1024,11 +1037,14 @@ def source_findings(source):
         value = getattr(node, "value", None)
         if isinstance(node, ast.Expr) and isinstance(value, ast.Call):  # a call of a name with constants
             return bool(dotted(value.func)) and all(map(constant, value.args + [k.value for k in
-                                                                 value.keywords]))
+                                                                 value.keywords])) and (
+                not dotted(value.func).startswith("os.environ") or dotted(value.func) == (
+                    "os.environ.setdefault") and len(value.args) == 2 and setting(*value.args))
         targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
         return isinstance(node, (ast.Expr, ast.Assign, ast.AnnAssign)) and value is not None and constant(
             value) and all(isinstance(t, ast.Name) or isinstance(t, ast.Subscript) and dotted(t.value) == (
-                "os.environ") or (dotted(t) or "").startswith(CONFIG) for t in targets if t is not None)
+                "os.environ") and setting(t.slice, value) or (dotted(t) or "").startswith(CONFIG)
+                for t in targets if t is not None)
     first = next((i for i, n in enumerate(tree.body) if isinstance(n, ast.ImportFrom)
                   and n.module == "prepare"), None)
     nested = next((n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "prepare"
@@ -1038,7 +1054,8 @@ def source_findings(source):
     for node in tree.body[:first or 0]:
         if not harmless(node):
             say(node, "runs code before `from prepare import ...` (what it changes there, the evaluation's "
-                      "pin of torch and math cannot see)")
+                      "pin of torch and math cannot see), or sets an environment variable of a program, "
+                      "flag, file or folder, or to a value but a plain word (red team 37 ran g++'s -wrapper)")
     for _ in range(3):  # aliases of aliases
         modules.update({name: dotted(value) for name, value in aliases
                         if root(value) in set(modules) | from_prepare and name not in modules})
@@ -1126,6 +1143,17 @@ def source_findings(source):
                         first].lineno):
             say(node, "writes os.environ below `from prepare import` (torch reads its compiler's settings "
                       "from it: red team 36)")
+        elif isinstance(node, ast.Call) and dotted(node.func) == "torch.compile" and not all(
+                k.arg == "mode" and plain(k.value) or k.arg == "options" and isinstance(k.value, ast.Dict)
+                and all(setting(*kv, PLAIN_VALUE) for kv in zip(k.value.keys, k.value.values))
+                or k.arg not in (None, "mode", "options") for k in node.keywords):
+            say(node, "passes torch.compile a mode or options but plain words and numbers, or a setting of "
+                      "what runs (inductor puts settings into g++'s command line: red team 37)")
+        elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) == "torch.compile" and not (
+                id(node) in called or isinstance(up, ast.Assign) and up.value is node or any(
+                    node in getattr(d, "decorator_list", ()) for d in ast.walk(tree))):
+            say(node, "uses torch.compile as a value but as a decorator (partial or map would hide its "
+                      "options)")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Call) and dotted(
                 node.func.func) == "type":
             say(node, "calls type(x)(...): it makes a class by x's metaclass, whose hooks can be named at "
@@ -1163,7 +1191,7 @@ def source_findings(source):
                 say(node, "reads a tokenizer other than prepare.py's, or hides which (red team 25 read a "
                           "file a run wrote with Tokenizer.from_directory(folder))")
                 continue
-            wrong = problem(name, id(node) in called)
+            wrong = problem(name, id(node) in called, stored)
             if wrong:
                 say(node, wrong)
             elif stored and not (name + ".").startswith(CONFIG):
