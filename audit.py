@@ -825,7 +825,24 @@ TORCHS_OWN = {"random", "signal", "types"}  # torch's modules of standard-librar
 # torch's namespaces no research edit reaches into: they hold the standard library's tools under their own
 # names (red team 24 took operator.attrgetter as torch.autograd.profiler_util's, to read frames' locals)
 TORCH_TOOLS = {"distributed", "testing", "fx", "onnx", "jit", "profiler", "profiler_util", "ao",
-               "quantization"}
+               "quantization", "xpu", "mtia", "hub", "package", "multiprocessing", "export"}
+# of torch.compiler and torch.cuda, what research code calls: their other names load caches, pickles and
+# libraries (red team 39: load_cache_artifacts wrote a file anywhere, load_compiled_function unpickled,
+# CUDAPluggableAllocator loaded a library)
+TORCH_ATTRS = {"compiler": {"compile", "config", "disable", "reset", "set_stance", "allow_in_graph",
+                            "assume_constant_result", "cudagraph_mark_step_begin", "nested_compile_region",
+                            "is_compiling", "is_dynamo_compiling", "is_exporting", "list_backends"},
+               "cuda": {"is_available", "synchronize", "manual_seed", "manual_seed_all", "seed",
+                        "initial_seed", "get_rng_state", "set_rng_state", "max_memory_allocated",
+                        "memory_allocated", "max_memory_reserved", "memory_reserved", "empty_cache",
+                        "reset_peak_memory_stats", "memory_stats", "memory_summary", "mem_get_info",
+                        "get_device_name", "device_count", "get_device_properties", "get_device_capability",
+                        "current_device", "set_device", "device", "is_bf16_supported", "Event", "Stream",
+                        "stream", "current_stream", "default_stream", "graph", "CUDAGraph",
+                        "make_graphed_callables", "OutOfMemoryError", "amp", "nvtx",
+                        "set_per_process_memory_fraction"}}
+# and in any part of a torch name, what loads code (a backstop for loaders not listed above)
+TORCH_LOADERS = re.compile(r"load|artifact|serializ|pickle|allocator|library|dll|extension")
 # torch's modules a train.py imports from (red team 22 took inspect.stack and operator.attrgetter as names
 # of torch.distributed.elastic.timer.api and torch.autograd.profiler_util, to read the evaluation's frames)
 TORCH_MODULES = {"torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.nn.attention",
@@ -895,6 +912,10 @@ def source_findings(source):
             return f"uses {name}"
         reached = reached_module(module, rest, not called)
         tool = module == "torch" and next((p for p in rest.split(".") if p in TORCH_TOOLS), None)
+        first, _, then = rest.partition(".")
+        if module == "torch" and (first in TORCH_ATTRS and then and then.split(".")[0] not in TORCH_ATTRS[
+                first] or TORCH_LOADERS.search(rest.lower())):
+            return f"uses {name} (of torch, a name that loads files, pickles or libraries: red team 39)"
         if tool:
             return f"uses {name} (torch's {tool} is no research module: it holds other modules' tools)"
         if reached:  # red team 20: builtins as enum.bltns, contextlib as torch.backends.cuda.contextlib
