@@ -478,6 +478,7 @@ _served, _loaders = dict(train_times=[], train_tokens=0, val_batches_outside_eva
 _clock, _urandom, _hook = time.monotonic, os.urandom, torch._C._dynamo.eval_frame.set_eval_frame  # at load
 _clone, _detach = torch._C.TensorBase.clone, torch._C.TensorBase.detach  # a C type's: nothing a tensor
 _grad_mode, _set_grad = torch._C.is_grad_enabled, torch._C._set_grad_enabled  # or its class adds runs (32)
+_dispatch_modes, _function_modes = torch._C._len_torch_dispatch_stack, torch._C._len_torch_function_stack
 CAUSAL_TOLERANCE = 1e-3  # a logit before the changed tokens may move this much (bf16 kernels give 0 or ~1e-5)
 LOSS_CHUNK = 2**28       # logits per cross-entropy call: 1 GiB of float32 log-probabilities at a time
 
@@ -488,13 +489,15 @@ def _losses(logits, targets):
     return torch.cat([torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                       for lg, tg in zip(logits.split(rows), targets.split(rows))])
 
-def _call(fn, *args):  # fn(*args), train.py's code, on copies of the tensors (red team 15 read y behind x):
-    grad, out = _grad_mode(), fn(*[_clone(a) if type(a) is torch.Tensor else a for a in args])  # the copies
-    out = _clone(_detach(out)) if type(out) is torch.Tensor else out  # and its answer are freed here, before
-    _set_grad(grad)  # the checks (red teams 29, 31 ran code as prepare freed them); grad mode as it was, and
-    _served["unpinned"] = _served["unpinned"] or gc.isenabled() and "the garbage collector (switched on)"
+def _call(fn, *args):  # fn(*args), train.py's code, on copies of the tensors (red team 15 read y behind x),
+    grad, modes = _grad_mode(), _function_modes()  # which, with its answer, are freed before the checks
+    out = fn(*[_clone(a) if type(a) is torch.Tensor else a for a in args])  # (red teams 29, 31 ran code as
+    out = _clone(_detach(out)) if type(out) is torch.Tensor else out  # prepare freed them); grad mode as it
+    _set_grad(grad)  # was, and no history (red team 38's saved-tensor hooks ran in score's losses)
+    _served["unpinned"] = _served["unpinned"] or gc.isenabled() and "the garbage collector (switched on)" or (
+        _dispatch_modes() or _function_modes() != modes) and "a torch mode (left on)"  # 40's ran code
     _served["unpinned"] = _served["unpinned"] or _hook(None) is not None and "a frame hook" or _unpinned(_PIN)
-    return out  # no history (red team 38's saved-tensor hooks ran in score's losses); no frame hook (26, 28)
+    return out  # no frame hook (red teams 26, 28), no pinned change
 
 def _causality_probe(model, x):
     """(probe, logits of x): the most a logit at t <= t_b (random) moves when row b's later tokens change."""
@@ -642,8 +645,7 @@ def check_batch(total_batch_size, device_batch_size):
     if not all(isinstance(v, int) and v > 0 for v in (total_batch_size, device_batch_size)):
         sys.exit(f"DEVICE_BATCH_SIZE ({device_batch_size}) and TOTAL_BATCH_SIZE ({total_batch_size}) must be "
                  "positive integers (write 2**12 or 4096, not 4096.0).")
-    per_micro_step = device_batch_size * MAX_SEQ_LEN
-    if total_batch_size % per_micro_step:
+    if total_batch_size % (per_micro_step := device_batch_size * MAX_SEQ_LEN):
         sys.exit(f"TOTAL_BATCH_SIZE ({total_batch_size:,}) must be a multiple of DEVICE_BATCH_SIZE * "
                  f"MAX_SEQ_LEN ({device_batch_size} * {MAX_SEQ_LEN} = {per_micro_step:,}); change "
                  "DEVICE_BATCH_SIZE or TOTAL_BATCH_SIZE in train.py so that it divides.")
@@ -800,8 +802,7 @@ def save_checkpoint(model, path=CHECKPOINT):
     except (OSError, RuntimeError) as e:  # torch.save: "PytorchStreamWriter failed writing file ..."
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        kept = "; the earlier file is kept" if os.path.exists(path) else ""
-        reason = " ".join(str(e).split())[:120]
+        kept, reason = "; the earlier file is kept" * os.path.exists(path), " ".join(str(e).split())[:120]
         print(f"could not save the weights to {path} ({reason}){kept}; evaluating anyway")
 
 def peak_memory_mb():
@@ -862,8 +863,7 @@ def main(args=None):
         print(f"warning: VOCAB_SIZE = {VOCAB_SIZE} for TinyStories: README's small-computer recipe sets "
               f"VOCAB_SIZE = 2048 in prepare.py (this run trains a tokenizer of {VOCAB_SIZE}, as set)",
               file=sys.stderr)
-    data_dir, tokenizer_dir = cache_dirs(args.dataset)
-    then = "fetch the rest"  # what running prepare.py again does after a Ctrl-C
+    (data_dir, tokenizer_dir), then = cache_dirs(args.dataset), "fetch the rest"  # then: after a Ctrl-C
     try:
         move_old_layout()
         download_data(args.num_shards, args.download_workers, dataset=args.dataset)
