@@ -138,7 +138,11 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
                 # types, plain strings, of dataclasses.make_dataclass)
                 "get_type_hints", "make_dataclass", "get_annotations", "evaluate_forward_ref",
                 "singledispatch", "singledispatchmethod",  # (red team 27: its register evaluates annotations)
-                "dynamo_ctx", "f_lineno", "f_lasti"}  # (red teams 26, 28: a frame hook of train.py's)
+                "dynamo_ctx", "f_lineno", "f_lasti",  # (red teams 26, 28: a frame hook of train.py's)
+                # and those that write and load files as code, or copy a function's globals, wherever they are
+                # found (red team 41 took them as torch.cuda.amp.common's and torch.distributions.utils's)
+                "update_wrapper", "find_spec", "set_data", "get_data", "load_module", "exec_module",
+                "module_from_spec", "source_to_code", "set_default_tensor_type"}
 FORMATS = ("format", "format_map")  # of a string literal only: a field reads attributes ("{0.f_back}")
 STREAM_ATTRS = {"write", "flush", "isatty", "reconfigure", "encoding"}  # of sys.stdout and sys.stderr
 DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
@@ -829,10 +833,10 @@ TORCH_TOOLS = {"distributed", "testing", "fx", "onnx", "jit", "profiler", "profi
 # of torch.compiler and torch.cuda, what research code calls: their other names load caches, pickles and
 # libraries (red team 39: load_cache_artifacts wrote a file anywhere, load_compiled_function unpickled,
 # CUDAPluggableAllocator loaded a library)
-TORCH_ATTRS = {"compiler": {"compile", "config", "disable", "reset", "set_stance", "allow_in_graph",
+TORCH_ATTRS = {"torch.compiler": {"compile", "config", "disable", "reset", "set_stance", "allow_in_graph",
                             "assume_constant_result", "cudagraph_mark_step_begin", "nested_compile_region",
                             "is_compiling", "is_dynamo_compiling", "is_exporting", "list_backends"},
-               "cuda": {"is_available", "synchronize", "manual_seed", "manual_seed_all", "seed",
+               "torch.cuda": {"is_available", "synchronize", "manual_seed", "manual_seed_all", "seed",
                         "initial_seed", "get_rng_state", "set_rng_state", "max_memory_allocated",
                         "memory_allocated", "max_memory_reserved", "memory_reserved", "empty_cache",
                         "reset_peak_memory_stats", "memory_stats", "memory_summary", "mem_get_info",
@@ -840,17 +844,37 @@ TORCH_ATTRS = {"compiler": {"compile", "config", "disable", "reset", "set_stance
                         "current_device", "set_device", "device", "is_bf16_supported", "Event", "Stream",
                         "stream", "current_stream", "default_stream", "graph", "CUDAGraph",
                         "make_graphed_callables", "OutOfMemoryError", "amp", "nvtx",
-                        "set_per_process_memory_fraction"}}
+                        "set_per_process_memory_fraction"},
+               # and of four modules that import the standard library's tools (red team 41 took
+               # functools.wraps from lr_scheduler), their `__all__` in torch 2.11 (tests/test_redteam41.py)
+               "torch.utils.checkpoint": {
+                   "checkpoint", "checkpoint_sequential", "CheckpointError", "CheckpointFunction",
+                   "check_backward_validity", "detach_variable", "get_device_states", "set_device_states",
+                   "noop_context_fn", "set_checkpoint_early_stop", "DefaultDeviceType", "CheckpointPolicy",
+                   "set_checkpoint_debug_enabled", "SelectiveCheckpointContext", "GraphExecGroup",
+                   "create_selective_checkpoint_contexts", "SAC_IGNORED_OPS"},
+               "torch.optim.lr_scheduler": {
+                   "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ConstantLR", "LinearLR",
+                   "ExponentialLR", "SequentialLR", "CosineAnnealingLR", "ChainedScheduler", "CyclicLR",
+                   "ReduceLROnPlateau", "CosineAnnealingWarmRestarts", "OneCycleLR", "PolynomialLR",
+                   "LRScheduler"},
+               "torch.nn.attention.flex_attention": {
+                   "BlockMask", "flex_attention", "AuxOutput", "AuxRequest", "FlexKernelOptions",
+                   "create_block_mask", "create_mask", "or_masks", "and_masks", "noop_mask"},
+               "torch.nn.attention.varlen": {"varlen_attn", "AuxRequest"}}
 # and in any part of a torch name, what loads code (a backstop for loaders not listed above)
+TORCH_DTYPE = re.compile(r"(b?float|u?int|complex|float8_\w+)\d*|long|half|double|bool|short|cfloat|cdouble")
 TORCH_LOADERS = re.compile(r"load|artifact|serializ|pickle|allocator|library|dll|extension")
-# torch's modules a train.py imports from (red team 22 took inspect.stack and operator.attrgetter as names
-# of torch.distributed.elastic.timer.api and torch.autograd.profiler_util, to read the evaluation's frames)
+# torch's modules a train.py imports from, and the only ones a torch name may pass through (red team 41 took
+# torch.fx as torch.utils.checkpoint.fx_traceback; red team 22 took inspect.stack and operator.attrgetter as
+# names of torch.distributed.elastic.timer.api and torch.autograd.profiler_util, to read the evaluation's
+# frames)
 TORCH_MODULES = {"torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.nn.attention",
                  "torch.nn.attention.flex_attention", "torch.nn.attention.varlen", "torch.nn.utils",
                  "torch.optim", "torch.optim.lr_scheduler", "torch.utils.checkpoint", "torch.amp",
                  "torch.cuda", "torch.autograd", "torch.func", "torch.special", "torch.linalg", "torch.fft",
                  "torch.compiler", "torch.backends", "torch.backends.cuda", "torch.backends.cudnn",
-                 "torch.backends.mps",
+                 "torch.backends.mps", "torch.cuda.amp", "torch.distributions", "torch.version",
                  *(c.rstrip(".") for c in CONFIG)}
 
 @functools.cache
@@ -911,15 +935,25 @@ def source_findings(source):
                 module == "torch" and name.rsplit(".", 1)[-1] in ("load", "loads", "load_file")):
             return f"uses {name}"
         reached = reached_module(module, rest, not called)
-        tool = module == "torch" and next((p for p in rest.split(".") if p in TORCH_TOOLS), None)
-        first, _, then = rest.partition(".")
-        if module == "torch" and (first in TORCH_ATTRS and then and then.split(".")[0] not in TORCH_ATTRS[
-                first] or TORCH_LOADERS.search(rest.lower())):
-            return f"uses {name} (of torch, a name that loads files, pickles or libraries: red team 39)"
+        tool = module == "torch" and next((p for p in rest.split(".") if p.startswith(tuple(TORCH_TOOLS))),
+                                          None)  # a prefix: fx_traceback is torch.fx (red team 41)
         if tool:
             return f"uses {name} (torch's {tool} is no research module: it holds other modules' tools)"
         if reached:  # red team 20: builtins as enum.bltns, contextlib as torch.backends.cuda.contextlib
             return f"uses {name}, which reaches the module {reached} through another"
+        parts, listed = rest.split("."), next((m for m in TORCH_ATTRS if name.startswith(m + ".")), None)
+        inside = module == "torch" and not (name + ".").startswith(CONFIG)  # a chain through torch's modules
+        for i, part in enumerate(parts[:-1] if inside else []):
+            if not part[:1].islower() or i == 0 and TORCH_DTYPE.fullmatch(part):  # a class or a dtype (its
+                break  # attributes are its own) or a private name (below)
+            if (prefix := f"torch.{'.'.join(parts[:i + 1])}") not in TORCH_MODULES and not any(
+                    m.startswith(prefix + ".") for m in TORCH_MODULES):  # torch.utils: towards checkpoint
+                return (f"uses {name}: {prefix} is no module on the audit's list (red team 41 took "
+                        "torch.fx and functools' tools as attributes of torch's modules)")
+        if listed and name[len(listed) + 1:].split(".")[0] not in TORCH_ATTRS[listed] or (
+                module == "torch" and TORCH_LOADERS.search(rest.lower())):
+            return (f"uses {name} (of torch, no name research code calls, or one that loads files, pickles "
+                    "or libraries: red teams 39, 41)")
         part = rest.split(".") + [""]
         private = [p for p in part if p[:1] == "_" and not dunder(p)]  # torch._foreach_add_ and such: kernels
         if module == "torch" and not (name + ".").startswith(CONFIG_MODULES) and (
