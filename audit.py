@@ -142,7 +142,10 @@ BANNED_ATTRS = {"f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_f
                 # and those that write and load files as code, or copy a function's globals, wherever they are
                 # found (red team 41 took them as torch.cuda.amp.common's and torch.distributions.utils's)
                 "update_wrapper", "find_spec", "set_data", "get_data", "load_module", "exec_module",
-                "module_from_spec", "source_to_code", "set_default_tensor_type"}
+                "module_from_spec", "source_to_code", "set_default_tensor_type",
+                # a storage's type(name) imports by a name made at run time, and AttributeError.obj hands over
+                # what it found (red team 42 took prepare's module globals so)
+                "storage", "untyped_storage", "obj"}
 FORMATS = ("format", "format_map")  # of a string literal only: a field reads attributes ("{0.f_back}")
 STREAM_ATTRS = {"write", "flush", "isatty", "reconfigure", "encoding"}  # of sys.stdout and sys.stderr
 DUNDER_VALUES = {"__name__", "__qualname__", "__doc__", "__version__", "__class__"}  # readable as values
@@ -864,7 +867,8 @@ TORCH_ATTRS = {"torch.compiler": {"compile", "config", "disable", "reset", "set_
                "torch.nn.attention.varlen": {"varlen_attn", "AuxRequest"}}
 # and in any part of a torch name, what loads code (a backstop for loaders not listed above)
 TORCH_DTYPE = re.compile(r"(b?float|u?int|complex|float8_\w+)\d*|long|half|double|bool|short|cfloat|cdouble")
-TORCH_LOADERS = re.compile(r"load|artifact|serializ|pickle|allocator|library|dll|extension")
+TORCH_LOADERS = re.compile(r"load|artifact|serializ|pickle|allocator|library|dll|extension|file|writer|"
+                           r"reader|import_ir|compilationunit|storage")  # red team 42: PyTorchFileWriter
 # torch's modules a train.py imports from, and the only ones a torch name may pass through (red team 41 took
 # torch.fx as torch.utils.checkpoint.fx_traceback; red team 22 took inspect.stack and operator.attrgetter as
 # names of torch.distributed.elastic.timer.api and torch.autograd.profiler_util, to read the evaluation's
@@ -1198,12 +1202,13 @@ def source_findings(source):
                         first].lineno):
             say(node, "writes os.environ below `from prepare import` (torch reads its compiler's settings "
                       "from it: red team 36)")
-        elif isinstance(node, ast.Call) and dotted(node.func) == "torch.compile" and not all(
+        elif isinstance(node, ast.Call) and (dotted(node.func) == "torch.compile" or isinstance(
+                node.func, ast.Attribute) and node.func.attr == "compile") and not all(  # Module.compile too
                 k.arg == "mode" and plain(k.value) or k.arg == "options" and isinstance(k.value, ast.Dict)
                 and all(setting(*kv, PLAIN_VALUE) for kv in zip(k.value.keys, k.value.values))
                 or k.arg not in (None, "mode", "options") for k in node.keywords):
             say(node, "passes torch.compile a mode or options but plain words and numbers, or a setting of "
-                      "what runs (inductor puts settings into g++'s command line: red team 37)")
+                      "what runs (inductor puts settings into g++'s command line: red teams 37, 42)")
         elif isinstance(node, (ast.Name, ast.Attribute)) and dotted(node) == "torch.compile" and not (
                 id(node) in called or isinstance(up, ast.Assign) and up.value is node or any(
                     node in getattr(d, "decorator_list", ()) for d in ast.walk(tree))):
