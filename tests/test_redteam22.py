@@ -4,7 +4,7 @@ them), and the evaluation's targets read from its frames with inspect.stack and 
 as names of public torch modules. Each asserts the secure outcome."""
 # ruff: noqa: F811
 import pytest
-from test_audit import clone_of, findings, tiny  # noqa: F401
+from test_audit import BUDGET, clone_of, findings, tiny  # noqa: F401
 
 import audit
 
@@ -100,8 +100,15 @@ def test_training_the_timed_part_leaves_out_is_named(bigrams, tmp_path_factory, 
 
 
 def test_the_same_model_within_the_budget_is_no_finding(bigrams, tmp_path_factory):
+    """Honest: its loop stops once TIME_BUDGET has passed after the 11 warm-up steps, however slow the machine
+    (70 steps on a loaded CI machine took 13 s once, which is far past a 2 s budget)."""
     n = clone_of(bigrams, tmp_path_factory, "rt22honest")
-    commit, code, out, row = n.attack("more context", window_source(rows=8, seconds=0, steps=70))
+    loop = "for step in range(70):\n    x, y, _ = next(loader)\n"
+    timed = ("t0 = None\n" + loop + "    t0 = time.monotonic() if step == 11 else t0\n"
+             f"    if step > 11 and time.monotonic() - t0 > {BUDGET}:\n        break\n")
+    source = window_source(rows=8, seconds=0, steps=70)
+    assert source.count(loop) == 1
+    commit, code, out, row = n.attack("more context", source.replace(loop, timed))
     assert code == 0 and not [line for line in findings(n.audit()) if commit in line]
 
 
