@@ -84,7 +84,7 @@ CONFIG_MODULES = tuple(c for c in CONFIG if c.endswith(".config."))
 # of those, a setting that names a program, a flag, a file or a folder, or a value but a plain word or number:
 # inductor puts its C++ settings into g++'s command line (red team 36 ran a program as g++'s -wrapper)
 COMMAND_SETTING = re.compile(r"cxx|cc|flag|dir|path|cmd|command|compiler|wrapper|exe|prefix|bin|link|ld|"
-                             r"plugin")
+                             r"plugin|job|pgo")  # job, pgo: a profile one run leaves the next (red team 43)
 PLAIN_VALUE = re.compile(r"[\w.+-]*")
 ENV_VALUE = re.compile(r"[\w.+:,-]*")  # a variable above the prepare import: "expandable_segments:True" too
 # An allow-list of the modules train.py may import and, of four, the attributes it may use (the rest of `os`
@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "5cd7104cc8dc497b7292c8629bbe26d1f2a11c87e206af1a937488cda0622605"
+PREPARE_SHAPE = "edcda14a30725f56fe93e3d5fefbe820a1ec5bba9e23efe688a0957b4374d166"
 
 def fail(message):
     """Bad input: one line, exit 1."""

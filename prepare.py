@@ -57,8 +57,7 @@ DATA_DIR, TOKENIZER_DIR = cache_dirs(DATASET)
 VAL_FILENAME = DATASETS[DATASET].get("file") or shard_filename(DATASETS[DATASET]["val"])
 DOWNLOAD_ATTEMPTS, CHUNK_BYTES = 5, 1 << 20  # 1 MiB chunks: the progress line counts bytes a chunk at a time
 
-SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
-BOS_TOKEN = SPECIAL_TOKENS[0]
+SPECIAL_TOKENS, BOS_TOKEN = [f"<|reserved_{i}|>" for i in range(4)], "<|reserved_0|>"
 # GPT-4 style split, but digits grouped by one or two (not three): better for a small vocabulary
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}|"""
                  r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
@@ -124,7 +123,8 @@ if __name__ == "__main__":
     ARGS = parse_args()
 if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the old name, if someone set it, is left alone
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at high use
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1",  # and no profile of dynamo's that a run leaves for the
+                  TORCH_DYNAMO_AUTOMATIC_DYNAMIC_LOCAL_PGO="0")  # next (red team 43 passed rows through one)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(CACHE_DIR, "torch_compile"))  # not /tmp's
 try:
     import numpy as np
