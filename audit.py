@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "edcda14a30725f56fe93e3d5fefbe820a1ec5bba9e23efe688a0957b4374d166"
+PREPARE_SHAPE = "de8ffe469263a0225d95d32c4faf37ceca1451983a77d5405c30dbef1c939f32"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1699,9 +1699,13 @@ def score_artifact(path, batch_size, import_path):
             result["probe"] = max(result["probe"], covering_probe(model, next(batches)[0]))
         files = [path for path, *_ in prepare.split_row_ranges("val")]
         result["val_sha256"] = file_sha256(files[0])
-        try:
+        try:  # probed there too: red team 44's model was causal on the rows it had seen, read ahead elsewhere
             files += [path for path, *_ in fetch_heldout()]
-            result["heldout"] = prepare.score(model, tokenizer, batch_size, "heldout")[0]
+            result["heldout"], _, _, probe = prepare.score(model, tokenizer, batch_size, "heldout")
+            with contextlib.closing(prepare._loader(tokenizer, batch_size, prepare.MAX_SEQ_LEN, "heldout",
+                                                    1000, True)) as batches:  # 1000: score's buffer
+                next(batches)  # its first yield starts it
+                result["probe"] = max(result["probe"], probe, covering_probe(model, next(batches)[0]))
         except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
         # the data on disk as the hub has it: a shard changed before the night's baseline run is its data
