@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "de8ffe469263a0225d95d32c4faf37ceca1451983a77d5405c30dbef1c939f32"
+PREPARE_SHAPE = "4baa806caa3d9dfb94da175266e809fb32ad09e763ffbcbd24458e5a7f679160"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1652,9 +1652,9 @@ def covering_probe(model, x):
     position: 62 times in 63 a row, red team 10): (T - 1) / B forward passes (16 at the defaults)."""
     import torch
     B, T = x.shape
-    with torch.no_grad():
-        logits, other = model(x), torch.where(x > 0, x - 1, x + 1)  # each later token changed, in the vocab
-        most = torch.zeros((), device=x.device)
+    with torch.no_grad():  # the model gets copies (red team 45's program wrote into its input)
+        other = torch.where(x > 0, x - 1, x + 1)  # each later token changed, in the vocabulary
+        logits, most = model(x.clone()), torch.zeros((), device=x.device)
         for first in range(0, T - 1, B):
             cut = (first + torch.arange(B, device=x.device)).clamp(max=T - 2)[:, None]
             after = torch.arange(T, device=x.device)[None] > cut
@@ -1685,10 +1685,12 @@ def score_artifact(path, batch_size, import_path):
                                                    or target is operator.getitem
                                                    or getattr(target, "namespace", None) in SCORER_OPS):
                 foreign.add(str(target))
-    mutated = program.graph_signature.buffers_to_mutate
+    # its answers only: no buffer written (state carried from batch to batch), no input written (red team 45
+    # rewrote the covering probe's input so that every changed row read as the original)
+    mutated = [s.kind.name for s in program.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
     result = dict(val=None, heldout=None, probe=None)
     if foreign or mutated:
-        result["error"] = "it writes to its buffers (state carried from batch to batch)"
+        result["error"] = f"it writes to its buffers or inputs ({mutated[0] if mutated else ''})"
         if foreign:
             result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
