@@ -205,3 +205,26 @@ def test_the_clean_scorer_refuses_a_program_that_writes_its_input(tmp_path):
                          capture_output=True, text=True, timeout=300)
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["val"] is None and "inputs (USER_INPUT_MUTATION)" in result["error"], run.stderr[-2000:]
+
+
+def test_the_clean_scorer_probes_every_batch():
+    """A program that reads the next token at every third position of rows starting with an even token (about
+    one position in six): a random cut on one row misses it five times in six; the clean scorer's probe of
+    every call (probed) sees it within 40 batches of 4 rows, and an honest bigram moves nothing."""
+    import audit
+    import prepare  # noqa: F401  probed reads prepare._causality_probe through sys.modules
+    import torch
+
+    table = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+
+    def some_ahead(idx):
+        read = (torch.arange(idx.shape[1]) % 3 == 2) & (idx[:, :1] % 2 == 0)
+        return table[torch.where(read, torch.cat((idx[:, 1:], idx[:, :1]), 1), idx)]
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(1, 500, (4, 32), generator=gen) for _ in range(40)]
+    for model, seen in ((some_ahead, True), (lambda idx: table[idx], False)):
+        most = [0.0]
+        call = audit.probed(model, most)
+        assert all(torch.equal(call(x), model(x)) for x in batches)  # its answers, unchanged
+        assert (most[0] > audit.CAUSAL_TOLERANCE) == seen, most
