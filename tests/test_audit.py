@@ -1125,9 +1125,9 @@ def test_confirm_of_a_memorized_validation_set_does_not_hold(memorizer_confirm):
 # commit's extra training hides. The confirm samples its processes every 0.25 s: each pause, longer, is seen.
 STOPPER = """\
 import os, signal, tempfile, time
-prefix, tree = os.path.join(tempfile.gettempdir(), "autoresearch-confirm-"), None
-while True:
-    paused = []
+prefix, tree, pauses = os.path.join(tempfile.gettempdir(), "autoresearch-confirm-"), None, 0
+while pauses < 8:  # 0.4 s each, the confirm looking every 0.25 s; the rerun's wall barely grows (a loaded
+    paused = []    # CI machine slowed a rerun paused throughout past the 40 s this test trains longer)
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -1139,6 +1139,7 @@ while True:
         except OSError:
             pass
     time.sleep(0.4)
+    pauses += bool(paused)
     for pid in paused:
         try:
             os.kill(pid, signal.SIGCONT)
