@@ -1673,6 +1673,13 @@ def probed(model, most):
         return logits
     return call
 
+def fresh_memory(torch):
+    """Memory a program asks for comes filled (NaN, the largest integer), not as its last call left it: red
+    team 46's read its previous call's batch where aten.empty handed back the blocks it had freed, and so
+    knew each probe's cut. (warn_only: an operation with no deterministic kernel runs, with a warning.)"""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+
 def score_artifact(path, batch_size, import_path):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
     none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
@@ -1686,7 +1693,7 @@ def score_artifact(path, batch_size, import_path):
     import torch
     with contextlib.suppress(ImportError):
         import cudnn.experimental.ops  # noqa: F401  registers cuDNN's attention operator, if installed
-    program = torch.export.load(path)
+    program, _ = torch.export.load(path), fresh_memory(torch)
     foreign = set()  # every graph, the bodies of higher-order operators (autocast's, say) too
     for graph in program.graph_module.modules():
         for node in graph.graph.nodes if isinstance(graph, torch.fx.GraphModule) else []:
