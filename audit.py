@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "4baa806caa3d9dfb94da175266e809fb32ad09e763ffbcbd24458e5a7f679160"
+PREPARE_SHAPE = "5d74711cd6e087db59d9abe0e24327a5469937f6e703db03af6b83563acd4bd9"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1652,8 +1652,9 @@ def covering_probe(model, x):
     position: 62 times in 63 a row, red team 10): (T - 1) / B forward passes (16 at the defaults)."""
     import torch
     B, T = x.shape
-    with torch.no_grad():  # the model gets copies (red team 45's program wrote into its input)
-        other = torch.where(x > 0, x - 1, x + 1)  # each later token changed, in the vocabulary
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)  # unforeseeable
+    with torch.no_grad():  # the model gets copies (red team 45's program wrote into its input); random ids
+        other = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)  # (47 undid x - 1)
         logits, most = model(x.clone()), torch.zeros((), device=x.device)
         for first in range(0, T - 1, B):
             cut = (first + torch.arange(B, device=x.device)).clamp(max=T - 2)[:, None]

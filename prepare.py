@@ -505,7 +505,7 @@ def _causality_probe(model, x):
     gen = torch.Generator().manual_seed(int.from_bytes(_urandom(8), "little") >> 2)  # unforeseeable
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
-    donor = x.roll(tuple(int(torch.randint(1, n, (1,), generator=gen)) for n in (max(B, 2), T)), (0, 1))
+    donor = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)  # random: 47 undid a roll
     changed = _call(model, torch.where(after, donor, x))  # first: x cannot prime it; a copy, which the model
     logits = _call(model, x)  # cannot write into (red team 23 rewrote its first answer after the second)
     if not (type(changed) is torch.Tensor and type(logits) is torch.Tensor and changed.shape == logits.shape):
