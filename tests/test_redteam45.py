@@ -30,12 +30,13 @@ _sandboxing_egress_ca.pth only). The confirm's verdict depends on the held-out d
 Fixed: (1) evaluate_bpb exports once a process (it takes the variable out of the environment), so a second
 call exports nothing; (2) the clean scorer refuses a program that writes to its inputs as well as its buffers
 (any output of the graph that is not the user's), and covering_probe hands the program copies. The nightly
-audit still passes the night's row (a plain attribute dodges the in-process probe: a documented limit); the
-confirm is the test here.
+audit still passes the night's row (a plain attribute dodges the in-process probe: a documented limit). The
+route's night and confirm ("does not hold", the scorer turning the program down) ran in this file on 391fead
+to 708b636 (CI included); they left the suite for its time (100 s): each part of the fix has a fast test,
+here and in test_prepare.py (the export once a process).
 """
 
-import pytest
-from test_audit import BIGRAM_BUDGET, PREPARE, Night, needs_uv, tiny
+from test_audit import tiny
 
 MIDDLE = '''
 SEED = 42
@@ -117,8 +118,6 @@ try:
 except RuntimeError:
     pass
 '''
-SEEDED = "SEED = 42\ntorch.manual_seed(SEED)\n"
-BASELINE = tiny(middle=SEEDED)
 RECALL = tiny(middle=MIDDLE, model="Recall", late=LATE).replace(
     "import torch\n", "import math\n\nimport torch\n", 1).replace(
     "evaluate_bpb(model, tokenizer, 4)", "evaluate_bpb(model, tokenizer, 1)") + AGAIN
@@ -128,30 +127,6 @@ def test_static_reading_passes_the_second_export():
     import audit
     assert audit.source_findings(RECALL) == []
     assert audit.seed_line(RECALL)[0] == 42
-
-
-@pytest.fixture(scope="module")
-def recall_night(tmp_path_factory):
-    """program.md's setup on the bigram night, its baseline seeded; then the attack as a keep."""
-    n = Night(tmp_path_factory.mktemp("recall45"))
-    n.create(BASELINE, **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
-    n.train()
-    assert n.row("keep", "baseline").returncode == 0
-    rerun = n.commit("baseline (seed 43)", SEED=43)
-    n.train()
-    n.git("reset", "-q", "--keep", "HEAD~1")
-    assert n.row("discard", "baseline (seed 43)", commit=rerun).returncode == 0
-    commit, code, out, row = n.attack("recall", RECALL)
-    return n, commit, code, out, row
-
-
-@needs_uv
-def test_the_confirm_does_not_hold(recall_night):
-    n, commit, code, out, row = recall_night
-    result = n.confirm(commit)
-    print(result.stdout[-3000:], result.stderr[-2000:])
-    verdict = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert "the gain holds" not in verdict, result.stdout[-3000:]
 
 
 def test_the_covering_probe_sees_through_a_program_that_rewrites_its_input(tmp_path):
