@@ -551,10 +551,10 @@ def evaluate_bpb(model, tokenizer, batch_size):
         _loaders.pop().close()  # threads during the evaluation (red team 31)
     running = any(t.name.startswith("dataloader") for t in threading.enumerate())  # one did not stop
     _served["unpinned"] = _served["unpinned"] or running and "a training loader (running on)"
-    if audit and (export := os.environ.pop("AUTORESEARCH_EXPORT", None)):  # --confirm's scorer: the model
-        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)  # before it saw val
     collecting = gc.isenabled() and gc.disable() is None  # off: red team 30's cycles ran code as it collected
     t0, own, before = _clock(), Tokenizer.from_directory(), audit and _call(audit.fingerprint, model)
+    if audit and (export := os.environ.pop("AUTORESEARCH_EXPORT", None)):  # --confirm's scorer: the model
+        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)  # before it saw val
     try:
         val_bpb, tokens, nbytes, probe = score(model, own, batch_size)
     except BaseException as e:
