@@ -409,21 +409,30 @@ def test_evaluate_bpb_uniform_model(tok, data_dir, prepared, monkeypatch):
     assert bpb == pytest.approx(expected, rel=1e-6)  # float32 losses
 
 def test_the_model_is_exported_for_the_confirm_once_a_process(tok, data_dir, prepared, monkeypatch):
-    """Red team 45 called evaluate_bpb again after the model had seen the validation rows, to be exported
-    again (its fingerprint then raised, before any record): the export happens at the first call only."""
+    """The export happens before the model sees any validation row (red team 44's remembered the rows it
+    was scored on), at the first evaluate_bpb only (red team 45 called it again to be exported again)."""
     monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
     monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 64)
     monkeypatch.setattr(prepare, "EVAL_TOKENS", 4 * 64 * 2)
     monkeypatch.setattr(audit, "MAIN_FILE", __file__)  # no record
     monkeypatch.setitem(prepare._served, "evaluations", 0)
-    exported = []
-    monkeypatch.setattr(audit, "export_model", lambda model, shape, device, path: exported.append(path))
+    exported, calls = [], []
+
+    class Counting(UniformModel):
+        def forward(self, x):
+            calls.append(x.shape)
+            return super().forward(x)
+
+    def export(model, shape, device, path):  # how many model calls the evaluation had made by then
+        exported.append((path, len(calls)))
+
+    monkeypatch.setattr(audit, "export_model", export)
     monkeypatch.setattr(prepare, "_unpinned", lambda pins: None)  # the pin holds export_model: this test's
     monkeypatch.setenv("AUTORESEARCH_EXPORT", "model.pt2")
-    prepare.evaluate_bpb(UniformModel(8192), tok, 4)
+    prepare.evaluate_bpb(Counting(8192), tok, 4)
     with pytest.raises(SystemExit):  # and the validation data is scored once a process
-        prepare.evaluate_bpb(UniformModel(8192), tok, 4)
-    assert exported == ["model.pt2"]
+        prepare.evaluate_bpb(Counting(8192), tok, 4)
+    assert exported == [("model.pt2", 0)] and len(calls) >= 3  # 2 batches, the probe's second call
 
 def test_the_pin_holds_the_kernels_of_every_op_the_evaluation_runs(tok, data_dir, prepared, monkeypatch):
     """audit.EVAL_OPS: the ops whose kernels the pin holds must be all that evaluate_bpb runs (its loader,
