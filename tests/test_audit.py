@@ -394,17 +394,21 @@ class Night:
         the hub's copies of other files; `env`: the user's variables (HOME, say; None unsets one)."""
         if planted:
             shutil.copy(planted, self.cache / DATA / HELDOUT)
-        hub = self.root / "hub"
-        folder = hub / "datasets" / prepare.DATASETS[prepare.DATASET]["repo"] / "resolve" / "main"
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in (self.root / HELDOUT, *served):
-            shutil.copy(path, folder / os.path.basename(path))
-        with serve_folder(hub, digests=True) as url:
+        with self.hub(served) as url:
             return subprocess.run([str(BASE_PYTHON), "-I", "-S", "audit.py", "--confirm", commit],
                                   cwd=self.repo,
                                   env={k: v for k, v in dict(self.env, HF_ENDPOINT=url, TMPDIR=self.tmp(),
                                                              **env).items() if v is not None},
                                   capture_output=True, text=True, timeout=900)
+
+    def hub(self, served=()):
+        """A hub of its own serving the held-out shard (and `served`), naming each file's sha256: its URL."""
+        hub = self.root / "hub"
+        folder = hub / "datasets" / prepare.DATASETS[prepare.DATASET]["repo"] / "resolve" / "main"
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in (self.root / HELDOUT, *served):
+            shutil.copy(path, folder / os.path.basename(path))
+        return serve_folder(hub, digests=True)
 
     def tmp(self):
         """This night's confirm's temporary folder (its worktrees): no other test's process looks in it."""
