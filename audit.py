@@ -2182,7 +2182,7 @@ def confirm(commit, results="results.tsv"):
         changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
         # and files no package owns in the scorer's environment, planted before the snapshot by the baseline's
         # own rerun (red team 11: a simplejson.py, which requests imports)
-        planted = unowned_files(runs[0]["site"], compiled=False) if runs[0]["site"] else []
+        planted = sorted(unowned_files(runs[0]["site"], compiled=False)) if runs[0]["site"] else []
         scoring = time.monotonic()
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
             run["clean"] = (dict(error="a rerun changed what the scorer reads") if changed or planted

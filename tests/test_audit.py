@@ -1210,21 +1210,6 @@ for site in glob.glob(os.path.dirname(os.getcwd()) + "/autoresearch-confirm-*/.v
     if not site.startswith(os.getcwd()):
         open(os.path.join(site, "sitecustomize.py"), "w").write({FAKE_SCORE!r})
 """
-
-
-@pytest.mark.slow
-@needs_uv
-def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(bigrams, tmp_path_factory):
-    n = clone_of(bigrams, tmp_path_factory, "site-confirm")
-    commit = n.commit("plant start-up code", tiny(late=SITE_PLANT))
-    result = n.confirm(commit)
-    assert result.returncode == 1, result.stdout + result.stderr
-    changed = (rf"{commit}: its rerun changed 1 file\(s\) the clean scorer reads \(its Python, the "
-               r"baseline's model, the data\): \S+/site-packages/sitecustomize\.py")
-    assert any(re.fullmatch(changed, line) for line in result.stdout.splitlines()), result.stdout
-    assert "clean val_bpb 0.001000" not in result.stdout and "the gain holds" not in result.stdout
-
-
 # The baseline's own rerun (a confirm's folder) puts a module no package owns where the clean scorer imports
 # from, before the snapshot: red team 11's simplejson.py, which requests imports
 SELF_PLANT = """
@@ -1235,67 +1220,39 @@ if "autoresearch-confirm-" in os.getcwd():
 """
 
 
-@pytest.mark.slow
-@needs_uv
-def test_confirm_names_a_module_the_baselines_rerun_plants_for_the_scorer(tmp_path):
-    n = Night(tmp_path)
+@pytest.fixture(scope="session")
+def planted_confirm(tmp_path_factory):
+    """A night whose baseline's rerun plants a module for the scorer before the confirm's snapshot, and whose
+    commit's rerun plants start-up code after it: one confirm, (night, commit, its result)."""
+    n = Night(tmp_path_factory.mktemp("planted"))
     n.create(tiny(late=SELF_PLANT), **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
     n.train()
     assert n.row("keep", "baseline").returncode == 0
-    commit = n.commit("half the learning rate", tiny(lr=50))
-    result = n.confirm(commit)
+    commit = n.commit("half the learning rate, and plant start-up code", tiny(lr=50, late=SITE_PLANT))
+    return n, commit, n.confirm(commit)
+
+
+@pytest.mark.slow
+@needs_uv
+def test_confirm_names_a_rerun_that_changes_what_the_scorer_runs(planted_confirm):
+    n, commit, result = planted_confirm
+    assert result.returncode == 1, result.stdout + result.stderr
+    changed = (rf"{commit}: its rerun changed 1 file\(s\) the clean scorer reads \(its Python, the "
+               r"baseline's model, the data\): \S+/site-packages/sitecustomize\.py")
+    assert any(re.fullmatch(changed, line) for line in result.stdout.splitlines()), result.stdout
+    assert "clean val_bpb 0.001000" not in result.stdout and "the gain holds" not in result.stdout
+
+
+@pytest.mark.slow
+@needs_uv
+def test_confirm_names_a_module_the_baselines_rerun_plants_for_the_scorer(planted_confirm):
+    n, commit, result = planted_confirm
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert (f"{n.commits['baseline']}: after the reruns its environment, which the clean scorer runs, holds "
             "simplejson.py belongs to no installed package") in lines, result.stdout
     assert f"{commit}: no clean score (a rerun changed what the scorer reads): only its own process's " \
         "(weaker)" in lines, result.stdout
-
-
-@pytest.mark.slow
-@needs_uv
-def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since(bigrams, tmp_path_factory):
-    """Left by the night: a post-checkout hook and a smudge filter (each would rewrite train.py in the
-    reruns' checkouts), a filter and a template in the user's ~/.gitconfig (red team 9), a training file
-    planted after its runs, a folder at the held-out shard's name; a training shard that is not the hub's
-    (changed before the night's baseline run; the validation file is); a module committed beside train.py;
-    a baseline whose rerun scores worse than its night's run (here: its record lowered)."""
-    n = clone_of(bigrams, tmp_path_factory, "git-settings")
-    (n.repo / "kernels.py").write_text("X = 1\n")
-    n.git("add", "kernels.py")
-    commit = n.commit("a loader renamed", tiny().replace("loader = ", "batches = loader = "))
-    mark = n.root / "ran"
-    home = n.root / "home"  # the user's: its ~/.gitconfig gives each new repository a template and a filter
-    (home / "template" / "info").mkdir(parents=True)
-    (home / "template" / "info" / "attributes").write_text("* filter=kit\n")
-    (home / ".gitconfig").write_text(f'[init]\n\ttemplateDir = {home / "template"}\n'
-                                     f'[filter "kit"]\n\tsmudge = "touch {mark}; cat"\n')
-    lowered = json.dumps(dict(n.records()[0], val_bpb=0.5)) + "\n"  # its rerun scores far worse than that
-    rewrite_ledger(n, lambda lines: lines.__setitem__(0, lowered))
-    hook = n.repo / ".git" / "hooks" / "post-checkout"
-    hook.write_text(f"#!/bin/sh\ntouch {mark}\n")
-    hook.chmod(0o755)
-    (n.repo / ".git" / "info").mkdir(exist_ok=True)
-    (n.repo / ".git" / "info" / "attributes").write_text("train.py filter=night\n")
-    n.git("config", "filter.night.smudge", f"touch {mark}; cat")
-    shutil.copy(n.cache / DATA / VAL, n.cache / DATA / "00000.parquet")
-    (n.cache / DATA / HELDOUT).mkdir()
-    hubs = n.root / prepare.shard_filename(0)  # the hub's first shard is not the one the night trained on
-    write_shard(hubs, 21, 2000)
-    result = n.confirm(commit, served=[hubs, n.cache / DATA / VAL], HOME=str(home),
-                       GIT_CONFIG_GLOBAL=None)
-    assert result.returncode == 1 and not mark.exists(), result.stdout + result.stderr
-    base, lines = n.commits["baseline"], result.stdout.splitlines()
-    assert (f"{base}: the reruns' training files are not the night's baseline's: data was added, removed or "
-            "changed since") in lines, result.stdout
-    assert f"{base}: a training file, 00000.parquet, is not a file prepare.py downloads" in lines
-    assert (f"{base}: {prepare.shard_filename(0)}: not the hub's file (its sha256 is not the one the hub "
-            "names): the data on disk was changed") in lines, result.stdout
-    assert f"{commit}: its commit changes kernels.py, not train.py, the one file the agent edits" in lines
-    assert any(re.fullmatch(rf"{base}: its rerun scored \d\.\d{{6}}, the night's best run of the same code "
-                            r"0\.500000: worse beyond the noise floor, so something hurt the rerun \(its "
-                            r"environment, the machine\)", line) for line in lines), result.stdout
-    assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
 
 
 # A buffer of a tensor subclass carrying a GraphModule, whose saved code Python runs when it is unpickled:
@@ -1316,15 +1273,66 @@ class Carrier(Bigram):
 """
 
 
+
+@pytest.fixture(scope="session")
+def settings_confirm(bigrams, tmp_path_factory):
+    """Left by the night: a post-checkout hook and a smudge filter (each would rewrite train.py in the
+    reruns' checkouts), a filter and a template in the user's ~/.gitconfig (red team 9), a training file
+    planted after its runs, a folder at the held-out shard's name; a training shard that is not the hub's
+    (changed before the night's baseline run; the validation file is); a module committed beside train.py;
+    a baseline whose rerun scores worse than its night's run (here: its record lowered). The commit's model
+    carries code for the scorer to unpickle (PICKLED). One confirm: (night, commit, its result)."""
+    n = clone_of(bigrams, tmp_path_factory, "git-settings")
+    (n.repo / "kernels.py").write_text("X = 1\n")
+    n.git("add", "kernels.py")
+    code = f"\nimport pathlib\npathlib.Path({str(n.root / 'unpickled')!r}).touch()\ndef forward(self, x):\n" \
+        "    return x\n"
+    commit = n.commit("a tagged bigram", tiny(middle=PICKLED.format(code=code), model="Carrier"))
+    mark = n.root / "ran"
+    home = n.root / "home"  # the user's: its ~/.gitconfig gives each new repository a template and a filter
+    (home / "template" / "info").mkdir(parents=True)
+    (home / "template" / "info" / "attributes").write_text("* filter=kit\n")
+    (home / ".gitconfig").write_text(f'[init]\n\ttemplateDir = {home / "template"}\n'
+                                     f'[filter "kit"]\n\tsmudge = "touch {mark}; cat"\n')
+    lowered = json.dumps(dict(n.records()[0], val_bpb=0.5)) + "\n"  # its rerun scores far worse than that
+    rewrite_ledger(n, lambda lines: lines.__setitem__(0, lowered))
+    hook = n.repo / ".git" / "hooks" / "post-checkout"
+    hook.write_text(f"#!/bin/sh\ntouch {mark}\n")
+    hook.chmod(0o755)
+    (n.repo / ".git" / "info").mkdir(exist_ok=True)
+    (n.repo / ".git" / "info" / "attributes").write_text("train.py filter=night\n")
+    n.git("config", "filter.night.smudge", f"touch {mark}; cat")
+    shutil.copy(n.cache / DATA / VAL, n.cache / DATA / "00000.parquet")
+    (n.cache / DATA / HELDOUT).mkdir()
+    hubs = n.root / prepare.shard_filename(0)  # the hub's first shard is not the one the night trained on
+    write_shard(hubs, 21, 2000)
+    return n, commit, n.confirm(commit, served=[hubs, n.cache / DATA / VAL], HOME=str(home),
+                                GIT_CONFIG_GLOBAL=None)
+
+
 @pytest.mark.slow
 @needs_uv
-def test_the_clean_scorer_unpickles_no_code_from_an_exported_model(bigrams, tmp_path_factory):
-    n = clone_of(bigrams, tmp_path_factory, "pickled")
-    mark = n.root / "ran"
-    code = f"\nimport pathlib\npathlib.Path({str(mark)!r}).touch()\ndef forward(self, x):\n    return x\n"
-    commit = n.commit("a tagged bigram", tiny(middle=PICKLED.format(code=code), model="Carrier"))
-    result = n.confirm(commit)
-    assert result.returncode == 1 and not mark.exists(), result.stdout + result.stderr
+def test_confirm_runs_none_of_the_nights_git_settings_and_names_data_added_since(settings_confirm):
+    n, commit, result = settings_confirm
+    assert result.returncode == 1 and not (n.root / "ran").exists(), result.stdout + result.stderr
+    base, lines = n.commits["baseline"], result.stdout.splitlines()
+    assert (f"{base}: the reruns' training files are not the night's baseline's: data was added, removed or "
+            "changed since") in lines, result.stdout
+    assert f"{base}: a training file, 00000.parquet, is not a file prepare.py downloads" in lines
+    assert (f"{base}: {prepare.shard_filename(0)}: not the hub's file (its sha256 is not the one the hub "
+            "names): the data on disk was changed") in lines, result.stdout
+    assert f"{commit}: its commit changes kernels.py, not train.py, the one file the agent edits" in lines
+    assert any(re.fullmatch(rf"{base}: its rerun scored \d\.\d{{6}}, the night's best run of the same code "
+                            r"0\.500000: worse beyond the noise floor, so something hurt the rerun \(its "
+                            r"environment, the machine\)", line) for line in lines), result.stdout
+    assert "the gain does not hold" in lines[-1] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@needs_uv
+def test_the_clean_scorer_unpickles_no_code_from_an_exported_model(settings_confirm):
+    n, commit, result = settings_confirm
+    assert not (n.root / "unpickled").exists(), result.stdout + result.stderr
     assert any(line.startswith(f"{commit}: no clean score (the clean scorer failed: ")
                for line in result.stdout.splitlines()), result.stdout
 

@@ -41,7 +41,8 @@ shows the model can become part of the artifact. The nightly audit still passes 
 attribute dodges the in-process probe: a documented limit). The route's night and confirm ("does not hold")
 ran in this file from 2c9d66d to 120ed49 (CI included, 150 s of the suite's time); each part of the fix now
 has a test of seconds: (2) in test_prepare.py (the export comes before the evaluation's first model call),
-(1) here: the clean scorer's process, given such a program (the validation rows a constant), names it.
+(1) here: the clean scorer's process, given such a program (the held-out rows' first tokens a constant),
+names it.
 """
 import json
 import os
