@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "a84f2e758c97e5cc891ddc64723adcf5c015de3de12b4194feb04248500c2803"
+PREPARE_SHAPE = "1d30383c03619a9f062ed0b1f0e24298461d2eab6f1723be18cac12d9767c355"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1691,10 +1691,11 @@ def reseeded(model):
         return model(x)
     return call
 
-def score_artifact(path, batch_size, import_path):
+def score_artifact(path, batch_size, rows, import_path):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
     none of train.py's code comes with it) and scores it with the frozen evaluation on the validation data
-    and on the held-out data that training never reads. Prints one JSON line."""
+    and on the held-out data that training never reads; "same": on the first `rows` of the validation data,
+    which the other run of the confirm scored too. Prints one JSON line."""
     sys.path[:] = [HERE, *import_path.split(os.pathsep)]
     # every torch.load safe, torch.export.load's of pickled weights too: an unpickled object runs code (red
     # team 8 hid a GraphModule, whose saved code runs on loading, in a tensor subclass's buffer)
@@ -1725,6 +1726,12 @@ def score_artifact(path, batch_size, import_path):
         model, tokenizer = reseeded(program.module()), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
         result["val"], _, _, result["probe"] = prepare.score(probed(model, most := [0.0]), tokenizer,
                                                              batch_size, "val")
+        result["same"] = result["val"]
+        # a batch size that does not divide the rows scores fewer: the other run's rows too (red team 49 chose
+        # one that left out the 6 rows the baseline scored worst on, and gained on the very same model)
+        if 0 < rows < prepare.EVAL_TOKENS // (batch_size * prepare.MAX_SEQ_LEN) * batch_size:
+            prepare._served["evaluations"] = 0  # a second reading: no state survives the program's calls
+            result["same"] = prepare.score(probed(model, most), tokenizer, batch_size, "val", rows)[0]
         with contextlib.closing(prepare.make_dataloader(tokenizer, batch_size, prepare.MAX_SEQ_LEN,
                                                         "val")) as batches:
             result["probe"] = max(result["probe"], most[0], covering_probe(model, next(batches)[0]))
@@ -1733,7 +1740,7 @@ def score_artifact(path, batch_size, import_path):
         try:  # probed there too: red team 44's model was causal on the rows it had seen, read ahead elsewhere
             files += [path for path, *_ in fetch_heldout()]
             result["heldout"], _, _, probe = prepare.score(probed(model, most), tokenizer, batch_size,
-                                                           "heldout")
+                                                           "heldout", rows)
             with contextlib.closing(prepare._loader(tokenizer, batch_size, prepare.MAX_SEQ_LEN, "heldout",
                                                     1000, True)) as batches:  # 1000: score's buffer
                 next(batches)  # its first yield starts it
@@ -2094,7 +2101,7 @@ def snapshot(roots):
                         link.st_ino, s.st_ino, s.st_size, s.st_mtime_ns)
     return found
 
-def clean_score(run, base, frozen_files):
+def clean_score(run, base, frozen_files, rows):
     """The clean scorer's result for a rerun's artifact: the baseline's Python runs `-I` (no environment
     variables, no user site, no script folder on the path) in a new folder holding only the baseline's
     prepare.py and this audit.py, both read before any rerun (`frozen_files`), its compiled files kept in
@@ -2109,7 +2116,7 @@ def clean_score(run, base, frozen_files):
     # sitecustomize package into the environment); its import path as noted before the commit's rerun
     command = [base["python"], "-I", "-S", "-X", f"pycache_prefix={scorer}/pycache",
                os.path.join(scorer, "audit.py"), "--score", run["artifact"], str(run["record"]["batch_size"]),
-               os.pathsep.join(base["path"])]
+               str(rows), os.pathsep.join(base["path"])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
     try:
         done = subprocess.run(command, cwd=scorer, capture_output=True, text=True, start_new_session=True,
@@ -2183,10 +2190,13 @@ def confirm(commit, results="results.tsv"):
         # and files no package owns in the scorer's environment, planted before the snapshot by the baseline's
         # own rerun (red team 11: a simplejson.py, which requests imports)
         planted = sorted(unowned_files(runs[0]["site"], compiled=False)) if runs[0]["site"] else []
+        # the rows both runs' evaluations reach (score's batches of batch_size rows: a remainder is left out)
+        per = frozen.get("EVAL_TOKENS", 0) // max(1, frozen.get("MAX_SEQ_LEN", 1))
+        rows = min(per // max(1, r["record"]["batch_size"]) * r["record"]["batch_size"] for r in runs)
         scoring = time.monotonic()
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
             run["clean"] = (dict(error="a rerun changed what the scorer reads") if changed or planted
-                            else clean_score(run, runs[0], frozen_files))
+                            else clean_score(run, runs[0], frozen_files, rows))
         scored = time.monotonic()
     finally:
         for run in runs:
@@ -2242,8 +2252,10 @@ def confirm(commit, results="results.tsv"):
             findings.append(f"{c[:7]}: scored on other data or another tokenizer than the baseline's: the "
                             "cache was changed during the confirm")
         print(f"{c[:7]}: SEED = {run['seed']}: clean val_bpb {clean['val']:.6f}" + (
-            f", held-out {clean['heldout']:.6f}" if clean.get("heldout") is not None else "")
-            + f" (its own evaluation: {r['val_bpb']:.6f}; the rerun took {run['wall']:.0f} s)")
+            f", held-out {clean['heldout']:.6f}" if clean.get("heldout") is not None else "") + (
+            f", on the {rows} rows both runs scored {clean['same']:.6f}" if clean.get("same", clean["val"])
+            != clean["val"] else "") + f" (its own evaluation: {r['val_bpb']:.6f}; the rerun took "
+            f"{run['wall']:.0f} s)")
     # a gain measured from a hobbled baseline is none (red team 9 zeroed its gradients from ~/.gitconfig);
     # against its best run, not its seed's (red team 11 hobbled the seed rerun that sets the floor too)
     # its seed's draw is a floor; a rerun of one seed differs by up to about another on a GPU (H100: 1.754533,
@@ -2258,7 +2270,7 @@ def confirm(commit, results="results.tsv"):
         findings.append(f"{full[:7]}: its rerun scored {mine['clean']['val']:.6f}, its row {claimed[0]:.6f}: "
                         "worse by over 3 noise floors and a quarter of its gain, so the night's score does "
                         "not reproduce")
-    gain = base["clean"]["val"] - mine["clean"]["val"]
+    gain = base["clean"].get("same", base["clean"]["val"]) - mine["clean"].get("same", mine["clean"]["val"])
     held = None
     if mine["clean"].get("heldout") is not None and base["clean"].get("heldout") is not None:
         held = base["clean"]["heldout"] - mine["clean"]["heldout"]
@@ -2302,10 +2314,11 @@ def main():
     parser.add_argument("--confirm", metavar="COMMIT",
                         help="rerun the baseline and COMMIT in fresh clones and environments (two whole "
                              "runs)")
-    parser.add_argument("--score", nargs=3, metavar=("ARTIFACT", "BATCH", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--score", nargs=4, metavar=("ARTIFACT", "BATCH", "ROWS", "PATH"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.score:
-        return score_artifact(args.score[0], int(args.score[1]), args.score[2])
+        return score_artifact(args.score[0], int(args.score[1]), int(args.score[2]), args.score[3])
     if args.commit and not args.row:
         parser.error("--commit goes with --row")
     if args.row:

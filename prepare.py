@@ -183,9 +183,8 @@ def download_shard(name, data_dir, url_base, counts=None, stop=None, min_rows=0)
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):  # 408/429 mean "later"
                     raise ShardMissing(f"{name}: the server does not have it (HTTP {r.status_code})")
                 r.raise_for_status()
-                # the hub names an LFS file's sha256 in X-Linked-Etag (on its redirect): checked, and kept
-                hub = next((h.headers["X-Linked-Etag"].strip('"') for h in (*r.history, r)
-                            if "X-Linked-Etag" in h.headers), "")
+                hub = next((h.headers["X-Linked-Etag"].strip('"') for h in (*r.history, r)  # LFS: the sha256
+                            if "X-Linked-Etag" in h.headers), "")  # the hub's, on its redirect: checked, kept
                 digest, counts[name] = hashlib.sha256(), 0
                 with open(tmp, "wb") as f:  # a body shorter than its Content-Length raises (urllib3 2)
                     for chunk in r.raw.stream(CHUNK_BYTES, decode_content=False):
@@ -518,12 +517,12 @@ def _moved(a, b):  # the most a position's logits moved: equal (-inf twice) is 0
     return torch.where(a == b, 0.0, torch.nan_to_num((a.float() - b.float()).abs(), nan=math.inf)).amax(-1)
 
 @torch.no_grad()
-def score(model, tokenizer, batch_size, split="val"):
-    """(bits per byte, tokens, bytes, causal probe) of model(idx) -> logits on a split; one batch probed."""
+def score(model, tokenizer, batch_size, split="val", rows=0):
+    """(bits per byte, tokens, bytes, causal probe) of model(idx) -> logits on a split (its first `rows`)."""
     token_bytes = tokenizer.token_bytes.to(device := _default_device())
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
-    probe_at, probe = int.from_bytes(_urandom(8), "little") % steps, None
+    steps = -(-rows // batch_size) or EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)  # rows: the confirm's, ceil
+    probe_at, probe = int.from_bytes(_urandom(8), "little") % steps, None  # one batch probed
     total_nats = total_bytes = 0  # sums on the device: no host sync per batch
     _served["evaluations"] += split == "val"  # red team 19 kept a first one's data, red team 20 drew scores
     if _served["evaluations"] > 1:
@@ -538,6 +537,7 @@ def score(model, tokenizer, batch_size, split="val"):
                 shape = type(logits).__name__ + (f" {tuple(logits.shape)}" if torch.is_tensor(logits) else "")
                 raise ValueError(f"model(x) returned {shape} for x of {tuple(x.shape)}: the evaluation "
                                  f"needs logits (B, T, >= {len(token_bytes)}) from model(x) without targets")
+            y[(rows or steps * batch_size) - step * batch_size:] = tokenizer.get_bos_token_id()  # past `rows`
             nbytes = token_bytes[y.flatten()]
             total_nats = total_nats + torch.where(nbytes > 0, _losses(logits, y), 0.0).sum().to(sum_dtype)
             total_bytes = total_bytes + nbytes.sum()  # special tokens (BOS) stand for no bytes: not scored

@@ -541,6 +541,29 @@ def test_scores_ops_record_no_autograd_whatever_the_model_leaves(tok, data_dir, 
         byte_counts)), rel=1e-6)  # uniform: ln 8192 nats a scored token, not 0.4
 
 
+def test_score_of_the_first_rows_is_one_number_whatever_the_batch_size(tok, data_dir, prepared, monkeypatch):
+    """A batch size that does not divide the rows scores fewer (29 of 64: 58, as the original's formula);
+    `rows` scores the first ones at any batch size, so the confirm compares two runs on the same rows (red
+    team 49 gained on the baseline's very model by a batch size that left out its worst rows)."""
+    monkeypatch.setattr(prepare, "TOKENIZER_DIR", str(prepared[0] / TOKENIZER))
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 64)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 64 * 64)  # 64 rows
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(8192, 16), torch.nn.Linear(16, 8192))  # untrained
+
+    def bpb(batch_size, rows=0):
+        prepare._served["evaluations"] = 0  # scored once a process: each reading here is its own
+        value, tokens, _, probe = prepare.score(model, tok, batch_size, "val", rows)
+        assert probe == 0
+        return value, tokens
+
+    monkeypatch.setitem(prepare._served, "evaluations", 0)
+    (all_rows, tokens), (first, fewer) = bpb(4), bpb(29)
+    assert tokens == 64 * 64 and fewer == 58 * 64 and abs(first - all_rows) > 1e-4
+    for batch_size in (2, 4, 7, 58):
+        assert bpb(batch_size, rows=58)[0] == pytest.approx(first, rel=1e-6)  # float32, other shapes
+
+
 def evaluate_here(monkeypatch, prepared, batch_size=4, T=64, batches=3):
     """evaluate_bpb here on the prepared data, with no run record: (val_bpb, the batch size of each call)."""
     calls = []

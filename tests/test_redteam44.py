@@ -174,7 +174,7 @@ def test_the_clean_scorer_probes_the_held_out_batches(bigrams, tmp_path_factory)
     path = str(n.root / "model.pt2")
     audit.export_model(model, (4, PREPARE["MAX_SEQ_LEN"]), torch.device("cpu"), path)
     with n.hub() as url:  # the held-out shard, fetched as the confirm's scorer fetches it
-        done = subprocess.run([sys.executable, "-I", "-S", "audit.py", "--score", path, "4",
+        done = subprocess.run([sys.executable, "-I", "-S", "audit.py", "--score", path, "4", "0",
                                os.pathsep.join(sys.path)], cwd=n.repo, env=dict(n.env, HF_ENDPOINT=url),
                               capture_output=True, text=True, timeout=300)
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -176,8 +176,8 @@ def test_the_clean_scorer_refuses_a_program_that_writes_its_input(tmp_path):
 
     path = str(tmp_path / "model.pt2")
     audit.export_model(Rewrite(), (2, 16), torch.device("cpu"), path)
-    run = subprocess.run([sys.executable, audit.__file__, "--score", path, "2", os.pathsep.join(sys.path)],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, audit.__file__, "--score", path, "2", "0",
+                          os.pathsep.join(sys.path)], capture_output=True, text=True, timeout=300)
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["val"] is None and "inputs (USER_INPUT_MUTATION)" in result["error"], run.stderr[-2000:]
 
