@@ -1706,7 +1706,7 @@ def score_artifact(path, batch_size, rows, import_path):
     with contextlib.suppress(ImportError):
         import cudnn.experimental.ops  # noqa: F401  registers cuDNN's attention operator, if installed
     program, _ = torch.export.load(path), fresh_memory(torch)
-    foreign = set()  # every graph, the bodies of higher-order operators (autocast's, say) too
+    foreign, unchecked = set(), set()  # every graph, the bodies of higher-order operators (autocast's) too
     for graph in program.graph_module.modules():
         for node in graph.graph.nodes if isinstance(graph, torch.fx.GraphModule) else []:
             target = node.target
@@ -1714,12 +1714,19 @@ def score_artifact(path, batch_size, rows, import_path):
                                                    or target is operator.getitem
                                                    or getattr(target, "namespace", None) in SCORER_OPS):
                 foreign.add(str(target))
+            # unchecked bounds read the memory behind a tensor: red team 50's segment_reduce(unsafe=True)
+            # read its previous call's freed batch there, and so knew each probe's cut
+            names = [a.name for a in getattr(getattr(target, "_schema", None), "arguments", [])]
+            if dict(zip(names, node.args), **node.kwargs).get("unsafe") is True:
+                unchecked.add(str(target))
     # its answers only: no buffer written (state carried from batch to batch), no input written (red team 45
     # rewrote the covering probe's input so that every changed row read as the original)
     mutated = [s.kind.name for s in program.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
     result = dict(val=None, heldout=None, probe=None)
-    if foreign or mutated:
+    if foreign or mutated or unchecked:
         result["error"] = f"it writes to its buffers or inputs ({mutated[0] if mutated else ''})"
+        if unchecked:
+            result["error"] = f"it reads memory outside its tensors (unsafe=True): {sorted(unchecked)[0]}"
         if foreign:
             result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
