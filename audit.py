@@ -531,11 +531,12 @@ def pin(prepare):
 EVAL_OPS = (
     "_local_scalar_dense", "_log_softmax", "_to_copy", "_unsafe_view", "abs", "add.Tensor", "amax", "arange",
     "arange.start", "arange.start_step", "bitwise_not", "cat", "clone", "copy_", "cross_entropy_loss",
-    "detach", "empty.memory_format", "empty_strided", "eq.Tensor", "equal", "flatten.using_ints", "gt.Scalar",
-    "gt.Tensor", "index.Tensor", "item", "lift_fresh", "lift_fresh_copy", "log_softmax.int", "max",
-    "nan_to_num", "nll_loss", "nll_loss_forward", "nll_loss_nd", "pow.Tensor_Scalar", "randint.low_generator",
-    "reshape", "roll", "scalar_tensor", "select.int", "split.Tensor", "square", "stack", "sub.Tensor", "sum",
-    "to.device", "to.dtype", "to.dtype_layout", "unsqueeze", "view", "where.ScalarOther", "where.self")
+    "detach", "empty.memory_format", "empty_strided", "eq.Tensor", "equal", "fill_.Tensor",
+    "flatten.using_ints", "gt.Scalar", "gt.Tensor", "index.Tensor", "item", "lift_fresh", "lift_fresh_copy",
+    "log_softmax.int", "max", "nan_to_num", "nll_loss", "nll_loss_forward", "nll_loss_nd",
+    "pow.Tensor_Scalar", "randint.low_generator", "reshape", "roll", "scalar_tensor", "select.int",
+    "slice.Tensor", "split.Tensor", "square", "stack", "sub.Tensor", "sum", "to.device", "to.dtype",
+    "to.dtype_layout", "unsqueeze", "view", "where.ScalarOther", "where.self")
 EAGER_KEYS = ("CPU", "CUDA", "MPS", "XPU", "HIP", "PrivateUse1", "BackendSelect", "ADInplaceOrView",
               "Composite", "Autograd", "Autocast")
 
