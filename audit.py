@@ -1668,10 +1668,19 @@ def covering_probe(model, x):
 def probed(model, most):
     """model, every call probed as prepare.score probes one batch (a random cut a row; most[0]: the largest
     move): a program with no state cannot tell a probed batch, so reading ahead at a share f of positions
-    goes unseen with odds (1 - f) ** rows (red team 45 read every third, one row probed); twice the passes"""
+    goes unseen with odds (1 - f) ** rows (red team 45 read every third, one row probed). And each batch is
+    answered again after a batch of random ids: its answer must not move (a program that keeps state from one
+    call to the next knows the probe's cut from the call before: red teams 46, 48 and 50). Four passes."""
+    import torch
+    prepare = sys.modules["prepare"]
+
     def call(x):
-        probe, logits = sys.modules["prepare"]._causality_probe(model, x)
-        most[0] = max(most[0], probe)  # NaN is inf there
+        probe, logits = prepare._causality_probe(model, x)
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)
+        model(torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device))  # unrelated
+        again, rows = model(x.clone()), max(1, prepare.LOSS_CHUNK // (x.shape[1] * logits.size(-1)))
+        moved = max(prepare._moved(a, b).max().item() for a, b in zip(again.split(rows), logits.split(rows)))
+        most[0] = max(most[0], probe, moved)  # NaN is inf there
         return logits
     return call
 

@@ -65,3 +65,31 @@ def test_the_clean_scorer_refuses_a_program_that_reads_behind_its_tensors(tmp_pa
     assert result["val"] is None, run.stderr[-2000:]
     assert result["error"] == ("it reads memory outside its tensors (unsafe=True): "
                                "aten.segment_reduce.default"), result
+
+
+def test_the_clean_scorer_sees_a_program_that_learns_the_probes_cut_from_its_last_call():
+    """A program with a memory of one call (red teams 46, 48 and 50 each found one for exported graphs):
+    where its last call's row shares this row's prefix up to p and differs at every place after it, that call
+    was the probe's changed copy, the cut is p - 1, and it reads ahead from p on. Each call's probe reads 0 on
+    it; its answer to the same batch after a batch of random ids moves (audit.probed asks it again)."""
+    import prepare  # noqa: F401  probed reads prepare's functions through sys.modules
+
+    table = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+    last, fooled = [None], [0]
+
+    def remembers(idx):
+        prev, last[0], out = last[0], idx.clone(), table[idx]
+        for b, p in enumerate((prev == idx).long().cumprod(1).sum(1).tolist() if prev is not None else []):
+            if 1 <= p < idx.shape[1] - 1 and bool((prev[b, p:] != idx[b, p:]).all()):
+                out[b, p:-1], fooled[0] = table[idx[b, p + 1:]], fooled[0] + 1  # reads ahead past the cut
+        return out
+
+    gen = torch.Generator().manual_seed(1)
+    most = [0.0]
+    call = audit.probed(remembers, most)
+    for _ in range(10):
+        x = torch.randint(1, 500, (4, 32), generator=gen)
+        probe, _ = prepare._causality_probe(remembers, x)
+        assert probe == 0  # the probe alone reads nothing
+        call(x)
+    assert fooled[0] > 20 and most[0] > audit.CAUSAL_TOLERANCE, (fooled, most)
