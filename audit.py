@@ -1650,15 +1650,18 @@ def not_the_hubs(paths, url_base):
 def covering_probe(model, x):
     """The most a logit at t <= cut moves when the tokens after the cut change, the rows' cuts covering
     every position (evaluate_bpb's random cut per row missed a model that reads the next token at one
-    position: 62 times in 63 a row, red team 10): (T - 1) / B forward passes (16 at the defaults)."""
+    position: 62 times in 63 a row, red team 10): (T - 1) / B forward passes (16 at the defaults). A row is
+    cut at every B-th position from an offset drawn at random, all offsets taken: red team 51's program knew
+    a row's positions from its index (r, r + B, ...) and read ahead at every other."""
     import torch
     B, T = x.shape
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)  # unforeseeable
     with torch.no_grad():  # the model gets copies (red team 45's program wrote into its input); random ids
         other = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)  # (47 undid x - 1)
         logits, most = model(x.clone()), torch.zeros((), device=x.device)
+        offsets = torch.randperm(B, generator=gen).to(x.device)
         for first in range(0, T - 1, B):
-            cut = (first + torch.arange(B, device=x.device)).clamp(max=T - 2)[:, None]
+            cut = (first + offsets).clamp(max=T - 2)[:, None]
             after = torch.arange(T, device=x.device)[None] > cut
             changed = model(torch.where(after, other, x))
             for a, b, keep in zip(changed, logits, ~after):  # a row at a time: (T, vocabulary)
