@@ -258,3 +258,12 @@ def cudnn_attention_on_cpu():
         torch.library.impl("cudnn::sdpa_bwd", "CPU")(_sdpa_bwd_cpu)
         cudnn_attention_on_cpu.registered = True
     return scaled_dot_product_attention
+
+
+def bigram_classes(middle, **names):
+    """The classes a red team's MIDDLE defines on top of the test nights' Bigram, run in a namespace of torch,
+    math and `names` (its program, tested in-process without a night)."""
+    space = dict(torch=torch, math=math, **names)
+    exec("class Bigram(torch.nn.Module):\n    def __init__(self, vocab):\n        super().__init__()\n"
+         "        self.table = torch.nn.Parameter(torch.zeros(vocab, vocab))\n" + middle, space)
+    return space

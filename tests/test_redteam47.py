@@ -89,16 +89,14 @@ def test_the_clean_scorers_probes_see_a_reconstructing_program(tmp_path):
     repeated prefix, or the covering probe's x - 1 undone by the table), so most scorings read 0 (8 of 10
     here).
     """
-    import math
 
     import torch
+    from common import bigram_classes
 
     import audit
     import prepare  # noqa: F401  probed and covering_probe read prepare through sys.modules
 
-    space = {"torch": torch, "math": math}
-    exec("class Bigram(torch.nn.Module):\n    def __init__(self, vocab):\n        super().__init__()\n"
-         "        self.table = torch.nn.Parameter(torch.zeros(vocab, vocab))\n" + MIDDLE, space)
+    space = bigram_classes(MIDDLE)
     V, BOS, T = 512, 508, 64
     gen = torch.Generator().manual_seed(0)
     rows = torch.randint(0, 500, (64, T), generator=gen)

@@ -127,17 +127,15 @@ def test_a_program_that_talks_to_itself_through_the_generator_is_seen(tmp_path):
     the global generator as it stands, seeded at random). It reads the last token of most rows at position
     T - 2: on 3f9bc90 the probes read 0 in every scoring of 64 rows (6 of 6). Reseeded before each call as
     the scorer calls it now, it finds no message and reads ahead where the probes look."""
-    import math
     import operator
 
     import torch
+    from common import bigram_classes
 
     import audit
     import prepare  # noqa: F401  probed and covering_probe read prepare through sys.modules
 
-    space = {"torch": torch, "math": math, "MAX_SEQ_LEN": 64}
-    exec("class Bigram(torch.nn.Module):\n    def __init__(self, vocab):\n        super().__init__()\n"
-         "        self.table = torch.nn.Parameter(torch.zeros(vocab, vocab))\n" + MIDDLE, space)
+    space = bigram_classes(MIDDLE, MAX_SEQ_LEN=64)
     V, BOS, T = 512, 508, 64
     gen = torch.Generator().manual_seed(0)
     rows = torch.randint(32, 127, (64, T), generator=gen)
