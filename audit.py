@@ -1592,6 +1592,10 @@ def audit(results="results.tsv"):
 SCORER_OPS = ("aten", "prims", "cudnn")  # operator namespaces the clean scorer runs
 POLL_S = 0.25               # seconds between looks at a rerun (its ledger's size, a stopped process)
 HASHED = (".py", ".pth", ".pt2", ".cfg", ".json", ".tiktoken")  # files the scorer runs or reads whole
+PROBE_TOKENS = 2**18        # tokens of cut passes a reading may add: every position of every row at the test
+                            # nights' 4,096; 4 cuts a row at the small-computer recipe's 2**16; 1 at defaults
+LOSS_BINS, LOSS_TOP = 400, 40.0  # the histogram of a model's losses a token: tenths of a nat, up to 40
+UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
 
 def export_model(model, shape, device, path):
     """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
@@ -1647,43 +1651,59 @@ def not_the_hubs(paths, url_base):
             wrong.append(os.path.basename(path))
     return wrong
 
-def covering_probe(model, x):
-    """The most a logit at t <= cut moves when the tokens after the cut change, the rows' cuts covering
-    every position (evaluate_bpb's random cut per row missed a model that reads the next token at one
-    position: 62 times in 63 a row, red team 10): (T - 1) / B forward passes (16 at the defaults). A row is
-    cut at every B-th position from an offset drawn at random, all offsets taken: red team 51's program knew
-    a row's positions from its index (r, r + B, ...) and read ahead at every other."""
+def unforeseeable():
+    """A generator seeded from the operating system: no program can foresee its draws."""
     import torch
-    B, T = x.shape
-    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)  # unforeseeable
-    with torch.no_grad():  # the model gets copies (red team 45's program wrote into its input); random ids
-        other = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)  # (47 undid x - 1)
-        logits, most = model(x.clone()), torch.zeros((), device=x.device)
-        offsets = torch.randperm(B, generator=gen).to(x.device)
-        for first in range(0, T - 1, B):
-            cut = (first + offsets).clamp(max=T - 2)[:, None]
-            after = torch.arange(T, device=x.device)[None] > cut
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)
+
+def cut_probe(model, x, cuts):
+    """(the most a logit at t <= cut moves when the tokens after the cut change, logits of x), one pass for
+    each column of `cuts` (B, K), each row's cuts rising. x is answered first, then a batch of random ids,
+    then the cuts: a program that keeps its last call (red teams 46, 48 and 50 each found a channel) holds
+    none of x's tokens past a cut, and a later cut finds a row changed past the last one's. NaN moves count
+    as inf. The model gets copies (red team 45's program wrote into its input); the changed tokens are random
+    ids (47's program undid x - 1)."""
+    import torch
+    gen, moved = unforeseeable(), sys.modules["prepare"]._moved
+    with torch.no_grad():
+        logits = model(x.clone())
+        other = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)
+        model(torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device))  # the decoy
+        most, t = torch.zeros((), device=x.device), torch.arange(x.shape[1], device=x.device)[None]
+        for cut in cuts.to(x.device).T:
+            after = t > cut[:, None]
             changed = model(torch.where(after, other, x))
             for a, b, keep in zip(changed, logits, ~after):  # a row at a time: (T, vocabulary)
-                most = torch.maximum(most, sys.modules["prepare"]._moved(a, b)[keep].max())  # NaN: inf
-    return most.item()
+                most = torch.maximum(most, moved(a, b)[keep].max())
+    return most.item(), logits
 
-def probed(model, most):
-    """model, every call probed as prepare.score probes one batch (a random cut a row; most[0]: the largest
-    move): a program with no state cannot tell a probed batch, so reading ahead at a share f of positions
-    goes unseen with odds (1 - f) ** rows (red team 45 read every third, one row probed). And each batch is
-    answered again after a batch of random ids: its answer must not move (a program that keeps state from one
-    call to the next knows the probe's cut from the call before: red teams 46, 48 and 50). Four passes."""
+def covering_probe(model, x):
+    """The most a logit at t <= cut moves when the tokens after the cut change, the rows' cuts covering
+    every position (a random cut a row missed a model that reads the next token at one position: 62 times
+    in 63 a row, red team 10): (T - 1) / B passes (16 at the defaults). A row is cut at every B-th position
+    from an offset drawn at random, all offsets taken: red team 51's program knew a row's positions from its
+    index (r, r + B, ...) and read ahead at every other."""
     import torch
-    prepare = sys.modules["prepare"]
+    B, T = x.shape
+    offsets = torch.randperm(B, generator=unforeseeable())[:, None]
+    return cut_probe(model, x, (torch.arange(0, T - 1, B)[None] + offsets).clamp(max=T - 2))[0]
+
+def probed(model, most, cuts=1, losses=None):
+    """model, every call probed (cut_probe) with `cuts` random cuts a row: a program with no state cannot tell
+    a probed batch, so reading the next token at n positions goes unseen with odds (1 - cuts / (T - 1)) ** n
+    (red team 51 read at 10 a split of a small evaluation and got through 1 time in 3: cuts = T - 1 probes
+    every position). most[0]: the largest move; losses: the histogram of the model's losses a token."""
+    import torch
 
     def call(x):
-        probe, logits = prepare._causality_probe(model, x)
-        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)
-        model(torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device))  # unrelated
-        again, rows = model(x.clone()), max(1, prepare.LOSS_CHUNK // (x.shape[1] * logits.size(-1)))
-        moved = max(prepare._moved(a, b).max().item() for a, b in zip(again.split(rows), logits.split(rows)))
-        most[0] = max(most[0], probe, moved)  # NaN is inf there
+        B, T = x.shape
+        picks = torch.rand(B, T - 1, generator=unforeseeable()).argsort(1)[:, :cuts].sort(1).values
+        probe, logits = cut_probe(model, x, picks)
+        most[0] = max(most[0], probe)  # NaN is inf there
+        if losses is not None:  # next-token losses of positions that count bytes (BOS counts none)
+            y = x[:, 1:]
+            nats = sys.modules["prepare"]._losses(logits[:, :-1], y)[losses["bytes"][y.flatten()] > 0]
+            losses["hist"] += torch.histc(nats.clamp(0, LOSS_TOP).cpu(), LOSS_BINS, 0, LOSS_TOP).long()
         return logits
     return call
 
@@ -1744,28 +1764,37 @@ def score_artifact(path, batch_size, rows, import_path):
             result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
         model, tokenizer = reseeded(program.module()), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
-        result["val"], _, _, result["probe"] = prepare.score(probed(model, most := [0.0]), tokenizer,
-                                                             batch_size, "val")
-        result["same"] = result["val"]
+        whole, T = prepare.EVAL_TOKENS // (batch_size * prepare.MAX_SEQ_LEN) * batch_size, prepare.MAX_SEQ_LEN
+        most, token_bytes = [0.0], tokenizer.token_bytes.to(prepare._default_device())
+
+        def read(split, n):  # score's reading of a split's first n rows, every call probed (`checked`: the
+            cuts = min(T - 1, max(1, PROBE_TOKENS // (n * T)))  # share of positions), the losses' histogram
+            losses = dict(bytes=token_bytes, hist=torch.zeros(LOSS_BINS, dtype=torch.long))
+            bpb, _, nbytes, probe = prepare.score(probed(model, most, cuts, losses), tokenizer, batch_size,
+                                                  split, n if n < whole else 0)
+            most[0] = max(most[0], probe)
+            return dict(bpb=bpb, bytes=nbytes, checked=cuts / (T - 1), hist=losses["hist"].tolist())
+
+        result["split"] = dict(same=read("val", whole))
+        result["val"] = result["same"] = result["split"]["same"]["bpb"]
         # a batch size that does not divide the rows scores fewer: the other run's rows too (red team 49 chose
         # one that left out the 6 rows the baseline scored worst on, and gained on the very same model)
-        if 0 < rows < prepare.EVAL_TOKENS // (batch_size * prepare.MAX_SEQ_LEN) * batch_size:
+        if 0 < rows < whole:
             prepare._served["evaluations"] = 0  # a second reading: no state survives the program's calls
-            result["same"] = prepare.score(probed(model, most), tokenizer, batch_size, "val", rows)[0]
-        with contextlib.closing(prepare.make_dataloader(tokenizer, batch_size, prepare.MAX_SEQ_LEN,
-                                                        "val")) as batches:
-            result["probe"] = max(result["probe"], most[0], covering_probe(model, next(batches)[0]))
+            result["split"]["same"] = read("val", rows)
+            result["same"] = result["split"]["same"]["bpb"]
+        with contextlib.closing(prepare.make_dataloader(tokenizer, batch_size, T, "val")) as batches:
+            result["probe"] = max(most[0], covering_probe(model, next(batches)[0]))
         files = [path for path, *_ in prepare.split_row_ranges("val")]
         result["val_sha256"] = file_sha256(files[0])
         try:  # probed there too: red team 44's model was causal on the rows it had seen, read ahead elsewhere
             files += [path for path, *_ in fetch_heldout()]
-            result["heldout"], _, _, probe = prepare.score(probed(model, most), tokenizer, batch_size,
-                                                           "heldout", rows)
-            with contextlib.closing(prepare._loader(tokenizer, batch_size, prepare.MAX_SEQ_LEN, "heldout",
-                                                    1000, True)) as batches:  # 1000: score's buffer
+            result["split"]["heldout"] = read("heldout", rows or whole)
+            result["heldout"] = result["split"]["heldout"]["bpb"]
+            with contextlib.closing(prepare._loader(tokenizer, batch_size, T, "heldout", 1000,
+                                                    True)) as batches:  # 1000: score's buffer
                 next(batches)  # its first yield starts it
-                probe = max(probe, most[0], covering_probe(model, next(batches)[0]))
-                result["probe"] = max(result["probe"], probe)
+                result["probe"] = max(result["probe"], most[0], covering_probe(model, next(batches)[0]))
         except (OSError, RuntimeError, SystemExit) as e:
             result["heldout_error"] = " ".join(str(e).split())[:200]
         # the data on disk as the hub has it: a shard changed before the night's baseline run is its data
@@ -2161,6 +2190,23 @@ def wall_slack(mine, base, budget):
     slower = max(1, min(4, slower)) if math.isfinite(slower) else 1  # inf / inf: no rate at all
     return budget / 4 + base["wall"] / 8 + 10 + max(0, base["wall"] - budget) * (slower - 1)
 
+def unseen(base, mine, margins):
+    """The odds that the clean scorer's probes saw none of the fewest read-ahead positions that could make up
+    `margins` (bits per byte a split: a gain beyond the noise floor), a read saving at most what the
+    baseline's model loses there (its histogram, largest first): a program with no state reads at n such
+    positions unseen with odds (1 - checked) ** n (red team 51: 10 positions a split of a tiny evaluation)."""
+    odds = 1.0
+    for split, margin in margins.items():
+        hist, need, n = base["split"][split]["hist"], margin * math.log(2) * base["split"][split]["bytes"], 0
+        for i in reversed(range(LOSS_BINS)):
+            most = (i + 1) * LOSS_TOP / LOSS_BINS  # nats: the bin's top
+            take = min(hist[i], math.ceil(need / most))
+            n, need = n + take, need - take * most
+            if need <= 0:
+                break
+        odds *= (1 - mine["split"][split]["checked"]) ** n
+    return odds
+
 def confirm(commit, results="results.tsv"):
     """Rerun the baseline, then `commit`, cleanly with the other seed; score both out of process on the
     validation and the held-out data; does the gain beat the night's noise floor on both?"""
@@ -2300,6 +2346,13 @@ def confirm(commit, results="results.tsv"):
     else:
         why = mine["clean"].get("heldout_error") or base["clean"].get("heldout_error") or "no clean score"
         findings.append(f"{full[:7]}: no held-out score ({why}): that check was not made")
+    if gain > floor and held is not None and held > floor and all("split" in r["clean"] for r in runs):
+        odds = unseen(base["clean"], mine["clean"], dict(same=gain - floor, heldout=held - floor))
+        if odds > UNSEEN:  # a small evaluation's probes check few positions
+            share = max(c["checked"] for c in mine["clean"]["split"].values())
+            findings.append(f"{full[:7]}: the probes checked {share:.1%} of the positions: reading ahead "
+                            "worth the gain's margin over the noise floor would go unseen with odds "
+                            f"{odds:.2f}; the evaluation is too small to rule it out (a larger EVAL_TOKENS)")
     for line in findings:
         print(line)
     print(f"confirm: {time.monotonic() - started:.0f} s: reruns {base['seconds']:.0f} s and "

@@ -68,28 +68,30 @@ def test_the_clean_scorer_refuses_a_program_that_reads_behind_its_tensors(tmp_pa
 
 
 def test_the_clean_scorer_sees_a_program_that_learns_the_probes_cut_from_its_last_call():
-    """A program with a memory of one call (red teams 46, 48 and 50 each found one for exported graphs):
-    where its last call's row shares this row's prefix up to p and differs at every place after it, that call
-    was the probe's changed copy, the cut is p - 1, and it reads ahead from p on. Each call's probe reads 0 on
-    it; its answer to the same batch after a batch of random ids moves (audit.probed asks it again)."""
+    """A program with a memory of one call (red teams 46, 48 and 50 each found one for exported graphs) reads
+    the next token everywhere; where its last call's row shares this row's prefix up to p and differs after,
+    that call is the probe's other copy of the row (cut p - 1), and it reads the last call's tokens from p - 1
+    on: its answers up to the cut agree. prepare's probe (the changed copy, then the batch) reads 0 on it; the
+    clean scorer answers the batch, then a batch of random ids, then the cuts, and sees it every time."""
     import prepare  # noqa: F401  probed reads prepare's functions through sys.modules
 
     table = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
     last, fooled = [None], [0]
 
-    def remembers(idx):
-        prev, last[0], out = last[0], idx.clone(), table[idx]
+    def copycat(idx):
+        prev, last[0], ahead = last[0], idx.clone(), idx.roll(-1, 1)
         for b, p in enumerate((prev == idx).long().cumprod(1).sum(1).tolist() if prev is not None else []):
-            if 1 <= p < idx.shape[1] - 1 and bool((prev[b, p:] != idx[b, p:]).all()):
-                out[b, p:-1], fooled[0] = table[idx[b, p + 1:]], fooled[0] + 1  # reads ahead past the cut
-        return out
+            if 1 <= p < idx.shape[1] and (prev[b, p:] != idx[b, p:]).float().mean() > 0.5:
+                ahead[b, p - 1:-1], fooled[0] = prev[b, p:], fooled[0] + 1  # the other copy's next tokens
+        return table[idx] + 20.0 * torch.nn.functional.one_hot(ahead, 512)
 
     gen = torch.Generator().manual_seed(1)
     most = [0.0]
-    call = audit.probed(remembers, most)
-    for _ in range(10):
+    call = audit.probed(copycat, most)
+    for step in range(10):
         x = torch.randint(1, 500, (4, 32), generator=gen)
-        probe, _ = prepare._causality_probe(remembers, x)
-        assert probe == 0  # the probe alone reads nothing
+        x[:, 0] = 500 + step  # a batch's own first token: no row shares a prefix with the last batch's
+        probe, _ = prepare._causality_probe(copycat, x)
+        assert probe == 0  # prepare's probe alone reads nothing: the batch, second, copies the changed copy
         call(x)
-    assert fooled[0] > 20 and most[0] > audit.CAUSAL_TOLERANCE, (fooled, most)
+    assert fooled[0] >= 40 and most[0] > audit.CAUSAL_TOLERANCE, (fooled, most)
