@@ -1714,14 +1714,39 @@ def fresh_memory(torch):
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
 
-def reseeded(model):
-    """model, torch's global generators reseeded unforeseeably before every call: red team 48's program wrote
-    its next call a message there (a draw of a chosen length) and read it back, so it knew a probe's calls."""
+def own_tensors(module):
+    """Every tensor a module holds, by name: parameters, buffers, and plain tensor attributes (an exported
+    program's constants)."""
     import torch
+    found = {}
+    for prefix, sub in module.named_modules():
+        held = {**sub._parameters, **sub._buffers,
+                **{k: v for k, v in vars(sub).items() if isinstance(v, torch.Tensor)}}
+        found.update({f"{prefix}.{k}".lstrip("."): v for k, v in held.items() if v is not None})
+    return found
+
+def guarded(model, written):
+    """model, no state kept from one call to the next in what it owns or draws: torch's global generators
+    reseeded unforeseeably before every call (red team 48's program wrote its next call a message there),
+    and its own tensors put back after it, the names of any that moved added to `written` (red team 52's
+    wrote its last 24 calls into a constant with aten.batch_norm_update_stats, whose schema says it writes
+    nothing, so export kept it)."""
+    import torch
+    tensors = own_tensors(model)
+    saved = {name: t.detach().clone() for name, t in tensors.items()}
+
+    def bits(t):
+        return t.detach().reshape(-1).view(torch.uint8)  # bytes: NaN equals NaN, -0.0 is not 0.0
 
     def call(x):
         torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)
-        return model(x)
+        out = model(x)
+        with torch.no_grad():
+            for name, t in tensors.items():
+                if not torch.equal(bits(t), bits(saved[name])):
+                    written.add(name)
+                    t.copy_(saved[name])
+        return out
     return call
 
 def score_artifact(path, batch_size, rows, import_path):
@@ -1748,9 +1773,12 @@ def score_artifact(path, batch_size, rows, import_path):
                                                    or getattr(target, "namespace", None) in SCORER_OPS):
                 foreign.add(str(target))
             # unchecked bounds read the memory behind a tensor: red team 50's segment_reduce(unsafe=True)
-            # read its previous call's freed batch there, and so knew each probe's cut
-            names = [a.name for a in getattr(getattr(target, "_schema", None), "arguments", [])]
-            if dict(zip(names, node.args), **node.kwargs).get("unsafe") is True:
+            # read its previous call's freed batch there, and so knew each probe's cut; segment_reduce checks
+            # no `offsets` either, unsafe or not (red team 52)
+            schema = getattr(target, "_schema", None)
+            names = [a.name for a in getattr(schema, "arguments", [])]
+            if dict(zip(names, node.args), **node.kwargs).get("unsafe") is True or getattr(
+                    schema, "name", "") == "aten::segment_reduce":
                 unchecked.add(str(target))
     # its answers only: no buffer written (state carried from batch to batch), no input written (red team 45
     # rewrote the covering probe's input so that every changed row read as the original)
@@ -1759,11 +1787,13 @@ def score_artifact(path, batch_size, rows, import_path):
     if foreign or mutated or unchecked:
         result["error"] = f"it writes to its buffers or inputs ({mutated[0] if mutated else ''})"
         if unchecked:
-            result["error"] = f"it reads memory outside its tensors (unsafe=True): {sorted(unchecked)[0]}"
+            result["error"] = f"it reads memory outside its tensors (no bounds checked): {min(unchecked)}"
         if foreign:
             result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
-        model, tokenizer = reseeded(program.module()), prepare.Tokenizer.from_directory(prepare.TOKENIZER_DIR)
+        written = set()
+        model, tokenizer = guarded(program.module(), written), prepare.Tokenizer.from_directory(
+            prepare.TOKENIZER_DIR)
         whole, T = prepare.EVAL_TOKENS // (batch_size * prepare.MAX_SEQ_LEN) * batch_size, prepare.MAX_SEQ_LEN
         most, token_bytes = [0.0], tokenizer.token_bytes.to(prepare._default_device())
 
@@ -1803,6 +1833,8 @@ def score_artifact(path, batch_size, rows, import_path):
         # what it scored on: the same for both models of a confirm, or the cache changed between them
         digests = b"".join(file_sha256(f).encode() for f in files)
         result["data"] = sha256(digests + tokenizer.token_bytes.numpy().tobytes())
+        if written:  # put back after each call: its scores are a stateless program's, but it tried
+            result["error"] = f"it writes to its own tensors between calls: {', '.join(sorted(written)[:3])}"
     print(json.dumps(result))
 
 def fresh_python(tree):

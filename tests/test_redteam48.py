@@ -23,7 +23,7 @@ channel) causal, gain +0.042 val / +0.050 held-out, but its own evaluation read 
 The file holds the 8-bit, 19-step version of 3 (confirm 2's export time), not yet confirmed.
 
 Fixed: the clean scorer reseeds torch's global generators from os.urandom before every call of the program
-(audit.reseeded), so a message written at one call is gone at the next; and evaluate_bpb exports inside the
+(audit.guarded), so a message written at one call is gone at the next; and evaluate_bpb exports inside the
 evaluation's clock (a rerun's export counted as training, which a large honest model could trip too). The
 night and confirm of this route left the file (about 2 minutes): the fast test below is the mechanism.
 """
@@ -155,7 +155,7 @@ def test_a_program_that_talks_to_itself_through_the_generator_is_seen(tmp_path):
             assert node.op != "call_function" or isinstance(node.target, torch._ops.HigherOrderOperator) or (
                 node.target is operator.getitem or node.target.namespace in audit.SCORER_OPS), node.target
     assert all(s.kind.name == "USER_OUTPUT" for s in program.graph_signature.output_specs)
-    program = audit.reseeded(program.module())  # as score_artifact calls it
+    program = audit.guarded(program.module(), set())  # as score_artifact calls it
     plain = torch.log_softmax(model.table.detach()[rows[:, T - 2]], -1).gather(1, rows[:, T - 1:]).mean()
     unseen = 0  # scorings in which it read ahead and both probes read 0
     try:
