@@ -546,13 +546,14 @@ def kernels(dump):
                  if line.startswith(EAGER_KEYS))
 
 def fingerprint(model):
-    """Sum and sum of squares of each weight and buffer (None: no nn.Module): scoring must not change it."""
+    """Sum and sum of squares of each tensor it holds (None: no nn.Module): scoring must not change it. Plain
+    tensor attributes too: red team 52's program kept its last calls in one, written in place."""
     torch = sys.modules["torch"]
     if not isinstance(model, torch.nn.Module):
         return None
     sums = [torch.stack((t.double().sum(), t.double().square().sum())) if t.device.type != "mps" else
             torch.stack((t.float().sum(), t.float().square().sum()))  # MPS has no float64
-            for t in (*model.parameters(), *model.buffers())]
+            for t in own_tensors(model).values()]
     return torch.stack(sums).cpu() if sums else torch.zeros(0)
 
 def space(owner):

@@ -158,3 +158,14 @@ def test_the_clean_scorer_refuses_segment_reduce_reading_past_its_data_by_offset
     result = json.loads(lines[-1]) if lines else {}
     assert result.get("error") == ("it reads memory outside its tensors (no bounds checked): "
                                    "aten.segment_reduce.default"), (result, run.stderr[-1500:])
+
+
+def test_the_runs_own_fingerprint_sees_a_plain_tensor_attribute_written():
+    """In the night's own evaluation the program writes its memory in place too: a plain tensor attribute,
+    no weight or buffer, which the fingerprint before and after scoring (audit.fingerprint) now counts."""
+    model = recall_class()(512).eval()
+    x = torch.randint(1, 500, (4, 64), generator=torch.Generator().manual_seed(0))
+    before = audit.fingerprint(model)
+    with torch.no_grad():
+        model(x)
+    assert before.shape == (3, 2) and not torch.equal(before, audit.fingerprint(model))
