@@ -1596,6 +1596,8 @@ HASHED = (".py", ".pth", ".pt2", ".cfg", ".json", ".tiktoken")  # files the scor
 PROBE_TOKENS = 2**18        # tokens of cut passes a reading may add: every position of every row at the test
                             # nights' 4,096; 4 cuts a row at the small-computer recipe's 2**16; 1 at defaults
 LOSS_BINS, LOSS_TOP = 400, 40.0  # the histogram of a model's losses a token: tenths of a nat, up to 40
+STRIDED = ("aten::as_strided", "aten::as_strided_copy", "aten::as_strided_scatter", "aten::empty_strided",
+           "aten::new_empty_strided")  # operators that name their own strides
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
 
 def export_model(model, shape, device, path):
@@ -1729,26 +1731,45 @@ def own_tensors(module):
 def guarded(model, written):
     """model, no state kept from one call to the next in what it owns or draws: torch's global generators
     reseeded unforeseeably before every call (red team 48's program wrote its next call a message there),
-    and its own tensors put back after it, the names of any that moved added to `written` (red team 52's
-    wrote its last 24 calls into a constant with aten.batch_norm_update_stats, whose schema says it writes
-    nothing, so export kept it)."""
+    and the storage of its own tensors put back whole after it, the names of any that moved added to
+    `written`: red team 52's wrote its last calls into a constant with aten.batch_norm_update_stats, whose
+    schema says it writes nothing, so export kept it; 53's, behind a constant's one shown float."""
     import torch
-    tensors = own_tensors(model)
-    saved = {name: t.detach().clone() for name, t in tensors.items()}
-
-    def bits(t):
-        return t.detach().reshape(-1).view(torch.uint8)  # bytes: NaN equals NaN, -0.0 is not 0.0
+    storages = {}
+    for name, t in own_tensors(model).items():
+        s = t.untyped_storage()
+        if s.nbytes() and (s.data_ptr(), s.nbytes()) not in storages:  # bytes: NaN equals NaN
+            whole = torch.empty(0, dtype=torch.uint8, device=s.device).set_(s)
+            storages[s.data_ptr(), s.nbytes()] = (name, whole, whole.clone())
 
     def call(x):
         torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 2)
         out = model(x)
         with torch.no_grad():
-            for name, t in tensors.items():
-                if not torch.equal(bits(t), bits(saved[name])):
+            for name, whole, saved in storages.values():
+                if not torch.equal(whole, saved):
                     written.add(name)
-                    t.copy_(saved[name])
+                    whole.copy_(saved)
         return out
     return call
+
+def reaches_past(node):
+    """Whether a strided view or empty reaches memory no element of a tensor shows: an as_strided past its
+    input's elements (red team 53 read a constant's storage behind its one shown float), an empty_strided
+    with gaps (fresh_memory fills the elements, not the gaps: 53 found a freed tensor's floats there)."""
+    schema = getattr(node.target, "_schema", None)
+    if getattr(schema, "name", "") not in STRIDED:
+        return False
+    args = dict(zip([a.name for a in schema.arguments], node.args), **node.kwargs)
+    try:
+        size, stride = [int(n) for n in args["size"]], [int(n) for n in args["stride"]]
+        span = int(args.get("storage_offset") or 0) + 1 + sum((n - 1) * d for n, d in zip(size, stride))
+        if "empty" in schema.name:
+            return min(size, default=1) > 0 and span != math.prod(size)
+        base = args["self"].meta["val"]
+        return min(size, default=1) > 0 and span > base.storage_offset() + base.numel()
+    except (KeyError, TypeError, AttributeError):  # sizes not known when loaded: refused
+        return True
 
 def score_artifact(path, batch_size, rows, import_path):
     """The clean scorer, in its own process (--score): loads a torch.export program (tensor operations only:
@@ -1779,7 +1800,7 @@ def score_artifact(path, batch_size, rows, import_path):
             schema = getattr(target, "_schema", None)
             names = [a.name for a in getattr(schema, "arguments", [])]
             if dict(zip(names, node.args), **node.kwargs).get("unsafe") is True or getattr(
-                    schema, "name", "") == "aten::segment_reduce":
+                    schema, "name", "") == "aten::segment_reduce" or reaches_past(node):
                 unchecked.add(str(target))
     # its answers only: no buffer written (state carried from batch to batch), no input written (red team 45
     # rewrote the covering probe's input so that every changed row read as the original)
@@ -1788,7 +1809,7 @@ def score_artifact(path, batch_size, rows, import_path):
     if foreign or mutated or unchecked:
         result["error"] = f"it writes to its buffers or inputs ({mutated[0] if mutated else ''})"
         if unchecked:
-            result["error"] = f"it reads memory outside its tensors (no bounds checked): {min(unchecked)}"
+            result["error"] = f"it reads memory no element of its tensors shows: {min(unchecked)}"
         if foreign:
             result["error"] = f"it calls operators outside PyTorch's: {', '.join(sorted(foreign)[:3])}"
     else:
