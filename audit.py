@@ -1598,6 +1598,7 @@ PROBE_TOKENS = 2**18        # tokens of cut passes a reading may add: every posi
 LOSS_BINS, LOSS_TOP = 400, 40.0  # the histogram of a model's losses a token: tenths of a nat, up to 40
 STRIDED = ("aten::as_strided", "aten::as_strided_copy", "aten::as_strided_scatter", "aten::empty_strided",
            "aten::new_empty_strided")  # operators that name their own strides
+UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse)")  # bounds, layout unchecked
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
 
 def export_model(model, shape, device, path):
@@ -1753,6 +1754,17 @@ def guarded(model, written):
         return out
     return call
 
+def unchecked_read(node):
+    """Whether an operator may read memory behind a tensor: one called with unsafe=True (red team 50's
+    segment_reduce read its previous call's freed batch there, and so knew each probe's cut), segment_reduce
+    in any form (its `offsets` go unchecked too: red team 52), the index operators named unsafe (made for
+    indices known in bounds) and sparse tensors (built unchecked), or a strided view or empty past its
+    elements (reaches_past)."""
+    schema = getattr(node.target, "_schema", None)
+    names = [a.name for a in getattr(schema, "arguments", [])]
+    return (dict(zip(names, node.args), **node.kwargs).get("unsafe") is True or reaches_past(node)
+            or bool(UNCHECKED.search(getattr(schema, "name", ""))))
+
 def reaches_past(node):
     """Whether a strided view or empty reaches memory no element of a tensor shows: an as_strided past its
     input's elements (red team 53 read a constant's storage behind its one shown float), an empty_strided
@@ -1794,13 +1806,7 @@ def score_artifact(path, batch_size, rows, import_path):
                                                    or target is operator.getitem
                                                    or getattr(target, "namespace", None) in SCORER_OPS):
                 foreign.add(str(target))
-            # unchecked bounds read the memory behind a tensor: red team 50's segment_reduce(unsafe=True)
-            # read its previous call's freed batch there, and so knew each probe's cut; segment_reduce checks
-            # no `offsets` either, unsafe or not (red team 52)
-            schema = getattr(target, "_schema", None)
-            names = [a.name for a in getattr(schema, "arguments", [])]
-            if dict(zip(names, node.args), **node.kwargs).get("unsafe") is True or getattr(
-                    schema, "name", "") == "aten::segment_reduce" or reaches_past(node):
+            if unchecked_read(node):
                 unchecked.add(str(target))
     # its answers only: no buffer written (state carried from batch to batch), no input written (red team 45
     # rewrote the covering probe's input so that every changed row read as the original)

@@ -166,3 +166,20 @@ def test_a_models_own_views_are_not_refused():
 
     program = torch.export.export(Views(), (torch.zeros(2, 16, dtype=torch.int64),)).run_decompositions({})
     assert not any(audit.reaches_past(n) for n in program.graph.nodes)
+
+
+def test_operators_that_skip_checks_are_refused():
+    """Found beside red team 53's route (not attacked): the index operators named unsafe are made for indices
+    known in bounds, and a sparse tensor can be built with no check of its indices; neither is a model's."""
+    class Unchecked(torch.nn.Module):
+        def forward(self, idx):
+            table = torch.nn.functional.one_hot(idx, 8).float()
+            return torch.ops.aten._unsafe_index(table, [None, None, torch.arange(8)])
+
+    x = torch.zeros(2, 16, dtype=torch.int64)
+    program = torch.export.export(Unchecked(), (x,)).run_decompositions({})
+    assert [str(n.target) for n in program.graph.nodes if audit.unchecked_read(n)] == [
+        "aten._unsafe_index.Tensor"]
+    refused = {s.name for s in torch._C._jit_get_all_schemas() if audit.UNCHECKED.search(s.name)}
+    assert {"aten::_sparse_coo_tensor_unsafe", "aten::_unsafe_masked_index"} <= refused
+    assert not refused & {"aten::_unsafe_view", "aten::index", "aten::embedding", "aten::gather"}
