@@ -2,12 +2,13 @@
 evaluation's first fingerprint, which skipped _call (the fingerprints now run through _call too, and
 evaluate_bpb clears a hook inline after score); the probe's first answer a tensor subclass whose abs() read 0
 (only a plain tensor is probed); a private name read through a parameter called `self` of no method
-(named). Each asserts the secure outcome."""
+(named). Each asserts the secure outcome. Since the fingerprint reads a module's tensors without calling its
+methods (red team 52), the first route's hook is never armed."""
 # ruff: noqa: F811
 import pytest
 
 from common import ROOT
-from test_audit import clone_of, findings, tiny  # noqa: F401
+from test_audit import clone_of, findings, parse_val, tiny  # noqa: F401
 from test_redteam17 import assert_no_unearned_keep
 
 EVAL_LINE = 'print(f"val_bpb: {evaluate_bpb(model, tokenizer, 4):.6f}")\n'
@@ -122,8 +123,11 @@ def test_a_frame_hook_switched_on_after_evaluate_bpbs_first_line_that_skips_call
     n = clone_of(bigrams, tmp_path_factory, "rt28hook")
     source = tiny(HOOKS[route][0].replace("LINES", repr(tuple(at))), HOOKS[route][1], late=ARM)
     commit, code, out, row = n.attack("bigram", source)
-    assert code == 1 and "rejected: train.py changed a frame hook" in out, out[-2000:]
-    assert row.returncode == 1
+    # the fingerprint no longer calls the model's parameters(): the hook is never armed, nothing is halved
+    # and the model that reads ahead is seen; or armed, it is named
+    base = n.records()[0]["val_bpb"]
+    assert "evaluation rejected" in out and code == 1 or parse_val(out) == [round(base, 6)], out[-2000:]
+    assert "evaluation rejected" in out or route == "cross entropy halved", out[-2000:]
 
 
 # ---------------------------------------------------------------------------
