@@ -1598,7 +1598,8 @@ PROBE_TOKENS = 2**18        # tokens of cut passes a reading may add: every posi
 LOSS_BINS, LOSS_TOP = 400, 40.0  # the histogram of a model's losses a token: tenths of a nat, up to 40
 STRIDED = ("aten::as_strided", "aten::as_strided_copy", "aten::as_strided_scatter", "aten::empty_strided",
            "aten::new_empty_strided")  # operators that name their own strides
-UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse)")  # bounds, layout unchecked
+UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse|batch_norm_update_stats)")
+STATS = {"weight", "bias", "running_mean", "running_var", "save_mean", "save_invstd", "mean", "invstd"}
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
 
 def export_model(model, shape, device, path):
@@ -1758,12 +1759,24 @@ def unchecked_read(node):
     """Whether an operator may read memory behind a tensor: one called with unsafe=True (red team 50's
     segment_reduce read its previous call's freed batch there, and so knew each probe's cut), segment_reduce
     in any form (its `offsets` go unchecked too: red team 52), the index operators named unsafe (made for
-    indices known in bounds) and sparse tensors (built unchecked), or a strided view or empty past its
-    elements (reaches_past)."""
+    indices known in bounds), sparse tensors (built unchecked), batch_norm_update_stats (it writes its
+    running stats though its schema says not: red teams 52 to 54), a batch norm whose per-channel tensors
+    do not fit its input (stats_fit), or a strided view or empty past its elements (reaches_past)."""
     schema = getattr(node.target, "_schema", None)
-    names = [a.name for a in getattr(schema, "arguments", [])]
-    return (dict(zip(names, node.args), **node.kwargs).get("unsafe") is True or reaches_past(node)
-            or bool(UNCHECKED.search(getattr(schema, "name", ""))))
+    name, args = getattr(schema, "name", ""), dict(zip([a.name for a in getattr(schema, "arguments", [])],
+                                                       node.args), **node.kwargs)
+    return (args.get("unsafe") is True or reaches_past(node) or bool(UNCHECKED.search(name))
+            or "batch_norm" in name and not stats_fit(args))
+
+def stats_fit(args):
+    """Whether a batch norm's per-channel tensors hold one element a channel of its input: its CPU kernels
+    index them by channel unchecked (red team 54 read and wrote floats past a constant's storage)."""
+    try:
+        channels = args["input"].meta["val"].shape[1]
+        return all(args[k].meta["val"].numel() == channels for k in STATS
+                   if getattr(args.get(k), "meta", None))
+    except (KeyError, IndexError, AttributeError):
+        return False
 
 def reaches_past(node):
     """Whether a strided view or empty reaches memory no element of a tensor shows: an as_strided past its

@@ -183,3 +183,26 @@ def test_operators_that_skip_checks_are_refused():
     refused = {s.name for s in torch._C._jit_get_all_schemas() if audit.UNCHECKED.search(s.name)}
     assert {"aten::_sparse_coo_tensor_unsafe", "aten::_unsafe_masked_index"} <= refused
     assert not refused & {"aten::_unsafe_view", "aten::index", "aten::embedding", "aten::gather"}
+
+
+def test_a_batch_norm_must_hold_one_statistic_a_channel():
+    """Red team 54: the batch norm kernels index their per-channel tensors by channel with no bounds check, so
+    a running mean of 1 float with 8 channels reads 7 floats past its storage; one of 8 is a model's own."""
+    class Norm(torch.nn.Module):
+        def __init__(self, stats):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(stats))
+            self.register_buffer("var", torch.ones(stats))
+
+        def forward(self, idx):
+            x = torch.nn.functional.one_hot(idx, 8).float().transpose(1, 2)  # (B, 8 channels, T)
+            out = torch.native_batch_norm(x, None, None, self.mean, self.var, False, 0.0, 1e-5)[0]
+            return out.transpose(1, 2)
+
+    def refused(stats):
+        x = torch.zeros(2, 16, dtype=torch.int64)
+        program = torch.export.export(Norm(stats).eval(), (x,)).run_decompositions({})
+        return [str(n.target) for n in program.graph.nodes if audit.unchecked_read(n)]
+
+    assert refused(8) == []
+    assert refused(1) == ["aten._native_batch_norm_legit_no_training.default"]
