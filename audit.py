@@ -1791,8 +1791,9 @@ def reaches_past(node):
         span = int(args.get("storage_offset") or 0) + 1 + sum((n - 1) * d for n, d in zip(size, stride))
         if "empty" in schema.name:
             return min(size, default=1) > 0 and span != math.prod(size)
-        base = args["self"].meta["val"]
-        return min(size, default=1) > 0 and span > base.storage_offset() + base.numel()
+        base = args["self"].meta["val"]  # what its strides reach: an expanded base shows more than it holds
+        reach = base.storage_offset() + 1 + sum((n - 1) * d for n, d in zip(base.shape, base.stride()))
+        return min(size, default=1) > 0 and (base.numel() == 0 or span > reach)
     except (KeyError, TypeError, AttributeError):  # sizes not known when loaded: refused
         return True
 
