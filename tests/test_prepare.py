@@ -700,7 +700,16 @@ def test_progress_counts_shards_already_on_disk(monkeypatch, corpus, tmp_path, c
     assert out.split("\r")[-1].startswith("downloading: 3/3 files") and "data: 3 of 3 files ready" in out
 
 
-def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_path):
+@pytest.fixture
+def ctrl_c_heard():
+    """A child hears Ctrl-C as a terminal's command does: a shell's background job (`cmd &`, as a CI script
+    may start the suite) ignores SIGINT, and its children inherit that; a handler is reset at exec."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_stops_downloads_at_once_and_keeps_finished_shards(corpus, tmp_path, ctrl_c_heard):
     server = ShardServer(corpus, stall=("shard_00001.parquet", prepare.VAL_FILENAME))
     env = cpu_env(tmp_path, HF_ENDPOINT=server.url)
     proc = subprocess.Popen([sys.executable, "prepare.py", "--num-shards", "2", "--download-workers", "3"],
@@ -737,7 +746,7 @@ class Tokenizer:
 """
 
 
-def test_ctrl_c_during_tokenizer_training_exits_at_once_in_one_line(corpus, tmp_path):
+def test_ctrl_c_during_tokenizer_training_exits_at_once_in_one_line(corpus, tmp_path, ctrl_c_heard):
     shutil.copytree(corpus, tmp_path / DATA)  # every file on disk: nothing is downloaded
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "rustbpe.py").write_text(FAKE_RUSTBPE)
