@@ -33,6 +33,11 @@ segment_reduce reads past its data through `offsets` with unsafe left False; the
 segment_reduce in any form. The night and confirm of this route (red team 49's night, about 3 minutes) ran
 once on the fix and stay out of the suite: the fast tests below are the mechanism.
 """
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from common import ROOT  # noqa: F401  the repository on the import path
@@ -87,12 +92,12 @@ def test_static_reading_passes_the_attack():
     assert audit.seed_line(ATTACK)[0] == 42
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_the_clean_scorers_probes_see_a_program_with_hidden_state(tmp_path, seed):
-    """The exported program as the clean scorer runs it (loaded, fresh memory, reseeded, every call probed,
-    the covering probe): it reads the next token at most positions, and every probe must see it."""
+def scored_in_process(recall, seed, tmp_path, cuts=1):
+    """(positions read ahead, the probes' largest move, the tensors guarded named) of a Recall program,
+    exported and run as the clean scorer runs it: loaded, fresh memory, guarded, every call probed with
+    `cuts` cuts a row, score's own probe around one batch, the covering probe."""
     torch.manual_seed(seed)
-    model = recall_class()(512)
+    model = recall(512)
     model.table.data = torch.randn(512, 512) * 0.1
     model.eval()
     path = str(tmp_path / "model.pt2")
@@ -104,7 +109,7 @@ def test_the_clean_scorers_probes_see_a_program_with_hidden_state(tmp_path, seed
     try:
         run = audit.guarded(program.module(), written)
         gen, most, reads = torch.Generator().manual_seed(seed), [0.0], 0
-        call = audit.probed(run, most)
+        call = audit.probed(run, most, cuts)
         batches = [torch.cat((torch.full((4, 1), 511), torch.randint(1, 500, (4, 63), generator=gen)), 1)
                    for _ in range(16)]
         for step, x in enumerate(batches):
@@ -112,13 +117,32 @@ def test_the_clean_scorers_probes_see_a_program_with_hidden_state(tmp_path, seed
                 probe, logits = prepare._causality_probe(call, x)
                 most[0] = max(most[0], probe)
             else:
-                logits = call(x)
+                logits = prepare._call(call, x)
             reads += (logits.argmax(-1)[:, :-1] == x[:, 1:]).sum().item()
         most[0] = max(most[0], audit.covering_probe(run, batches[0]))
     finally:
         torch.use_deterministic_algorithms(False)
+    return reads, most[0], written
+
+
+def scorer_error(program, shape, tmp_path):
+    """What the clean scorer's process says of the exported program (it refuses it before any scoring)."""
+    path = str(tmp_path / "model.pt2")
+    audit.export_model(program, shape, torch.device("cpu"), path)
+    assert not os.path.exists(path + ".failed")
+    run = subprocess.run([sys.executable, audit.__file__, "--score", path, str(shape[0]), "0",
+                          os.pathsep.join(sys.path)], capture_output=True, text=True, timeout=300)
+    lines = run.stdout.strip().splitlines()
+    return (json.loads(lines[-1]) if lines else {}).get("error"), run.stderr[-1500:]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_clean_scorers_probes_see_a_program_with_hidden_state(tmp_path, seed):
+    """The exported program as the clean scorer runs it: it reads the next token at most positions, and every
+    probe must see it."""
+    reads, most, written = scored_in_process(recall_class(), seed, tmp_path)
     assert reads > 0.9 * 16 * 4 * 63  # it reads ahead
-    assert most[0] > audit.CAUSAL_TOLERANCE, most  # 18d3ceb's scorer read 0.0
+    assert most > audit.CAUSAL_TOLERANCE, most  # 18d3ceb's scorer read 0.0
     assert "inner.memory" in written, written  # named, and put back after every call
 
 
@@ -127,11 +151,6 @@ def test_the_clean_scorer_refuses_segment_reduce_reading_past_its_data_by_offset
     `offsets` (unsafe left False) segment_reduce checks nothing either: offsets past the data's end copy out
     the memory behind the tensor (here: non-NaN floats under fresh_memory, which fills only what `empty` hands
     out). The scorer runs such a program. Fails on 18d3ceb (the scorer does not refuse it)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     class Reader(torch.nn.Module):
         def forward(self, idx):
             data = torch.zeros(8) + idx[0, 0].float()
@@ -139,10 +158,8 @@ def test_the_clean_scorer_refuses_segment_reduce_reading_past_its_data_by_offset
             behind = torch.segment_reduce(data, "sum", offsets=offsets)[1:]  # 64 floats behind the data
             return torch.nn.functional.one_hot(idx, 8).float() + 0 * behind.nan_to_num().sum()
 
-    path = str(tmp_path / "model.pt2")
-    audit.export_model(Reader(), (2, 16), torch.device("cpu"), path)
-    assert not os.path.exists(path + ".failed")
-    program = torch.export.load(path)
+    error, err = scorer_error(Reader(), (2, 16), tmp_path)
+    program = torch.export.load(str(tmp_path / "model.pt2"))
     audit.fresh_memory(torch)
     try:
         data = torch.zeros(8)
@@ -152,12 +169,7 @@ def test_the_clean_scorer_refuses_segment_reduce_reading_past_its_data_by_offset
     finally:
         torch.use_deterministic_algorithms(False)
     assert any("segment_reduce" in str(n.target) for n in program.graph_module.graph.nodes)
-    run = subprocess.run([sys.executable, audit.__file__, "--score", path, "2", "0",
-                          os.pathsep.join(sys.path)], capture_output=True, text=True, timeout=300)
-    lines = run.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {}
-    assert result.get("error") == ("it reads memory no element of its tensors shows: "
-                                   "aten.segment_reduce.default"), (result, run.stderr[-1500:])
+    assert error == "it reads memory no element of its tensors shows: aten.segment_reduce.default", err
 
 
 def test_the_runs_own_fingerprint_sees_a_plain_tensor_attribute_written():

@@ -26,18 +26,13 @@ a program with an as_strided that reaches past its input's elements or an empty_
 memory no element of its tensors shows"). The night and confirm (about 3 minutes) ran once on the fix and stay
 out of the suite.
 """
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from common import ROOT  # noqa: F401  the repository on the import path
 from test_audit import tiny
+from test_redteam52 import scored_in_process, scorer_error
 
 import audit
-import prepare
 
 RECALL = '''\
 SLOTS = 80
@@ -89,49 +84,12 @@ def test_static_reading_passes_the_attack():
 
 @pytest.mark.parametrize("seed", range(2))
 def test_the_clean_scorers_probes_see_state_behind_a_constant(tmp_path, seed):
-    """The exported program as the clean scorer runs it (loaded, fresh memory, guarded, every call probed
-    with T - 1 cuts as on the test nights, score's own probe, the covering probe): it reads the next token at
-    most positions, and a probe must see it, or guarded must name the write. Fails on 264c2fc: every probe
-    reads 0.0 and nothing is named."""
-    torch.manual_seed(seed)
-    model = recall_class()(512)
-    model.table.data = torch.randn(512, 512) * 0.1
-    model.eval()
-    path = str(tmp_path / "model.pt2")
-    audit.export_model(model, (4, 64), torch.device("cpu"), path)
-    program = torch.export.load(path)
-    assert {s.kind.name for s in program.graph_signature.output_specs} == {"USER_OUTPUT"}
-    audit.fresh_memory(torch)
-    written = set()
-    try:
-        run = audit.guarded(program.module(), written)
-        gen, most, reads = torch.Generator().manual_seed(seed), [0.0], 0
-        call = audit.probed(run, most, cuts=63)
-        batches = [torch.cat((torch.full((4, 1), 511), torch.randint(1, 500, (4, 63), generator=gen)), 1)
-                   for _ in range(16)]
-        for step, x in enumerate(batches):
-            if step == 3:  # score's own probe of one batch, around the probed call
-                probe, logits = prepare._causality_probe(call, x)
-                most[0] = max(most[0], probe)
-            else:
-                logits = prepare._call(call, x)
-            reads += (logits.argmax(-1)[:, :-1] == x[:, 1:]).sum().item()
-        most[0] = max(most[0], audit.covering_probe(run, batches[0]))
-    finally:
-        torch.use_deterministic_algorithms(False)
+    """The exported program as the clean scorer runs it, with T - 1 cuts a row as on the test nights: it
+    reads the next token at most positions, and a probe must see it and guarded name the write. Fails on
+    264c2fc: every probe reads 0.0 and nothing is named."""
+    reads, most, written = scored_in_process(recall_class(), seed, tmp_path, cuts=63)
     assert reads > 0.9 * 16 * 4 * 63  # it reads ahead
-    assert "inner.memory" in written and most[0] > audit.CAUSAL_TOLERANCE, (most, written)  # 264c2fc: 0.0
-
-
-def scorer_error(program, shape, tmp_path):
-    """What the clean scorer's process says of the exported program (it refuses it before any scoring)."""
-    path = str(tmp_path / "model.pt2")
-    audit.export_model(program, shape, torch.device("cpu"), path)
-    assert not os.path.exists(path + ".failed")
-    run = subprocess.run([sys.executable, audit.__file__, "--score", path, str(shape[0]), "0",
-                          os.pathsep.join(sys.path)], capture_output=True, text=True, timeout=300)
-    lines = run.stdout.strip().splitlines()
-    return (json.loads(lines[-1]) if lines else {}).get("error"), run.stderr[-1500:]
+    assert "inner.memory" in written and most > audit.CAUSAL_TOLERANCE, (most, written)  # 264c2fc: 0.0
 
 
 def test_the_clean_scorer_refuses_a_view_past_a_constants_elements(tmp_path):
