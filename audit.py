@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "1d30383c03619a9f062ed0b1f0e24298461d2eab6f1723be18cac12d9767c355"
+PREPARE_SHAPE = "3ba2efb0e6a5ec7a79bb406ff7434f9ad3747e3ab6084210b5d0a0b9ab1dae5a"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1667,13 +1667,14 @@ def cut_probe(model, x, cuts):
     then the cuts: a program that keeps its last call (red teams 46, 48 and 50 each found a channel) holds
     none of x's tokens past a cut, and a later cut finds a row changed past the last one's. NaN moves count
     as inf. The model gets copies (red team 45's program wrote into its input); the changed tokens are random
-    ids (47's program undid x - 1)."""
+    ids (47's program undid x - 1), never the token they replace."""
     import torch
     gen, moved = unforeseeable(), sys.modules["prepare"]._moved
     with torch.no_grad():
         logits = model(x.clone())
-        other = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)
-        model(torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device))  # the decoy
+        vocab = max(int(x.max()) + 1, 2)  # each token after a cut changes: a random id kept it 1 time in V
+        other = (x + torch.randint(1, vocab, x.shape, generator=gen).to(x.device)) % vocab
+        model(torch.randint(0, vocab, x.shape, generator=gen).to(x.device))  # the decoy
         most, t = torch.zeros((), device=x.device), torch.arange(x.shape[1], device=x.device)[None]
         for cut in cuts.to(x.device).T:
             after = t > cut[:, None]

@@ -504,7 +504,8 @@ def _causality_probe(model, x):
     gen = torch.Generator().manual_seed(int.from_bytes(_urandom(8), "little") >> 2)  # unforeseeable
     cut = torch.randint(0, T - 1, (B, 1), generator=gen).to(x.device)
     after = torch.arange(T, device=x.device)[None] > cut
-    donor = torch.randint(0, int(x.max()) + 1, x.shape, generator=gen).to(x.device)  # random: 47 undid a roll
+    vocab = max(int(x.max()) + 1, 2)  # random ids (47 undid a roll), each unlike the one it replaces
+    donor = (x + torch.randint(1, vocab, x.shape, generator=gen).to(x.device)) % vocab
     changed = _call(model, torch.where(after, donor, x))  # first: x cannot prime it; a copy, which the model
     logits = _call(model, x)  # cannot write into (red team 23 rewrote its first answer after the second)
     if not (type(changed) is torch.Tensor and type(logits) is torch.Tensor and changed.shape == logits.shape):
