@@ -1607,6 +1607,10 @@ def export_model(model, shape, device, path):
     clean scorer: it holds only tensor operations, none of train.py's code. A failure writes its reason."""
     import torch
     module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model
+    # FA3 is a hub kernel whose operators live in a namespace of their own, which the clean scorer cannot
+    # load: with train.py's `fa3` set aside the export traces its PyTorch attention (same math, bf16 noise)
+    names = vars(sys.modules.get(type(module).__module__, sys))  # train.py's globals
+    held = names.get("fa3")
 
     class Logits(torch.nn.Module):
         def __init__(self, inner):
@@ -1618,6 +1622,8 @@ def export_model(model, shape, device, path):
                 return self.inner(idx).float()
 
     try:
+        if held is not None:
+            names["fa3"] = None
         x = torch.zeros(shape, dtype=torch.int64, device=device)
         with torch.autocast(device.type, enabled=False):
             program = torch.export.export(Logits(module), (x,), strict=False)
@@ -1626,6 +1632,9 @@ def export_model(model, shape, device, path):
     except Exception as e:  # not an nn.Module, or an operation export cannot trace
         with open(path + ".failed", "w") as f:
             f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
+    finally:
+        if held is not None:
+            names["fa3"] = held
 
 def fetch_heldout(dataset=None):
     """The held-out split's row ranges, downloaded first if missing (only the clean scorer reads them)."""

@@ -1642,6 +1642,34 @@ def test_the_covering_probe_finds_a_model_that_reads_one_later_token():
     assert audit.covering_probe(lambda idx: torch.nn.functional.one_hot(idx, 16).float(), x) == 0.0
 
 
+def test_the_export_traces_pytorchs_attention_where_the_run_used_fa3(tmp_path):
+    """FA3 comes from the hub as operators in a namespace of their own (torch.ops._flash_attn3_<build>),
+    which the clean scorer cannot load: the export sets train.py's `fa3` aside, then puts it back."""
+    import types
+
+    import torch
+
+    @torch.library.custom_op("_flash_attn3_test::fwd", mutates_args=())  # a stand-in for the hub's kernel
+    def fwd(q: torch.Tensor) -> torch.Tensor:
+        return q * 2
+
+    fwd.register_fake(lambda q: torch.empty_like(q))
+    train = types.ModuleType("train_with_fa3")
+    exec("import torch\nfa3 = None\nclass GPT(torch.nn.Module):\n    def forward(self, idx):\n"
+         "        x = torch.nn.functional.one_hot(idx, 8).float()\n"
+         "        return x * 2 if fa3 is None else fa3(x)\n", vars(train))
+    sys.modules[train.__name__], train.fa3 = train, fwd
+    try:
+        audit.export_model(train.GPT(), (2, 8), torch.device("cpu"), str(tmp_path / "model.pt2"))
+        as_run = torch.export.export(train.GPT(), (torch.zeros(2, 8, dtype=torch.long),), strict=False)
+    finally:
+        del sys.modules[train.__name__]
+    exported = torch.export.load(str(tmp_path / "model.pt2")).graph_module.graph
+    assert {n.target.namespace for n in exported.nodes if n.op == "call_function"} == {"aten"}
+    assert "_flash_attn3_test" in {getattr(n.target, "namespace", None) for n in as_run.graph.nodes}
+    assert train.fa3 is fwd
+
+
 def test_the_confirms_clone_holds_the_commits_bytes_whatever_git_is_told(tmp_path, monkeypatch):
     """The user's ~/.gitconfig written by the night (a template whose attributes name its filter: red team 9),
     a replace ref (the night's `git show` of the baseline would read another commit), and the baseline's
