@@ -534,9 +534,9 @@ EVAL_OPS = (
     "detach", "empty.memory_format", "empty_strided", "eq.Tensor", "equal", "fill_.Tensor",
     "flatten.using_ints", "gt.Scalar", "gt.Tensor", "index.Tensor", "item", "lift_fresh", "lift_fresh_copy",
     "log_softmax.int", "max", "nan_to_num", "nll_loss", "nll_loss_forward", "nll_loss_nd",
-    "pow.Tensor_Scalar", "randint.low_generator", "reshape", "roll", "scalar_tensor", "select.int",
-    "slice.Tensor", "split.Tensor", "square", "stack", "sub.Tensor", "sum", "to.device", "to.dtype",
-    "to.dtype_layout", "unsqueeze", "view", "where.ScalarOther", "where.self")
+    "pow.Tensor_Scalar", "randint.low_generator", "remainder.Scalar", "reshape", "roll", "scalar_tensor",
+    "select.int", "slice.Tensor", "split.Tensor", "square", "stack", "sub.Tensor", "sum", "to.device",
+    "to.dtype", "to.dtype_layout", "unsqueeze", "view", "where.ScalarOther", "where.self")
 EAGER_KEYS = ("CPU", "CUDA", "MPS", "XPU", "HIP", "PrivateUse1", "BackendSelect", "ADInplaceOrView",
               "Composite", "Autograd", "Autocast")
 
@@ -1601,6 +1601,8 @@ STRIDED = ("aten::as_strided", "aten::as_strided_copy", "aten::as_strided_scatte
 UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse|batch_norm_update_stats)")
 STATS = {"weight", "bias", "running_mean", "running_var", "save_mean", "save_invstd", "mean", "invstd"}
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
+FUSED = re.compile(r"aten::(_?scaled_dot_product_\w*attention|_assert_\w+)")  # beside core ATen: fused
+HIGHER_ORDER = ("flex_attention", "wrap_with_autocast")  # attention and export's checks of a tensor's shape
 
 def export_model(model, shape, device, path):
     """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
@@ -1765,6 +1767,31 @@ def guarded(model, written):
         return out
     return call
 
+def nodes(program):
+    """Every node of an exported program's graphs, the bodies of higher-order operators (flex's) too."""
+    import torch
+    for graph in program.graph_module.modules():
+        yield from graph.graph.nodes if isinstance(graph, torch.fx.GraphModule) else []
+
+def core_aten(program):
+    """(the program taken apart into core ATen, the operators left outside what the clean scorer runs):
+    PyTorch's decompositions rewrite every other operator in the ~190 of core ATen (the set export's backends
+    implement), attention kept fused (SDPA, cuDNN's, flex's); any other is refused. A list of the kernels
+    that read or write past a tensor grew with each red team (50, 52, 53, 54) out of some 2,000 operators."""
+    import torch
+    table = torch.export.default_decompositions()
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)  # fused at run time: a math
+    program = program.run_decompositions(table)  # decomposition holds B x H x T x T scores (4 GB a layer)
+    outside = set()
+    for node in nodes(program):
+        target, name = node.target, getattr(getattr(node.target, "_schema", None), "name", "")
+        if node.op == "call_function" and not (
+                target is operator.getitem or getattr(target, "namespace", None) == "cudnn"
+                or torch.Tag.core in getattr(target, "tags", ()) or FUSED.fullmatch(name)
+                or isinstance(target, torch._ops.HigherOrderOperator) and target.name() in HIGHER_ORDER):
+            outside.add(str(target))
+    return program, outside
+
 def unchecked_read(node):
     """Whether an operator may read memory behind a tensor: one called with unsafe=True (red team 50's
     segment_reduce read its previous call's freed batch there, and so knew each probe's cut), segment_reduce
@@ -1822,22 +1849,30 @@ def score_artifact(path, batch_size, rows, import_path):
     with contextlib.suppress(ImportError):
         import cudnn.experimental.ops  # noqa: F401  registers cuDNN's attention operator, if installed
     program, _ = torch.export.load(path), fresh_memory(torch)
-    foreign, unchecked = set(), set()  # every graph, the bodies of higher-order operators (autocast's) too
-    for graph in program.graph_module.modules():
-        for node in graph.graph.nodes if isinstance(graph, torch.fx.GraphModule) else []:
-            target = node.target
-            if node.op == "call_function" and not (isinstance(target, torch._ops.HigherOrderOperator)
-                                                   or target is operator.getitem
-                                                   or getattr(target, "namespace", None) in SCORER_OPS):
-                foreign.add(str(target))
-            if unchecked_read(node):
-                unchecked.add(str(target))
+    foreign, unchecked, outside = set(), set(), set()
+    for node in nodes(program):
+        target = node.target
+        if node.op == "call_function" and not (isinstance(target, torch._ops.HigherOrderOperator)
+                                               or target is operator.getitem
+                                               or getattr(target, "namespace", None) in SCORER_OPS):
+            foreign.add(str(target))
+        if unchecked_read(node):
+            unchecked.add(str(target))
     # its answers only: no buffer written (state carried from batch to batch), no input written (red team 45
     # rewrote the covering probe's input so that every changed row read as the original)
     mutated = [s.kind.name for s in program.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
+    if not (foreign or mutated or unchecked):
+        try:
+            program, outside = core_aten(program)
+            unchecked = {str(node.target) for node in nodes(program) if unchecked_read(node)}
+        except Exception as e:  # an operator with no decomposition and no fake kernel
+            outside = {f"({type(e).__name__}: {' '.join(str(e).split())[:120]})"}
     result = dict(val=None, heldout=None, probe=None)
-    if foreign or mutated or unchecked:
+    if foreign or mutated or unchecked or outside:
         result["error"] = f"it writes to its buffers or inputs ({mutated[0] if mutated else ''})"
+        if outside:
+            result["error"] = ("it calls operators outside core ATen, the only ones the scorer runs: "
+                               + ", ".join(sorted(outside)[:3]))
         if unchecked:
             result["error"] = f"it reads memory no element of its tensors shows: {min(unchecked)}"
         if foreign:

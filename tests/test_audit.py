@@ -1670,6 +1670,38 @@ def test_the_export_traces_pytorchs_attention_where_the_run_used_fa3(tmp_path):
     assert train.fa3 is fwd
 
 
+def test_the_clean_scorer_runs_train_pys_model_in_core_aten(tmp_path):
+    """train.py's GPT (windowed and full layers, value embeddings, softcap) exported as the night exports it
+    and taken apart into core ATen as the clean scorer does: no operator left outside, the same logits."""
+    import torch
+
+    import train
+    torch.manual_seed(0)
+    model = train.GPT(train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=4, n_head=2, n_kv_head=2,
+                                      n_embd=128))
+    model.init_weights()
+    audit.export_model(model, (2, 64), torch.device("cpu"), str(tmp_path / "model.pt2"))
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    core, outside = audit.core_aten(program)
+    x = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert outside == set() and torch.equal(core.module()(x), program.module()(x))
+
+
+def test_the_clean_scorer_refuses_an_operator_outside_core_aten(tmp_path):
+    """torch.histc is PyTorch's (aten) but not core ATen, and has no decomposition into it: refused unrun."""
+    import torch
+    from test_redteam52 import scorer_error
+
+    class Histogram(torch.nn.Module):
+        def forward(self, idx):
+            return torch.histc(idx.float(), 16, 0, 16)[None, None].expand(*idx.shape, 16)
+
+    error, err = scorer_error(Histogram(), (2, 16), tmp_path)
+    assert error == ("it calls operators outside core ATen, the only ones the scorer runs: "
+                     "aten.histc.default"), err
+
+
 def test_the_confirms_clone_holds_the_commits_bytes_whatever_git_is_told(tmp_path, monkeypatch):
     """The user's ~/.gitconfig written by the night (a template whose attributes name its filter: red team 9),
     a replace ref (the night's `git show` of the baseline would read another commit), and the baseline's
