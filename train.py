@@ -332,16 +332,16 @@ def attention(q, k, v, window, use_flex=None):
     return y.transpose(1, 2)
 
 def pick_attention(device):
-    """(fa3, cudnn_attention, start-up line) on a CUDA device: FA3 if it loads, else cuDNN's sliding window if
-    its check passes, else flex_attention for the windowed layers (both None)."""
+    """(fa3, cudnn_attention, start-up line) on CUDA: FA3 if it loads; cuDNN's window if its check passes, or
+    flex (None): for windowed layers without FA3, and audit.py's export (FA3's operators are not torch's)."""
     fa3, fa3_note = load_fa3()
-    if fa3 is not None:
-        return fa3, None, f"attention: FA3 ({fa3_note})"
     try:
         from cudnn.experimental.ops import scaled_dot_product_attention as cudnn_sdpa
         note = check_window_attention(cudnn_sdpa, device)
     except Exception as e:  # not installed (not on Linux), or it fails to load (an old driver)
         note = short_error(e)
+    if fa3 is not None:
+        return fa3, (cudnn_sdpa if note is None else None), f"attention: FA3 ({fa3_note})"
     windowed = ("cuDNN sliding window (nvidia-cudnn-frontend)" if note is None
                 else f"flex_attention; cuDNN sliding window unavailable: {note}")
     line = (f"attention: PyTorch fallback (SDPA cuDNN for full layers, {windowed} for windowed layers); "

@@ -253,6 +253,17 @@ def test_fa3_candidates_are_tried_in_order_and_an_unreachable_hub_ends_the_searc
                     "resolution")
 
 
+def test_fa3_runs_beside_cudnns_window_which_the_export_takes(monkeypatch):
+    """With FA3 loaded, cuDNN's window comes back too: audit.py exports the model with train.py's fa3 set
+    aside (its hub operators are not PyTorch's), and flex_attention's block mask cannot be saved."""
+    fa3 = object()
+    monkeypatch.setattr(train, "load_fa3", lambda: (fa3, "kernels-community/flash-attn3"))
+    monkeypatch.setattr(train, "check_window_attention", lambda fn, device: None)
+    got, cudnn_attention, line = train.pick_attention(torch.device("cpu"))
+    assert got is fa3 and cudnn_attention is not None
+    assert line == "attention: FA3 (kernels-community/flash-attn3)"
+
+
 @pytest.mark.parametrize("case", ["cudnn works", "check fails", "no package"])
 def test_start_up_line_names_the_windowed_backend_and_why_not_cudnn(case, monkeypatch):
     offline = "kernels-community/flash-attn3: ConnectionError: offline"
