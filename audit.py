@@ -179,7 +179,7 @@ UPSTREAM = ("refs/remotes/origin/HEAD", "refs/remotes/origin/main", "refs/remote
             "refs/heads/main", "refs/heads/master")  # where a night's branch leaves the user's
 # The released prepare.py's shape (frozen_shape: its syntax tree, the settings' values left out). Whatever
 # git says, a baseline's prepare.py of another shape is not this release's (tests/test_audit.py checks it)
-PREPARE_SHAPE = "3ba2efb0e6a5ec7a79bb406ff7434f9ad3747e3ab6084210b5d0a0b9ab1dae5a"
+PREPARE_SHAPE = "1ac47ef77b04dc5fddb2cc28502ee03917200a0a83cb4d0ec65a7ef91a0235e1"
 
 def fail(message):
     """Bad input: one line, exit 1."""
@@ -1606,7 +1606,8 @@ HIGHER_ORDER = ("flex_attention", "wrap_with_autocast")  # attention and export'
 
 def export_model(model, shape, device, path):
     """The model as a torch.export program of idx -> float32 logits (autocast inside, as trained), for the
-    clean scorer: it holds only tensor operations, none of train.py's code. A failure writes its reason."""
+    clean scorer: it holds only tensor operations, none of train.py's code. Its sha256; a failure writes its
+    reason."""
     import torch
     module = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model
     # FA3 is a hub kernel whose operators live in a namespace of their own, which the clean scorer cannot
@@ -1631,6 +1632,7 @@ def export_model(model, shape, device, path):
             program = torch.export.export(Logits(module), (x,), strict=False)
         # to ATen with autocast's casts written out: save cannot serialize autocast's enter/exit (CUDA, H100)
         torch.export.save(program.run_decompositions({}), path)
+        return file_sha256(path)  # to the run's record: train.py's code runs again (red team 55 rewrote it)
     except Exception as e:  # not an nn.Module, or an operation export cannot trace
         with open(path + ".failed", "w") as f:
             f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
@@ -1848,7 +1850,9 @@ def score_artifact(path, batch_size, rows, import_path):
     import torch
     with contextlib.suppress(ImportError):
         import cudnn.experimental.ops  # noqa: F401  registers cuDNN's attention operator, if installed
-    program, _ = torch.export.load(path), fresh_memory(torch)
+    with open(path, "rb") as f:  # the bytes it hashes are the bytes it runs (no file mapped: a process left
+        data = f.read()  # by the rerun could change it)
+    program, _ = torch.export.load(io.BytesIO(data)), fresh_memory(torch)
     foreign, unchecked, outside = set(), set(), set()
     for node in nodes(program):
         target = node.target
@@ -1867,7 +1871,7 @@ def score_artifact(path, batch_size, rows, import_path):
             unchecked = {str(node.target) for node in nodes(program) if unchecked_read(node)}
         except Exception as e:  # an operator with no decomposition and no fake kernel
             outside = {f"({type(e).__name__}: {' '.join(str(e).split())[:120]})"}
-    result = dict(val=None, heldout=None, probe=None)
+    result = dict(val=None, heldout=None, probe=None, artifact_sha256=sha256(data))
     if foreign or mutated or unchecked or outside:
         result["error"] = f"it writes to its buffers or inputs ({mutated[0] if mutated else ''})"
         if outside:
@@ -2294,7 +2298,10 @@ def clean_score(run, base, frozen_files, rows):
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         return dict(error="the clean scorer failed: " + " ".join(done.stderr.split())[-300:])
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    if result.get("artifact_sha256") != run["record"].get("artifact_sha256", result.get("artifact_sha256")):
+        return dict(error="its exported model is not the file its evaluation exported (changed since)")
+    return result
 
 def wall_slack(mine, base, budget):
     """Seconds the commit's rerun may take beyond the baseline's: a quarter budget more training shows; an

@@ -554,8 +554,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     _served["unpinned"] = _served["unpinned"] or running and "a training loader (running on)"
     collecting = gc.isenabled() and gc.disable() is None  # off: red team 30's cycles ran code as it collected
     t0, own, before = _clock(), Tokenizer.from_directory(), audit and _call(audit.fingerprint, model)
-    if audit and (export := os.environ.pop("AUTORESEARCH_EXPORT", None)):  # --confirm's scorer: the model
-        audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)  # before it saw val
+    export = audit and os.environ.pop("AUTORESEARCH_EXPORT", None)  # --confirm's: exported before it sees val
+    exported = export and audit.export_model(model, (batch_size, MAX_SEQ_LEN), _default_device(), export)
     try:
         val_bpb, tokens, nbytes, probe = score(model, own, batch_size)
     except BaseException as e:
@@ -581,8 +581,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     else:
         audit.append_run_record(sys.modules[__name__], own, dict(
             val_bpb=val_bpb, rejected=rejected, batch_size=batch_size, tokens_evaluated=tokens,
-            bytes_evaluated=nbytes, causal_probe=probe, evaluated_at=t0, **_served,
-            peak_vram_mb=round(peak_memory_mb(), 1)))
+            bytes_evaluated=nbytes, causal_probe=probe, evaluated_at=t0, artifact_sha256=exported or None,
+            **_served, peak_vram_mb=round(peak_memory_mb(), 1)))
     if rejected:
         sys.exit(f"evaluation rejected: {rejected}; no val_bpb")
     collecting and gc.enable()  # as it was

@@ -125,11 +125,13 @@ def scored_in_process(recall, seed, tmp_path, cuts=1):
     return reads, most[0], written
 
 
-def scorer_error(program, shape, tmp_path):
-    """What the clean scorer's process says of the exported program (it refuses it before any scoring)."""
+def scorer_error(program, shape, tmp_path, rewrite=lambda path: None):
+    """What the clean scorer's process says of the exported program (it refuses it before any scoring);
+    `rewrite`: what train.py does to the file after (red team 55)."""
     path = str(tmp_path / "model.pt2")
     audit.export_model(program, shape, torch.device("cpu"), path)
     assert not os.path.exists(path + ".failed")
+    rewrite(path)
     run = subprocess.run([sys.executable, audit.__file__, "--score", path, str(shape[0]), "0",
                           os.pathsep.join(sys.path)], capture_output=True, text=True, timeout=300)
     lines = run.stdout.strip().splitlines()
