@@ -1600,6 +1600,7 @@ STRIDED = ("aten::as_strided", "aten::as_strided_copy", "aten::as_strided_scatte
            "aten::new_empty_strided")  # operators that name their own strides
 UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse|batch_norm_update_stats)")
 STATS = {"weight", "bias", "running_mean", "running_var", "save_mean", "save_invstd", "mean", "invstd"}
+RAGGED = ("seq_len_q", "seq_len_kv", "cumulative_seq_len_q", "cumulative_seq_len_kv")  # cudnn::sdpa's
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
 FUSED = re.compile(r"aten::(_?scaled_dot_product_\w*attention|_assert_\w+)")  # beside core ATen: fused
 HIGHER_ORDER = ("flex_attention", "wrap_with_autocast")  # attention and export's checks of a tensor's shape
@@ -1788,7 +1789,7 @@ def core_aten(program):
     for node in nodes(program):
         target, name = node.target, getattr(getattr(node.target, "_schema", None), "name", "")
         if node.op == "call_function" and not (
-                target is operator.getitem or getattr(target, "namespace", None) == "cudnn"
+                target is operator.getitem or name == "cudnn::sdpa"
                 or torch.Tag.core in getattr(target, "tags", ()) or FUSED.fullmatch(name)
                 or isinstance(target, torch._ops.HigherOrderOperator) and target.name() in HIGHER_ORDER):
             outside.add(str(target))
@@ -1800,12 +1801,14 @@ def unchecked_read(node):
     in any form (its `offsets` go unchecked too: red team 52), the index operators named unsafe (made for
     indices known in bounds), sparse tensors (built unchecked), batch_norm_update_stats (it writes its
     running stats though its schema says not: red teams 52 to 54), a batch norm whose per-channel tensors
-    do not fit its input (stats_fit), or a strided view or empty past its elements (reaches_past)."""
+    do not fit its input (stats_fit), a strided view or empty past its elements (reaches_past), or cuDNN's
+    attention given sequence lengths or offsets (bounds handed to its kernels; train.py gives none)."""
     schema = getattr(node.target, "_schema", None)
     name, args = getattr(schema, "name", ""), dict(zip([a.name for a in getattr(schema, "arguments", [])],
                                                        node.args), **node.kwargs)
     return (args.get("unsafe") is True or reaches_past(node) or bool(UNCHECKED.search(name))
-            or "batch_norm" in name and not stats_fit(args))
+            or "batch_norm" in name and not stats_fit(args)
+            or name == "cudnn::sdpa" and any(args.get(k) is not None for k in RAGGED))
 
 def stats_fit(args):
     """Whether a batch norm's per-channel tensors hold one element a channel of its input: its CPU kernels

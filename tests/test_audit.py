@@ -1670,12 +1670,17 @@ def test_the_export_traces_pytorchs_attention_where_the_run_used_fa3(tmp_path):
     assert train.fa3 is fwd
 
 
-def test_the_clean_scorer_runs_train_pys_model_in_core_aten(tmp_path):
+@pytest.mark.parametrize("windowed", ["sdpa", "cudnn"])
+def test_the_clean_scorer_runs_train_pys_model_in_core_aten(tmp_path, monkeypatch, windowed):
     """train.py's GPT (windowed and full layers, value embeddings, softcap) exported as the night exports it
-    and taken apart into core ATen as the clean scorer does: no operator left outside, the same logits."""
+    and taken apart into core ATen as the clean scorer does: no operator left outside, the same logits; its
+    windowed layers on SDPA with a mask (CPU, MPS) or cuDNN's sliding window (CUDA's, run here on the CPU)."""
     import torch
+    from common import cudnn_attention_on_cpu
 
     import train
+    if windowed == "cudnn":
+        monkeypatch.setattr(train, "cudnn_attention", cudnn_attention_on_cpu())
     torch.manual_seed(0)
     model = train.GPT(train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=4, n_head=2, n_kv_head=2,
                                       n_embd=128))
@@ -1683,6 +1688,7 @@ def test_the_clean_scorer_runs_train_pys_model_in_core_aten(tmp_path):
     audit.export_model(model, (2, 64), torch.device("cpu"), str(tmp_path / "model.pt2"))
     program = torch.export.load(str(tmp_path / "model.pt2"))
     core, outside = audit.core_aten(program)
+    assert any(str(n.target) == "cudnn.sdpa.default" for n in audit.nodes(core)) == (windowed == "cudnn")
     x = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert outside == set() and torch.equal(core.module()(x), program.module()(x))

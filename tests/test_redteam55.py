@@ -92,3 +92,15 @@ def test_the_confirm_scores_only_the_file_the_evaluation_exported(tmp_path):
     audit.export_model(Histogram(8), (2, 16), torch.device("cpu"), path)  # train.py's code, after the export
     assert audit.clean_score(run, base, frozen, 0)["error"] == (
         "its exported model is not the file its evaluation exported (changed since)")
+
+
+def test_the_clean_scorer_runs_cudnns_attention_only_on_whole_rows():
+    """Of the cudnn namespace, only its attention (train.py's windowed layers), and without the ragged
+    batches' lengths and offsets, which index the tensors by their values (train.py passes none)."""
+    from common import cudnn_attention_on_cpu
+    cudnn_attention_on_cpu()  # registers cudnn::sdpa
+    graph = torch.fx.Graph()
+    q, lengths = graph.placeholder("q"), graph.placeholder("lengths")
+    whole = graph.call_function(torch.ops.cudnn.sdpa.default, (q, q, q, 0.1, True))
+    ragged = graph.call_function(torch.ops.cudnn.sdpa.default, (q, q, q, 0.1, True), dict(seq_len_q=lengths))
+    assert not audit.unchecked_read(whole) and audit.unchecked_read(ragged)
