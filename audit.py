@@ -1632,8 +1632,11 @@ def export_model(model, shape, device, path):
         with torch.autocast(device.type, enabled=False):
             program = torch.export.export(Logits(module), (x,), strict=False)
         # to ATen with autocast's casts written out: save cannot serialize autocast's enter/exit (CUDA, H100)
-        torch.export.save(program.run_decompositions({}), path)
-        return file_sha256(path)  # to the run's record: train.py's code runs again (red team 55 rewrote it)
+        saved = io.BytesIO()
+        torch.export.save(program.run_decompositions({}), saved)
+        with open(path, "xb") as f:  # a new file: red team 56 made the path a pipe, read back as it chose
+            f.write(saved.getvalue())
+        return sha256(saved.getvalue())  # to the run's record: train.py's code runs again (55 rewrote it)
     except Exception as e:  # not an nn.Module, or an operation export cannot trace
         with open(path + ".failed", "w") as f:
             f.write(" ".join(f"{type(e).__name__}: {e}".split())[:300] + "\n")
@@ -1779,8 +1782,9 @@ def nodes(program):
 def core_aten(program):
     """(the program taken apart into core ATen, the operators left outside what the clean scorer runs):
     PyTorch's decompositions rewrite every other operator in the ~190 of core ATen (the set export's backends
-    implement), attention kept fused (SDPA, cuDNN's, flex's); any other is refused. A list of the kernels
-    that read or write past a tensor grew with each red team (50, 52, 53, 54) out of some 2,000 operators."""
+    implement), attention kept fused (SDPA, cuDNN's, flex's); any other is refused, and core's gradients (red
+    team 56's max_pool2d_with_indices_backward wrote past its output by indices it never checks). A list of
+    the kernels that read or write past a tensor grew with each red team (50, 52 to 54) out of some 2,000."""
     import torch
     table = torch.export.default_decompositions()
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)  # fused at run time: a math
@@ -1790,7 +1794,8 @@ def core_aten(program):
         target, name = node.target, getattr(getattr(node.target, "_schema", None), "name", "")
         if node.op == "call_function" and not (
                 target is operator.getitem or name == "cudnn::sdpa"
-                or torch.Tag.core in getattr(target, "tags", ()) or FUSED.fullmatch(name)
+                or torch.Tag.core in getattr(target, "tags", ()) and not name.endswith("_backward")
+                or FUSED.fullmatch(name)
                 or isinstance(target, torch._ops.HigherOrderOperator) and target.name() in HIGHER_ORDER):
             outside.add(str(target))
     return program, outside
@@ -2283,6 +2288,8 @@ def clean_score(run, base, frozen_files, rows):
     that folder (a .pyc planted beside a module is never read)."""
     if os.path.exists(run["artifact"] + ".failed"):
         return dict(error="it could not be exported: " + open(run["artifact"] + ".failed").read().strip())
+    if os.path.lexists(run["artifact"]) and not stat.S_ISREG(os.lstat(run["artifact"]).st_mode):
+        return dict(error="its exported model is not a plain file (a pipe holds the scorer: red team 56)")
     scorer = tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
     for name, data in frozen_files.items():
         with open(os.path.join(scorer, name), "wb") as f:
