@@ -1598,7 +1598,8 @@ PROBE_TOKENS = 2**18        # tokens of cut passes a reading may add: every posi
 LOSS_BINS, LOSS_TOP = 400, 40.0  # the histogram of a model's losses a token: tenths of a nat, up to 40
 STRIDED = ("aten::as_strided", "aten::as_strided_copy", "aten::as_strided_scatter", "aten::empty_strided",
            "aten::new_empty_strided")  # operators that name their own strides
-UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse|batch_norm_update_stats)")
+UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse|batch_norm_update_stats|"
+                       r"_?embedding_bag.*)")  # the bags' offsets, unchecked below zero: red team 57
 STATS = {"weight", "bias", "running_mean", "running_var", "save_mean", "save_invstd", "mean", "invstd"}
 RAGGED = ("seq_len_q", "seq_len_kv", "cumulative_seq_len_q", "cumulative_seq_len_kv")  # cudnn::sdpa's
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
@@ -2343,6 +2344,13 @@ def unseen(base, mine, margins):
         odds *= (1 - mine["split"][split]["checked"]) ** n
     return odds
 
+def bought(clean):
+    """Bits a byte, a split, that reading ahead within the clean probes' largest move could buy: logits moved
+    by at most m change a token's loss by at most 2m nats (its log-sum-exp by m, its target's logit by m).
+    Red team 57's program moved the true next token's logit by 0.999e-3 everywhere, under CAUSAL_TOLERANCE."""
+    move = clean.get("probe") or 0.0
+    return {s: 2 * move * sum(c["hist"]) / (math.log(2) * c["bytes"]) for s, c in clean["split"].items()}
+
 def confirm(commit, results="results.tsv"):
     """Rerun the baseline, then `commit`, cleanly with the other seed; score both out of process on the
     validation and the held-out data; does the gain beat the night's noise floor on both?"""
@@ -2489,6 +2497,11 @@ def confirm(commit, results="results.tsv"):
             findings.append(f"{full[:7]}: the probes checked {share:.1%} of the positions: reading ahead "
                             "worth the gain's margin over the noise floor would go unseen with odds "
                             f"{odds:.2f}; the evaluation is too small to rule it out (a larger EVAL_TOKENS)")
+        peek = bought(mine["clean"])
+        if gain - floor <= peek["same"] or held - floor <= peek["heldout"]:
+            findings.append(f"{full[:7]}: its logits moved by up to {mine['clean']['probe']:.3g} when later "
+                            f"tokens changed (under {CAUSAL_TOLERANCE}, taken for rounding): reading ahead "
+                            f"that much buys up to {max(peek.values()):.6f} bits a byte, the gain's margin")
     for line in findings:
         print(line)
     print(f"confirm: {time.monotonic() - started:.0f} s: reruns {base['seconds']:.0f} s and "
