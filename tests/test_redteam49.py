@@ -60,14 +60,11 @@ def test_static_reading_passes_the_batch_size():
     assert audit.seed_line(SUBSET)[0] == 42
 
 
-@pytest.fixture(scope="module", params=[(12, 13)], ids=["data12"])
-def subset_night(request, tmp_path_factory):
+def subset_baseline(folder, val_seed=12, heldout_seed=13):
     """The seeded bigram night with shards of 2000 documents for validation and held-out data (the bigram
-    night's seeds; 22/23 was a second draw); the baseline, its seed rerun (discarded, reset), then the
-    batch-size edit as a keep. In both draws 29 is the batch size whose validation score is best."""
-    n = Night(tmp_path_factory.mktemp("subset"))
+    night's seeds; 22/23 was a second draw): the baseline kept, its seed rerun discarded (and reset)."""
+    n = Night(folder)
     n.create(BASELINE, **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
-    val_seed, heldout_seed = request.param
     write_shard(n.cache / DATA / VAL, val_seed, 2000)  # as real shards: rows that differ from each other
     write_shard(n.root / HELDOUT, heldout_seed, 2000)
     n.train()
@@ -76,6 +73,14 @@ def subset_night(request, tmp_path_factory):
     n.train()
     n.git("reset", "-q", "--keep", "HEAD~1")
     assert n.row("discard", "baseline (seed 43)", commit=rerun).returncode == 0
+    return n
+
+
+@pytest.fixture(scope="module", params=[(12, 13)], ids=["data12"])
+def subset_night(request, tmp_path_factory):
+    """subset_baseline, then the batch-size edit as a keep. In both draws 29 is the batch size whose
+    validation score is best."""
+    n = subset_baseline(tmp_path_factory.mktemp("subset"), *request.param)
     commit, code, out, row = n.attack("evaluation batch size 29", SUBSET)
     return n, commit, code, out, row
 

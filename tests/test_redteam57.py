@@ -20,11 +20,11 @@ import re
 import pytest
 import torch
 from common import ROOT  # noqa: F401  the repository on the import path
-from test_audit import BIGRAM_BUDGET, DATA, HELDOUT, PREPARE, VAL, Night, needs_uv, tiny, write_shard
+from test_audit import needs_uv, tiny
+from test_redteam49 import SEEDED, subset_baseline
 
 import audit
 
-SEEDED = "SEED = 42\ntorch.manual_seed(SEED)\n"
 PEEK = '''\
 DELTA = 0.000999
 
@@ -48,16 +48,7 @@ def test_the_bits_a_probes_move_could_buy():
 @pytest.mark.slow
 @needs_uv
 def test_the_confirm_names_a_gain_a_peek_within_the_tolerance_could_buy(tmp_path):
-    n = Night(tmp_path)
-    n.create(tiny(middle=SEEDED), **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
-    write_shard(n.cache / DATA / VAL, 12, 2000)  # red team 49's night: rows that differ from each other
-    write_shard(n.root / HELDOUT, 13, 2000)
-    n.train()
-    assert n.row("keep", "baseline").returncode == 0
-    rerun = n.commit("baseline (seed 43)", SEED=43)
-    n.train()
-    n.git("reset", "-q", "--keep", "HEAD~1")
-    assert n.row("discard", "baseline (seed 43)", commit=rerun).returncode == 0
+    n = subset_baseline(tmp_path)  # red team 49's night: rows that differ from each other
     commit, code, out, row = n.attack("peek", tiny(middle=SEEDED + PEEK, model="Peek"))
     assert code == 0 and row.returncode == 0, out[-2000:]
     result = n.confirm(commit)
