@@ -1603,7 +1603,7 @@ UNCHECKED = re.compile(r"aten::(segment_reduce|_unsafe_(masked_)?index|.*sparse|
 STATS = {"weight", "bias", "running_mean", "running_var", "save_mean", "save_invstd", "mean", "invstd"}
 RAGGED = ("seq_len_q", "seq_len_kv", "cumulative_seq_len_q", "cumulative_seq_len_kv")  # cudnn::sdpa's
 UNSEEN = 0.05               # odds the probes miss reading ahead worth a gain's margin: above, unconfirmed
-FUSED = re.compile(r"aten::(_?scaled_dot_product_\w*attention|_assert_\w+)")  # beside core ATen: fused
+FUSED = re.compile(r"aten::(_?scaled_dot_product_\w*attention|_fused_rms_norm|_assert_\w+)")  # kept fused
 HIGHER_ORDER = ("flex_attention", "wrap_with_autocast")  # attention and export's checks of a tensor's shape
 
 def export_model(model, shape, device, path):
@@ -1783,13 +1783,17 @@ def nodes(program):
 def core_aten(program):
     """(the program taken apart into core ATen, the operators left outside what the clean scorer runs):
     PyTorch's decompositions rewrite every other operator in the ~190 of core ATen (the set export's backends
-    implement), attention kept fused (SDPA, cuDNN's, flex's); any other is refused, and core's gradients (red
-    team 56's max_pool2d_with_indices_backward wrote past its output by indices it never checks). A list of
-    the kernels that read or write past a tensor grew with each red team (50, 52 to 54) out of some 2,000."""
+    implement), attention (SDPA, cuDNN's, flex's) and CUDA's RMS norm kept fused; any other is refused, and
+    core's gradients (red team 56's max_pool2d_with_indices_backward wrote past its output by indices it never
+    checks). A list of the kernels that read or write past a tensor grew with each red team (50, 52 to 54) out
+    of some 2,000."""
     import torch
     table = torch.export.default_decompositions()
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)  # fused at run time: a math
-    program = program.run_decompositions(table)  # decomposition holds B x H x T x T scores (4 GB a layer)
+    # decomposition holds B x H x T x T scores (4 GB a layer); CUDA's RMS norm is a kernel of its own that
+    # the table's decomposition never reaches there (an H100's honest export kept it): kept on every device
+    table.pop(torch.ops.aten._fused_rms_norm.default, None)
+    program = program.run_decompositions(table)
     outside = set()
     for node in nodes(program):
         target, name = node.target, getattr(getattr(node.target, "_schema", None), "name", "")
@@ -1808,13 +1812,25 @@ def unchecked_read(node):
     indices known in bounds), sparse tensors (built unchecked), batch_norm_update_stats (it writes its
     running stats though its schema says not: red teams 52 to 54), a batch norm whose per-channel tensors
     do not fit its input (stats_fit), a strided view or empty past its elements (reaches_past), or cuDNN's
-    attention given sequence lengths or offsets (bounds handed to its kernels; train.py gives none)."""
+    attention given sequence lengths or offsets (bounds handed to its kernels; train.py gives none), or an RMS
+    norm whose weight does not fit (norm_fits)."""
     schema = getattr(node.target, "_schema", None)
     name, args = getattr(schema, "name", ""), dict(zip([a.name for a in getattr(schema, "arguments", [])],
                                                        node.args), **node.kwargs)
     return (args.get("unsafe") is True or reaches_past(node) or bool(UNCHECKED.search(name))
             or "batch_norm" in name and not stats_fit(args)
-            or name == "cudnn::sdpa" and any(args.get(k) is not None for k in RAGGED))
+            or name == "cudnn::sdpa" and any(args.get(k) is not None for k in RAGGED)
+            or name == "aten::_fused_rms_norm" and not norm_fits(args))
+
+def norm_fits(args):
+    """Whether a fused RMS norm's input ends in its normalized shape and its weight is that shape: the kernel
+    indexes the weight by the input's last dimensions."""
+    try:
+        shape, weight = list(args["normalized_shape"]), args.get("weight")
+        return 0 < len(shape) and list(args["input"].meta["val"].shape[-len(shape):]) == shape and (
+            weight is None or list(weight.meta["val"].shape) == shape)
+    except (KeyError, AttributeError, TypeError):
+        return False
 
 def stats_fit(args):
     """Whether a batch norm's per-channel tensors hold one element a channel of its input: its CPU kernels

@@ -1694,6 +1694,43 @@ def test_the_clean_scorer_runs_train_pys_model_in_core_aten(tmp_path, monkeypatc
         assert outside == set() and torch.equal(core.module()(x), program.module()(x))
 
 
+class FusedNorm(__import__("torch").nn.Module):
+    """An embedding and the RMS norm as CUDA's F.rms_norm exports it (aten._fused_rms_norm: a kernel there,
+    which the decomposition table never reaches), with a weight of `n` elements."""
+    def __init__(self, n):
+        import torch
+        super().__init__()
+        self.embed, self.weight = torch.nn.Embedding(16, 16), torch.nn.Parameter(torch.rand(n) + 0.5)
+
+    def forward(self, idx):
+        import torch
+        return torch.ops.aten._fused_rms_norm(self.embed(idx), [16], self.weight, 1e-6)[0]
+
+
+def test_the_clean_scorer_keeps_cudas_rms_norm_fused(tmp_path):
+    """An H100's honest export kept aten._fused_rms_norm, and every GPU confirm said "no clean score": it
+    stays one operator, with nothing outside and the same logits (fails on c3fdf7d: left outside)."""
+    import torch
+    torch.manual_seed(0)
+    audit.export_model(FusedNorm(16), (2, 8), torch.device("cpu"), str(tmp_path / "model.pt2"))
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    core, outside = audit.core_aten(program)
+    fused = [n for n in audit.nodes(core) if str(n.target) == "aten._fused_rms_norm.default"]
+    x = torch.randint(0, 16, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert outside == set() and torch.equal(core.module()(x), program.module()(x))
+    assert len(fused) == 1 and not audit.unchecked_read(fused[0])
+
+
+def test_the_clean_scorer_refuses_an_rms_norm_whose_weight_does_not_fit(tmp_path):
+    """One weight for 16 features broadcasts in the decomposition the export traces, but CUDA's kernel would
+    read 16 floats of it."""
+    import torch
+    from test_redteam52 import scorer_error
+    error, err = scorer_error(FusedNorm(1), (2, 8), tmp_path)
+    assert error == "it reads memory no element of its tensors shows: aten._fused_rms_norm.default", err
+
+
 def test_the_clean_scorer_refuses_an_operator_outside_core_aten(tmp_path):
     """torch.histc is PyTorch's (aten) but not core ATen, and has no decomposition into it: refused unrun."""
     import torch
