@@ -234,8 +234,7 @@ def download_data(num_shards, workers, data_dir=None, stop=None, dataset=None):
         print(f"\rdownloading: {ready}/{len(names)} files, {mb:.1f} MB, {mb / seconds:.1f} MB/s   ",
               end="" if pending else "\n", flush=True)
     errors = [f.exception() for f in futures if f.exception()]
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+    sys.stderr.write("".join(f"error: {e}\n" for e in errors))
     stopped = "The server is unreachable, so the other downloads were stopped. " * stop.is_set()
     advice = (f" (from {url_base}). {stopped}Check your network (or point HF_ENDPOINT at a mirror) and run "
               "prepare.py again: finished shards are kept.")
