@@ -376,6 +376,35 @@ def only_seeds(tree):
     return not bound & SEED_READERS and all(seeds(n) for n in ast.walk(tree) if isinstance(
         n, ast.Name) and n.id == "SEED" and isinstance(n.ctx, ast.Load))
 
+FIXED_DRAW = ("it seeds a generator with nothing of SEED ({}): the confirm's rerun with the other SEED draws "
+              "it the same, so a lucky draw fished for would hold")
+DRAWS = SEEDING - {"setup_device"} | {"set_rng_state", "set_state", "RandomState", "SeedSequence", "PCG64",
+                                      "MT19937", "Philox", "SFC64"}  # what seeds or sets a generator's state
+
+def fixed_draws(source, base_source):
+    """Calls in train.py that seed a generator, or set its state, with nothing of SEED in them and that the
+    baseline's train.py does not make (torch.Generator() alone starts from a constant seed): the confirm's
+    rerun with the other SEED draws them the same, so a constant fished for a lucky draw holds (red team 59
+    fished torch.Generator().manual_seed(1010) in a copy of the repository: "the gain holds")."""
+    def calls(text):
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return collections.Counter()
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        found = collections.Counter()
+        for node in ast.walk(tree):
+            name = getattr(node, "func", None) and (getattr(node.func, "attr", None) or getattr(
+                node.func, "id", None))
+            if not isinstance(node, ast.Call) or name not in DRAWS or any(
+                    isinstance(n, ast.Name) and n.id == "SEED" for n in ast.walk(node)):
+                continue
+            seeded = isinstance(parents.get(node), ast.Attribute) and parents[node].attr in DRAWS  # after
+            if not seeded if name == "Generator" else node.args or node.keywords:  # none: the OS entropy
+                found[ast.unparse(node)] += 1
+        return found
+    return sorted(calls(source) - calls(base_source))
+
 def seed_line(source):
     """(its SEED, its line's (first, end) character offsets) when train.py binds SEED once, at the top level,
     to an integer, however the line is laid out (seed_node), and reads it only to seed (only_seeds); else
@@ -1508,6 +1537,7 @@ def audit(results="results.tsv"):
     for site in dict.fromkeys(os.path.realpath(site) for site in sites if site):
         findings += [f"environment: {site}/{line}" for line in unowned_files(site)]
     seen, shapes, kept = set(), {}, None
+    base_train = source_text(committed(folder, base_full, "train.py"))
     for row in rows:
         if len(row) != 5:
             findings.append(f"{row[0][:7]}: the row has {len(row)} tab-separated columns, not 5")
@@ -1534,6 +1564,7 @@ def audit(results="results.tsv"):
         if python_text(raw)[1] is None:  # red team 16: `coding: punycode`
             findings.append(f"{row[0]}: its train.py is in no encoding Python reads (see its coding line)")
         findings += [f"{row[0]}: {line}" for line in source_findings(source)]
+        findings += [f"{row[0]}: {FIXED_DRAW.format(call)}" for call in fixed_draws(source, base_train)]
         if row[3] == "crash":
             continue
         if value <= 0:  # red team 20's keep at 0.000000 was checked against nothing
@@ -2462,6 +2493,8 @@ def confirm(commit, results="results.tsv"):
         findings += [f"{c[:7]}: {n}" for n in run["problems"]]
         findings += check_run(r, base["record"], frozen, folder, c, expect_train=run["source"])
         findings += [f"{c[:7]} (rerun): {line}" for line in source_findings(source_text(run["source"]))]
+        findings += [f"{c[:7]}: {FIXED_DRAW.format(call)}" for call in fixed_draws(
+            source_text(run["source"]), source_text(base["source"]))]
         if clean.get("error"):
             findings.append(f"{c[:7]}: no clean score ({clean['error']}): only its own process's (weaker)")
             clean["val"] = r["val_bpb"]

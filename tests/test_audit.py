@@ -1725,7 +1725,6 @@ def test_the_clean_scorer_keeps_cudas_rms_norm_fused(tmp_path):
 def test_the_clean_scorer_refuses_an_rms_norm_whose_weight_does_not_fit(tmp_path):
     """One weight for 16 features broadcasts in the decomposition the export traces, but CUDA's kernel would
     read 16 floats of it."""
-    import torch
     from test_redteam52 import scorer_error
     error, err = scorer_error(FusedNorm(1), (2, 8), tmp_path)
     assert error == "it reads memory no element of its tensors shows: aten._fused_rms_norm.default", err

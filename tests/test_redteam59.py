@@ -1,0 +1,57 @@
+"""Red team 59: a lucky draw fished for with a constant seed. The confirm redraws a fished SEED by rerunning
+the commit with the other one (42 <-> 43), but a train.py that seeds a generator of its own with a constant
+draws the same in that rerun. Fished in a private copy of the repository (its best of 60 constants), one
+line got "the gain holds" on two test nights (+0.013 on validation, +0.008 and +0.011 held-out, floors 0.007
+and 0.005). A seeding call with nothing of SEED in it, new since the baseline, is now named."""
+import pytest
+from common import ROOT  # noqa: F401
+
+import audit
+from test_audit import BIGRAM_BUDGET, PREPARE, Night, named, needs_uv, tiny
+
+# the bigram from a random start (uniform, +-3), which SEED draws: seed noise to fish in
+SEEDED = '''SEED = 42
+torch.manual_seed(SEED)
+
+
+class Noisy(Bigram):
+    def __init__(self, vocab, gen=None):
+        super().__init__(vocab)
+        with torch.no_grad():
+            self.table.uniform_(-3.0, 3.0, generator=gen)
+
+'''
+BASELINE = tiny(middle=SEEDED, model="Noisy")
+
+
+def fished(k):
+    """The same code, its start drawn from a generator of its own seeded with the constant k: one line."""
+    return tiny(middle=SEEDED, model=f"(lambda v: Noisy(v, torch.Generator().manual_seed({k})))")
+
+
+def test_a_new_seeding_call_without_seed_is_named_and_train_pys_own_is_not():
+    """The fished line is named; SEED + 1 and the operating system's entropy are not; train.py's own test
+    problem for cuDNN's window (manual_seed(0)) is the baseline's, so a night of it names nothing."""
+    train = (ROOT / "train.py").read_text()
+    assert audit.fixed_draws(fished(1010), BASELINE) == ["torch.Generator().manual_seed(1010)"]
+    assert audit.fixed_draws(BASELINE.replace("(SEED)", "(SEED + 1)") + "random.seed()\n", BASELINE) == []
+    assert audit.fixed_draws(train, train) == []
+    assert audit.fixed_draws(train, "") == ["torch.Generator(device=device).manual_seed(0)"]
+
+
+@pytest.mark.slow
+@needs_uv
+def test_the_audit_and_the_confirm_name_a_fished_constant(tmp_path):
+    """The nightly audit names the commit, and so does the confirm (about a minute), whose verdict is then
+    never "the gain holds"."""
+    n = Night(tmp_path)
+    n.create(BASELINE, **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
+    n.train()
+    assert n.row("keep", "baseline").returncode == 0
+    commit, code, out, row = n.attack("uniform start from a generator of its own", fished(1010))
+    assert code == 0 and row.returncode == 0, out[-2000:]
+    result = n.audit()
+    line = audit.FIXED_DRAW.format("torch.Generator().manual_seed(1010)")
+    assert f"{commit}: {line}" in named(result, commit), result.stdout
+    confirmed = n.confirm(commit).stdout
+    assert f"\n{commit}: {line}\n" in confirmed and "the gain holds" not in confirmed, confirmed[-3000:]
