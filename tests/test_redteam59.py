@@ -32,14 +32,31 @@ def fished(k):
 
 
 def test_a_new_seeding_call_without_seed_is_named_and_train_pys_own_is_not():
-    """The fished line is named; SEED + 1 and the operating system's entropy are not; train.py's own test
-    problem for cuDNN's window (manual_seed(0)) is the baseline's, so a night of it names nothing."""
+    """The fished line is named; SEED itself, a generator seeded with it (at once or by its name), a plain
+    import and the operating system's entropy are not; train.py's own test problem for cuDNN's window
+    (manual_seed(0)) is the baseline's, so a night of it names nothing, but the same call moved into the
+    model is named."""
     train = (ROOT / "train.py").read_text()
     assert audit.fixed_draws(fished(1010), BASELINE) == [
         "torch.Generator()", "torch.Generator().manual_seed(1010)"]
-    assert audit.fixed_draws(BASELINE.replace("(SEED)", "(SEED + 1)") + "random.seed()\n", BASELINE) == []
+    honest = ("from numpy.random import default_rng\nrandom.seed()\n"
+              "torch.Generator('cuda').manual_seed(SEED)\ng = torch.Generator(device='cuda')\n"
+              "g.manual_seed(SEED)\nprint('seed', SEED)\n")
+    assert audit.fixed_draws(BASELINE + honest, BASELINE) == []
     assert audit.fixed_draws(train, train) == []
-    assert "torch.Generator(device=device).manual_seed(0)" in audit.fixed_draws(train, "")
+    moved = train.replace("    def init_weights(self):\n", "    def init_weights(self):\n"
+                          "        torch.Generator(device=device).manual_seed(0)\n")
+    assert audit.fixed_draws(moved, train) == [
+        "torch.Generator(device=device) in init_weights",
+        "torch.Generator(device=device).manual_seed(0) in init_weights"]
+
+
+def test_a_seed_python_cannot_print_or_nest_is_named_without_a_crash():
+    """An integer past str()'s 4,300 digits (hex escapes the parser's limit) and an argument nested past the
+    recursion limit: train.py runs, and the audit must name it, not crash after a confirm's two reruns."""
+    assert audit.fixed_draws(BASELINE + f"torch.manual_seed(0x{'f' * 5000})\n", BASELINE) == ["manual_seed"]
+    nested = "torch.manual_seed(" + "(" * 40 + "SEED" + ")" * 40 + " * 0)\n"
+    assert audit.fixed_draws(BASELINE + nested, BASELINE)
 
 
 @pytest.mark.parametrize("line", [
@@ -47,7 +64,9 @@ def test_a_new_seeding_call_without_seed_is_named_and_train_pys_own_is_not():
     "torch.Generator().manual_seed(random.seed(SEED) or 1010)", "torch.manual_seed(SEED % 1)",
     "torch.Generator().manual_seed.__call__(1010)",
     "getattr(getattr(torch, 'Generator')(), 'manual_seed')(1010)",
-    "draw = torch.manual_seed", "np.random.PCG64DXSM(1010)", "setup_device(1010)"])
+    "draw = torch.manual_seed", "np.random.PCG64DXSM(1010)", "setup_device(1010)",
+    "torch.manual_seed(SEED + 1)", 'vars(torch)["manual_seed"](1010)',
+    "from torch import manual_seed as draw"])
 def test_red_team_60s_forms_of_a_constant_seed_are_named(line):
     """Red team 60 put SEED in the argument but not its value, or called the seeding by another name: each got
     "the gain holds" (or passed fixed_draws) on 60fed5c."""
