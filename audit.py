@@ -379,16 +379,16 @@ def only_seeds(tree):
 FIXED_DRAW = ("it seeds a generator with other than SEED itself ({}): the confirm's rerun with the other "
               "SEED may draw it the same, so a lucky draw fished for would hold")
 DRAWS = SEEDING | {"set_rng_state", "set_state", "setstate", "__setstate__", "RandomState", "SeedSequence",
-                   "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"}  # what seeds or sets a generator
+                   "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64", "random_state"}  # seeds a generator
 GETTERS = {"getattr", "attrgetter", "methodcaller", "__getattribute__", "__getattr__"}  # a name as a string
 
 def fixed_draws(source, base_source):
     """Each mention of a name that seeds a generator or sets its state (DRAWS: a call, an alias, a renamed
-    import, a string given to getattr or a subscript), new since the baseline (by its text and function),
-    but a direct call of SEED alone or of nothing (the system's entropy; torch.Generator(device) starts from a
-    constant unless seeded with SEED at once or in the name it is assigned to): the confirm's rerun with the
-    other SEED can draw those the same, so a constant fished for a lucky draw holds (red team 59 fished
-    torch.Generator().manual_seed(1010) and got "the gain holds"; red team 60, SEED * 0 + 1010)."""
+    import, a keyword, a string given to getattr or a subscript), new since the baseline (by its text and
+    function), but a direct call of SEED alone or of nothing (the system's entropy; torch.Generator(device)
+    starts from a constant unless seeded with SEED at once or in the name it is assigned to): the confirm's
+    rerun with the other SEED can draw those the same, so a constant fished for a lucky draw holds (red team
+    59 fished torch.Generator().manual_seed(1010) and got "the gain holds"; red team 60, SEED * 0 + 1010)."""
     def mentions(text):
         try:
             tree = ast.parse(text)
@@ -404,6 +404,8 @@ def fixed_draws(source, base_source):
             and by_seed(n)}  # g.manual_seed(SEED): a generator g = torch.Generator() is seeded
 
         def redrawn(node, name):
+            if isinstance(node, ast.keyword):  # red team 61: statistics.NormalDist().samples(n, seed=K)
+                return isinstance(node.value, ast.Name) and node.value.id == "SEED"
             call = parents.get(node)
             if not (isinstance(call, ast.Call) and call.func is node):  # an alias, __call__
                 return False
@@ -418,6 +420,8 @@ def fixed_draws(source, base_source):
         for node in ast.walk(tree):
             if isinstance(node, (ast.Attribute, ast.Name)):
                 name = getattr(node, "attr", None) or node.id
+            elif isinstance(node, ast.keyword):
+                name = node.arg
             elif isinstance(node, ast.alias):  # a plain import is read where it is called
                 name = node.name if node.asname not in (None, node.name) else None
             elif isinstance(node, ast.Constant) and (isinstance(up := parents.get(node), ast.Subscript) or (
@@ -431,7 +435,8 @@ def fixed_draws(source, base_source):
                 while where in parents and not isinstance(where, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     where = parents[where]
                 try:
-                    said = ast.unparse(call if isinstance(call, ast.Call) and call.func is node else node)
+                    said = ast.unparse(call if isinstance(call, ast.Call) and (
+                        call.func is node or isinstance(node, ast.keyword)) else node)
                 except (ValueError, RecursionError):  # an integer past str()'s limit, a deep expression
                     said = name
                 found[said + (f" in {where.name}" if where is not tree else "")] += 1

@@ -66,10 +66,10 @@ def test_a_seed_python_cannot_print_or_nest_is_named_without_a_crash():
     "getattr(getattr(torch, 'Generator')(), 'manual_seed')(1010)",
     "draw = torch.manual_seed", "np.random.PCG64DXSM(1010)", "setup_device(1010)",
     "torch.manual_seed(SEED + 1)", 'vars(torch)["manual_seed"](1010)',
-    "from torch import manual_seed as draw"])
+    "from torch import manual_seed as draw", "statistics.NormalDist().samples(4096, seed=1010)"])
 def test_red_team_60s_forms_of_a_constant_seed_are_named(line):
     """Red team 60 put SEED in the argument but not its value, or called the seeding by another name: each got
-    "the gain holds" (or passed fixed_draws) on 60fed5c."""
+    "the gain holds" (or passed fixed_draws) on 60fed5c; red team 61 seeded statistics' own generator."""
     assert audit.fixed_draws(BASELINE + line + "\n", BASELINE)
 
 
