@@ -2367,11 +2367,13 @@ def snapshot(roots):
                         link.st_ino, s.st_ino, s.st_size, s.st_mtime_ns)
     return found
 
-def clean_score(run, base, frozen_files, rows):
+def clean_score(run, base, frozen_files, rows, pycache=None):
     """The clean scorer's result for a rerun's artifact: the baseline's Python runs `-I` (no environment
     variables, no user site, no script folder on the path) in a new folder holding only the baseline's
     prepare.py and this audit.py, both read before any rerun (`frozen_files`), its compiled files kept in
-    that folder (a .pyc planted beside a module is never read)."""
+    that folder or `pycache`, a new one the confirm's two scorings share, which no code of the night
+    reaches (a .pyc planted beside a module is never read; the second scoring compiles no torch again,
+    5 s a confirm here)."""
     if os.path.exists(run["artifact"] + ".failed"):
         return dict(error="it could not be exported: " + open(run["artifact"] + ".failed").read().strip())
     if os.path.lexists(run["artifact"]) and not stat.S_ISREG(os.lstat(run["artifact"]).st_mode):
@@ -2382,7 +2384,7 @@ def clean_score(run, base, frozen_files, rows):
             f.write(data)
     # -S: no site module, so no sitecustomize and no .pth file runs in any form (red team 9 linked a
     # sitecustomize package into the environment); its import path as noted before the commit's rerun
-    command = [base["python"], "-I", "-S", "-X", f"pycache_prefix={scorer}/pycache",
+    command = [base["python"], "-I", "-S", "-X", f"pycache_prefix={pycache or scorer + '/pycache'}",
                os.path.join(scorer, "audit.py"), "--score", run["artifact"], str(run["record"]["batch_size"]),
                str(rows), os.pathsep.join(base["path"])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_E")}
@@ -2488,11 +2490,12 @@ def confirm(commit, results="results.tsv"):
         # the rows both runs' evaluations reach (score's batches of batch_size rows: a remainder is left out)
         per = frozen.get("EVAL_TOKENS", 0) // max(1, frozen.get("MAX_SEQ_LEN", 1))
         rows = min(per // max(1, r["record"]["batch_size"]) * r["record"]["batch_size"] for r in runs)
-        scoring = time.monotonic()
+        scoring, pycache = time.monotonic(), tempfile.mkdtemp(prefix=CONFIRM_PREFIX)
         for run in runs:  # after both: no code of the night runs while the held-out data is on disk
             run["clean"] = (dict(error="a rerun changed what the scorer reads") if changed or planted
-                            else clean_score(run, runs[0], frozen_files, rows))
+                            else clean_score(run, runs[0], frozen_files, rows, pycache))
         scored = time.monotonic()
+        shutil.rmtree(pycache, ignore_errors=True)
     finally:
         for run in runs:
             shutil.rmtree(run["tree"], ignore_errors=True)
