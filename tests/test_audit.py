@@ -358,6 +358,13 @@ class Night:
         return subprocess.run([str(python), *flags, "audit.py", *args], cwd=self.repo, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
+    def seed_rerun(self):
+        """program.md's seed rerun of the baseline: SEED = 43 committed, run, reset, its row a discard."""
+        rerun = self.commit("baseline (seed 43)", SEED=43)
+        self.train()
+        self.git("reset", "-q", "--keep", "HEAD~1")
+        return self.row("discard", "baseline (seed 43)", commit=rerun)
+
     def row(self, status, description, commit=None):
         return self.audit("--row", status, description, *(["--commit", commit] if commit else []))
 

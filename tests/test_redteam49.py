@@ -69,10 +69,7 @@ def subset_baseline(folder, val_seed=12, heldout_seed=13):
     write_shard(n.root / HELDOUT, heldout_seed, 2000)
     n.train()
     assert n.row("keep", "baseline").returncode == 0
-    rerun = n.commit("baseline (seed 43)", SEED=43)
-    n.train()
-    n.git("reset", "-q", "--keep", "HEAD~1")
-    assert n.row("discard", "baseline (seed 43)", commit=rerun).returncode == 0
+    assert n.seed_rerun().returncode == 0
     return n
 
 

@@ -83,10 +83,7 @@ def test_the_audit_and_the_confirm_name_a_fished_constant(tmp_path):
     n.create(BASELINE, **dict(PREPARE, TIME_BUDGET=BIGRAM_BUDGET))
     n.train()
     assert n.row("keep", "baseline").returncode == 0
-    rerun = n.commit("baseline (seed 43)", SEED=43)  # a floor: the baseline's two seeds differ
-    n.train()
-    n.git("reset", "-q", "--keep", "HEAD~1")
-    assert n.row("discard", "baseline (seed 43)", commit=rerun).returncode == 0
+    assert n.seed_rerun().returncode == 0  # a floor: the baseline's two seeds differ
     commit, code, out, row = n.attack("uniform start from a generator of its own", fished(1010))
     assert code == 0 and row.returncode == 0, out[-2000:]
     result = n.audit()

@@ -28,10 +28,7 @@ def test_a_gain_that_is_the_baseline_reruns_bad_draw_does_not_hold(tmp_path):
     write_shard(n.root / HELDOUT, 17, 16)
     n.train()
     assert n.row("keep", "baseline").returncode == 0
-    rerun = n.commit("baseline (seed 43)", SEED=43)
-    n.train()
-    n.git("reset", "-q", "--keep", "HEAD~1")
-    assert n.row("discard", "baseline (seed 43)", commit=rerun).returncode == 0
+    assert n.seed_rerun().returncode == 0
     start = tiny(middle=HASHED, model="Noisy")
     commit, code, out, row = n.attack("uniform start from a hash of arange", start)
     assert code == 0 and row.returncode == 0, out[-2000:]
